@@ -6,4 +6,9 @@ whose exponent/mantissa split is chosen from the measured spread.
 """
 from __future__ import annotations
 
+from gradtools.lognormal import expected_sparsity, fit_lognormal, pruning_threshold
+from gradtools.prune import GradientPruner, LayerStats, PrunerConfig, stochastic_prune
+
 __all__: list[str] = []
+__all__ += ["fit_lognormal", "expected_sparsity", "pruning_threshold",
+            "stochastic_prune", "GradientPruner", "PrunerConfig", "LayerStats"]

@@ -9,4 +9,21 @@ from zapopt.errors import ZapoptError
 
 __version__ = "0.1.0"
 
-__all__ = ["ZapoptError", "__version__"]
+__all__ = ["ZapoptError", "__version__", "info"]
+
+#: Public names imported on first use: attribute name -> (module, name in that module).
+_LAZY_EXPORTS = {
+    "info": ("zapopt.graph.info", "info"),
+}
+
+
+def __getattr__(name: str):
+    """Import heavy public API functions (onnx, torch) only when first used."""
+    if name in _LAZY_EXPORTS:
+        import importlib
+
+        module_name, attr = _LAZY_EXPORTS[name]
+        value = getattr(importlib.import_module(module_name), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'zapopt' has no attribute {name!r}")

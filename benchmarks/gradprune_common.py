@@ -1,0 +1,67 @@
+"""Shared pieces of the gradient-pruning benchmarks: data, models, result files.
+
+Kept separate so the training and the overhead benchmark measure the same models on the
+same Fashion-MNIST tensors.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from models.architectures import build_model  # noqa: E402
+from zapopt.data.idx import read_idx  # noqa: E402
+
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
+
+
+def load_fashion(split: str, limit: int | None = None, seed: int = 0,
+                 data_dir: Path = FASHION_DIR) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images as float32 [N, 1, 28, 28] in [0, 1] (the models normalize) and int64 labels.
+
+    ``limit`` takes a seeded random subset, so every run trains on the same images.
+    """
+    prefix = {"train": "train", "test": "t10k"}[split]
+    images = read_idx(data_dir / f"{prefix}-images-idx3-ubyte.gz")
+    labels = read_idx(data_dir / f"{prefix}-labels-idx1-ubyte.gz")
+    if limit is not None and limit < len(labels):
+        keep = np.random.default_rng(seed).permutation(len(labels))[:limit]
+        images, labels = images[keep], labels[keep]
+    x = torch.from_numpy(images.astype(np.float32) / 255.0).unsqueeze(1)
+    return x, torch.from_numpy(labels.astype(np.int64))
+
+
+def make_model(arch: str, width: int, seed: int, **kwargs: object) -> torch.nn.Module:
+    """A reference CNN at native 28x28 resolution, deterministic in ``seed``."""
+    torch.manual_seed(seed)
+    return build_model(arch, width=width, upsample_to=None, **kwargs)
+
+
+def write_json(name: str, payload: dict) -> Path:
+    """Write ``benchmarks/results/<name>`` atomically (temp file + os.replace)."""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / name
+    payload = {**payload, "environment": {"torch": torch.__version__, "python": platform.python_version(),
+                                          "threads": torch.get_num_threads(), "cpu": platform.processor()}}
+    fd, tmp = tempfile.mkstemp(dir=RESULTS_DIR, prefix=f".{name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(payload, f, indent=2)
+    os.replace(tmp, path)
+    return path
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)

@@ -1,0 +1,418 @@
+"""Unbiased stochastic pruning of neural gradients with a lognormal-derived threshold.
+
+Why stochastic: zeroing small gradients (magnitude pruning) biases every update towards
+zero; replacing an entry below the threshold tau by tau*sign(g) with probability |g|/tau
+(else 0) keeps E[pruned] = g, so SGD still follows the true gradient on average while
+most entries become zero. Why lognormal: |g| of neural gradients is near-lognormal, so
+tau for a target sparsity follows from (mu, sigma) of ln|g| without sorting the tensor
+(see ``gradtools.lognormal`` and docs/gradtools_pruning.md).
+
+``stochastic_prune`` handles one tensor; ``GradientPruner`` attaches it to the outputs of
+a model's layers with per-layer statistics refreshed on a schedule.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from scipy.special import ndtri
+from torch import nn
+
+from gradtools._hooks import DEFAULT_LAYER_TYPES, ModuleFilter, attach_output_grad_transform, select_modules
+from gradtools.lognormal import pruning_threshold
+
+__all__ = ["stochastic_prune", "PrunerConfig", "LayerStats", "GradientPruner", "PRUNING_METHODS"]
+
+PruningMethod = Literal["stochastic", "magnitude", "topk"]
+#: "stochastic" is the method; "magnitude" (zero below a lognormal quantile, biased) and
+#: "topk" (keep the exact k largest, biased, needs a selection) are baselines to compare.
+PRUNING_METHODS: tuple[str, ...] = ("stochastic", "magnitude", "topk")
+
+_SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+#: Below this log-spread the tensor is effectively single-valued; S(alpha, sigma) -> 1 - 1/alpha.
+_MIN_SIGMA = 1e-6
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _check_sparsity(sparsity: object) -> float:
+    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)):
+        raise TypeError(f"sparsity must be a float in (0, 1), got {type(sparsity).__name__}")
+    sparsity = float(sparsity)
+    if not (math.isfinite(sparsity) and 0.0 < sparsity < 1.0):
+        raise ValueError(f"sparsity must be in the open interval (0, 1), got {sparsity}")
+    return sparsity
+
+
+def _check_gradient(g: object) -> torch.Tensor:
+    if not isinstance(g, torch.Tensor):
+        raise TypeError(f"expected a torch.Tensor, got {type(g).__name__}")
+    if g.dtype not in _SUPPORTED_DTYPES:
+        raise TypeError(f"gradient pruning supports float32/float16/bfloat16/float64, got {g.dtype}")
+    return g
+
+
+def _check_generator(generator: torch.Generator | None, device: torch.device) -> None:
+    if generator is None:
+        return
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    if generator.device.type != device.type:
+        raise ValueError(f"generator is on {generator.device} but the gradient is on {device}; "
+                         f"create it with torch.Generator(device={str(device)!r})")
+
+
+# --------------------------------------------------------------------------- the statistics
+
+
+@dataclass(frozen=True)
+class _Fit:
+    """What one tensor tells us: lognormal (mu, sigma) of its nonzeros and its zero fraction."""
+
+    mu: float
+    sigma: float
+    zero_fraction: float
+    numel: int
+
+
+def _work_dtype(g: torch.Tensor) -> torch.dtype:
+    """float32 for the statistics and comparisons of fp32/fp16/bf16; float64 stays float64."""
+    return torch.float64 if g.dtype == torch.float64 else torch.float32
+
+
+def _fit_tensor(g: torch.Tensor) -> _Fit | None:
+    """Fit one gradient; None when it cannot be fitted (fewer than 2 nonzeros, or inf/nan).
+
+    Non-finite gradients are not an error here: with AMP loss scaling an overflowing step
+    must reach the scaler unchanged so that it can skip the step and lower the scale.
+    """
+    magnitudes = g.detach().abs().to(_work_dtype(g))
+    nonzero = magnitudes != 0
+    count = int(torch.count_nonzero(nonzero))
+    if count < 2:
+        return None
+    # Masked sums instead of gathering the nonzeros: fewer passes over the tensor. The
+    # logs are float32, every sum accumulates in float64; inf/nan surface in the mean.
+    logs = torch.log(torch.where(nonzero, magnitudes, 1.0))
+    mu = float(logs.sum(dtype=torch.float64)) / count
+    if not math.isfinite(mu):
+        return None
+    centered = torch.where(nonzero, logs.sub_(mu), 0.0)
+    sigma = math.sqrt(float(centered.square_().sum(dtype=torch.float64)) / count)
+    numel = g.numel()
+    return _Fit(mu, sigma, 1.0 - count / numel, numel)
+
+
+def _nonzero_target(sparsity: float, zero_fraction: float) -> float | None:
+    """Sparsity to aim at among the nonzeros so the whole tensor reaches ``sparsity``."""
+    if zero_fraction >= sparsity:
+        return None
+    return (sparsity - zero_fraction) / (1.0 - zero_fraction)
+
+
+def _stochastic_alpha(target: float, sigma: float) -> float:
+    if sigma < _MIN_SIGMA:
+        return 1.0 / (1.0 - target)
+    return pruning_threshold(target, sigma)
+
+
+def _magnitude_alpha(target: float, sigma: float) -> float:
+    """Lognormal quantile: zeroing |g| below exp(mu) * alpha removes ``target`` of the nonzeros."""
+    return math.exp(max(sigma, 0.0) * float(ndtri(target)))
+
+
+# --------------------------------------------------------------------------- the transforms
+
+
+def _representable_threshold(tau: float, dtype: torch.dtype) -> float:
+    """tau rounded to ``dtype``: the comparison and the written value must use the same
+    number, or E[pruned] = |g|/tau * tau_rounded would be biased in fp16/bf16."""
+    rounded = float(torch.tensor(tau, dtype=torch.float64).to(dtype).to(torch.float64))
+    if math.isinf(rounded):
+        rounded = float(torch.finfo(dtype).max)
+    return rounded
+
+
+def _apply_stochastic(g: torch.Tensor, tau: float, generator: torch.Generator | None) -> torch.Tensor:
+    """|g| < tau -> tau*sign(g) with probability |g|/tau, else 0; others unchanged."""
+    tau = _representable_threshold(tau, g.dtype)
+    if tau <= 0.0:
+        return g
+    work = _work_dtype(g)
+    magnitudes = g.abs().to(work)
+    # keep <=> u * tau < |g|: always true at or above tau, probability |g|/tau below it;
+    # a kept entry becomes sign(g) * max(|g|, tau), i.e. g itself or tau*sign(g).
+    scaled_uniform = torch.rand(g.shape, generator=generator, device=g.device, dtype=work).mul_(tau)
+    kept = torch.copysign(magnitudes.clamp_min(tau), g)
+    return torch.where(scaled_uniform < magnitudes, kept, 0.0).to(g.dtype)
+
+
+def _apply_magnitude(g: torch.Tensor, tau: float) -> torch.Tensor:
+    tau = _representable_threshold(tau, g.dtype)
+    return torch.where(g.abs().to(_work_dtype(g)) < tau, torch.zeros((), dtype=g.dtype, device=g.device), g)
+
+
+def _apply_topk(g: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Keep exactly the round((1 - sparsity) * numel) largest-magnitude entries."""
+    numel = g.numel()
+    keep = numel - int(round(sparsity * numel))
+    if keep >= numel or int(torch.count_nonzero(g)) <= keep:
+        return g
+    flat = g.reshape(-1)
+    kept_index = torch.topk(flat.abs().to(_work_dtype(g)), keep, sorted=False).indices
+    out = torch.zeros_like(flat)
+    out[kept_index] = flat[kept_index]
+    return out.view_as(g)
+
+
+def stochastic_prune(g: torch.Tensor, sparsity: float, *,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+    """Prune ``g`` to about ``sparsity`` zeros, unbiasedly, from a lognormal fit of ``g``.
+
+    tau = alpha * exp(mu) with alpha = pruning_threshold(target, sigma), where the target on
+    the nonzeros accounts for the zeros already present (if they already reach
+    ``sparsity``, ``g`` is returned as is). Statistics are computed in float32/float64;
+    the result has ``g``'s dtype and device. Tensors with inf/nan or fewer than 2 nonzeros
+    are returned unchanged. ``generator`` (on ``g``'s device) makes the draw reproducible.
+    """
+    g = _check_gradient(g)
+    sparsity = _check_sparsity(sparsity)
+    _check_generator(generator, g.device)
+    fit = _fit_tensor(g)
+    if fit is None:
+        return g
+    target = _nonzero_target(sparsity, fit.zero_fraction)
+    if target is None:
+        return g
+    tau = _stochastic_alpha(target, fit.sigma) * math.exp(fit.mu)
+    return _apply_stochastic(g, tau, generator)
+
+
+# --------------------------------------------------------------------------- the pruner
+
+
+@dataclass(frozen=True)
+class PrunerConfig:
+    """How a GradientPruner prunes.
+
+    ``warmup_steps``: backward passes per layer left at full precision before pruning
+    starts (the statistics of an untrained net move fast). ``refresh_every``: backward
+    passes per layer between lognormal fits; the threshold tau is reused in between, which
+    costs no host synchronization. 1 refits every call (threshold always on target).
+    """
+
+    sparsity: float = 0.85
+    warmup_steps: int = 0
+    refresh_every: int = 1
+    method: str = "stochastic"
+    enabled: bool = True
+
+    def __post_init__(self) -> None:
+        _check_sparsity(self.sparsity)
+        for name in ("warmup_steps", "refresh_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.refresh_every < 1:
+            raise ValueError(f"refresh_every must be >= 1, got {self.refresh_every}")
+        if self.method not in PRUNING_METHODS:
+            raise ValueError(f"method must be one of {PRUNING_METHODS}, got {self.method!r}")
+        if not isinstance(self.enabled, bool):
+            raise TypeError(f"enabled must be a bool, got {type(self.enabled).__name__}")
+
+
+@dataclass(frozen=True)
+class LayerStats:
+    """One layer's pruning state. Fit fields are NaN until the first fit (after warm-up).
+
+    ``threshold`` is tau (absolute); ``alpha`` = tau / exp(mu); ``zero_fraction`` is the
+    fraction of exact zeros in the incoming gradient at the last fit; ``last_sparsity`` and
+    ``mean_sparsity`` are the achieved output sparsity of the last pruned call and the
+    running average over all pruned calls. ``threshold`` is NaN when the zeros already
+    present met the target (nothing pruned until the next fit).
+    """
+
+    name: str
+    calls: int
+    pruned_calls: int
+    fits: int
+    mu: float
+    sigma: float
+    alpha: float
+    threshold: float
+    zero_fraction: float
+    last_sparsity: float
+    mean_sparsity: float
+
+
+class _LayerState:
+    """Mutable per-layer bookkeeping behind one hook. Counters stay on the device as
+    tensors so that recording the achieved sparsity never forces a host sync."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.calls = 0
+        self.pruned_calls = 0
+        self.fits = 0
+        self.fit: _Fit | None = None
+        self.alpha = math.nan
+        self.tau: float | None = None
+        self.zeros_sum: torch.Tensor | None = None
+        self.elements_sum = 0
+        self.last_zeros: torch.Tensor | None = None
+        self.last_numel = 0
+
+    def record(self, out: torch.Tensor) -> None:
+        zeros = out.numel() - torch.count_nonzero(out)
+        self.zeros_sum = zeros if self.zeros_sum is None else self.zeros_sum + zeros
+        self.elements_sum += out.numel()
+        self.last_zeros, self.last_numel = zeros, out.numel()
+        self.pruned_calls += 1
+
+    def snapshot(self) -> LayerStats:
+        fit = self.fit
+        last = float(self.last_zeros) / self.last_numel if self.last_zeros is not None else math.nan
+        mean = float(self.zeros_sum) / self.elements_sum if self.zeros_sum is not None else math.nan
+        return LayerStats(
+            name=self.name, calls=self.calls, pruned_calls=self.pruned_calls, fits=self.fits,
+            mu=fit.mu if fit else math.nan, sigma=fit.sigma if fit else math.nan,
+            alpha=self.alpha, threshold=self.tau if self.tau is not None else math.nan,
+            zero_fraction=fit.zero_fraction if fit else math.nan,
+            last_sparsity=last, mean_sparsity=mean,
+        )
+
+
+class GradientPruner:
+    """Prune the neural gradients entering the selected layers' outputs during backward.
+
+    Usage (no extra line in the training loop: steps are counted per layer as backward
+    passes through it)::
+
+        with GradientPruner(model, 0.85, warmup_steps=100, refresh_every=100) as pruner:
+            for x, y in loader:
+                loss_fn(model(x), y).backward(); opt.step(); opt.zero_grad()
+        print(pruner.summary())
+
+    Or keep it as an object and call ``pruner.remove()`` to restore exact gradients.
+    Forward passes under ``torch.no_grad()`` are untouched. A module called several times
+    per forward counts one step per call.
+    """
+
+    def __init__(self, model: nn.Module, sparsity: float = 0.85, *,
+                 layer_types: Iterable[type[nn.Module]] = DEFAULT_LAYER_TYPES,
+                 include: str | ModuleFilter | None = None,
+                 warmup_steps: int = 0, refresh_every: int = 1,
+                 method: str = "stochastic", enabled: bool = True,
+                 generator: torch.Generator | None = None) -> None:
+        self.config = PrunerConfig(sparsity=sparsity, warmup_steps=warmup_steps,
+                                   refresh_every=refresh_every, method=method, enabled=enabled)
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+        self.generator = generator
+        #: Switch pruning off/on without removing the hooks (steps are not counted while off).
+        self.enabled = enabled
+        self._states: dict[str, _LayerState] = {}
+        self._handles = []
+        for name, module in select_modules(model, layer_types, include):
+            state = _LayerState(name or type(module).__name__)
+            self._states[state.name] = state
+            self._handles.append(attach_output_grad_transform(module, self._transform_for(state)))
+
+    # ---- hooks
+
+    def _transform_for(self, state: _LayerState):
+        def transform(grad: torch.Tensor) -> torch.Tensor | None:
+            if not self.enabled or not self._handles:
+                return None
+            return self._prune(state, grad)
+        return transform
+
+    def _prune(self, state: _LayerState, grad: torch.Tensor) -> torch.Tensor | None:
+        cfg = self.config
+        step = state.calls
+        state.calls += 1
+        if step < cfg.warmup_steps or grad.dtype not in _SUPPORTED_DTYPES:
+            return None
+        _check_generator(self.generator, grad.device)
+        if cfg.method == "topk":
+            out = _apply_topk(grad, cfg.sparsity)
+            state.record(out)
+            return out
+        if (step - cfg.warmup_steps) % cfg.refresh_every == 0 or state.fits == 0:
+            if not self._refit(state, grad):
+                return None
+        if state.tau is None:
+            state.record(grad)
+            return None
+        if cfg.method == "stochastic":
+            out = _apply_stochastic(grad, state.tau, self.generator)
+        else:
+            out = _apply_magnitude(grad, state.tau)
+        state.record(out)
+        return out
+
+    def _refit(self, state: _LayerState, grad: torch.Tensor) -> bool:
+        """Fit this gradient and cache tau; False when it cannot be fitted (left as is)."""
+        fit = _fit_tensor(grad)
+        if fit is None:
+            return False
+        state.fit, state.fits = fit, state.fits + 1
+        target = _nonzero_target(self.config.sparsity, fit.zero_fraction)
+        if target is None:
+            state.alpha, state.tau = math.nan, None
+            return True
+        if self.config.method == "stochastic":
+            state.alpha = _stochastic_alpha(target, fit.sigma)
+        else:
+            state.alpha = _magnitude_alpha(target, fit.sigma)
+        state.tau = state.alpha * math.exp(fit.mu)
+        return True
+
+    # ---- lifecycle
+
+    def remove(self) -> None:
+        """Detach every hook; gradients are exact again. Safe to call twice."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    @property
+    def attached(self) -> bool:
+        return bool(self._handles)
+
+    def __enter__(self) -> GradientPruner:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.remove()
+
+    # ---- reporting
+
+    def stats(self) -> dict[str, LayerStats]:
+        """Per-layer statistics, keyed by qualified module name, in model order."""
+        return {name: state.snapshot() for name, state in self._states.items()}
+
+    def summary(self) -> str:
+        """A fixed-width table of ``stats()`` for logs."""
+        cfg = self.config
+        header = (f"GradientPruner: method={cfg.method} target={cfg.sparsity:.3f} "
+                  f"warmup={cfg.warmup_steps} refresh_every={cfg.refresh_every}")
+        rows = [("layer", "calls", "pruned", "mu", "sigma", "alpha", "tau", "zeros_in", "last", "mean")]
+        for s in self.stats().values():
+            rows.append((s.name, str(s.calls), str(s.pruned_calls), f"{s.mu:.3f}", f"{s.sigma:.3f}",
+                         f"{s.alpha:.4g}", f"{s.threshold:.3e}", f"{s.zero_fraction:.3f}",
+                         f"{s.last_sparsity:.3f}", f"{s.mean_sparsity:.3f}"))
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        lines = [header]
+        for i, row in enumerate(rows):
+            cells = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]
+            lines.append("  ".join(cells))
+            if i == 0:
+                lines.append("  ".join("-" * w for w in widths))
+        return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Reference CNN models: architectures, training/export scripts, shipped ONNX files and cards."""

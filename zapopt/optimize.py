@@ -1,0 +1,290 @@
+"""``zapopt optimize``: analyze -> calibrate -> train predictors -> thresholds -> rewrite.
+
+Everything that can be checked is checked before the long work starts: the output path,
+the options, the model and the calibration data's shape and dtype.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+from tqdm import tqdm
+
+from zapopt.calibrate import calibrate
+from zapopt.data import ImageOptions, model_input, open_dataset
+from zapopt.errors import ZapoptError
+from zapopt.evaluate import accuracy_drop, run_model
+from zapopt.files import check_output_path, save_model_atomically, write_text_atomically
+from zapopt.graph import ConvActivation, analyze, load_model
+from zapopt.layer_selection import select_layers
+from zapopt.ops.patterns import PATTERNS, get_pattern
+from zapopt.report import LayerReport, OptimizeReport, layer_report_from_curve
+from zapopt.rewrite.expand import ExpandZapToOnnx
+from zapopt.rewrite.replace import ReplaceWithZap, ZapParams
+from zapopt.thresholds import LayerCurve, accuracy_target, default_taus, error_budget, layer_curve, uniform
+
+FORMATS = ("zap", "onnx")
+#: Threshold used when the user gives no --threshold/--max-error/--max-drop.
+DEFAULT_THRESHOLD = 0.1
+
+
+@dataclass(frozen=True)
+class OptimizeConfig:
+    """Every knob of ``zapopt optimize`` (validated on construction)."""
+
+    pattern: str = "checkerboard"
+    threshold: float | None = None  # uniform threshold
+    max_error: float | None = None  # per-layer thresholds under a summed error budget
+    max_drop: float | None = None  # per-layer thresholds under a measured accuracy drop (%)
+    layers: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    include_first: bool = False
+    calib_images: int = 512
+    holdout: float = 0.25  # share of calibration images kept out of training, for the curves
+    eval_images: int | None = None
+    epochs: int = 3
+    lr: float = 1e-2
+    batch_size: int = 32
+    seed: int = 0
+    output_format: str = "zap"
+
+    def __post_init__(self) -> None:
+        get_pattern(self.pattern)
+        chosen = [n for n in ("threshold", "max_error", "max_drop") if getattr(self, n) is not None]
+        if len(chosen) > 1:
+            raise ZapoptError("give only one of --threshold, --max-error and --max-drop")
+        for name in ("threshold", "max_error", "max_drop", "lr", "holdout"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)):
+                raise TypeError(f"{name} must be a number, got {value!r}")
+            if value is not None and math.isnan(value):
+                raise ZapoptError(f"{name} must be a number, got NaN")
+        if self.max_error is not None and not (0 <= self.max_error < math.inf):
+            raise ZapoptError(f"--max-error must be a finite number >= 0, got {self.max_error}")
+        if self.max_drop is not None and not (0 <= self.max_drop <= 100):
+            raise ZapoptError(f"--max-drop is in percent and must be in [0, 100], got {self.max_drop}")
+        if not 0 < self.holdout < 1:
+            raise ZapoptError(f"holdout must be in (0, 1), got {self.holdout}")
+        for name in ("calib_images", "epochs", "batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ZapoptError(f"{name} must be a positive integer, got {value!r}")
+        if self.calib_images < 8:
+            raise ZapoptError("use at least 8 calibration images (more is better: 256-1024)")
+        if self.output_format not in FORMATS:
+            raise ZapoptError(f"unknown format {self.output_format!r}; choose one of {', '.join(FORMATS)}")
+
+    @property
+    def selection_text(self) -> str:
+        if self.max_drop is not None:
+            return f"max accuracy drop {self.max_drop}%"
+        if self.max_error is not None:
+            return f"error budget {self.max_error}"
+        return f"uniform {self.uniform_threshold}"
+
+    @property
+    def uniform_threshold(self) -> float:
+        return DEFAULT_THRESHOLD if self.threshold is None else float(self.threshold)
+
+
+@dataclass(frozen=True)
+class TrainedLayer:
+    """A layer's trained predictor and its measured curve."""
+
+    conv: ConvActivation
+    params: Any  # TrainedPredictor
+    curve: LayerCurve
+    ofm_sparsity: float
+    seconds: float
+
+
+@dataclass(frozen=True)
+class OptimizeResult:
+    model: onnx.ModelProto
+    report: OptimizeReport
+    curves: dict[str, LayerCurve] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = self.report.to_dict()
+        out["curves"] = {name: curve.to_dict() for name, curve in self.curves.items()}
+        return out
+
+
+def build_zap_model(original: onnx.ModelProto, trained: Mapping[str, TrainedLayer],
+                    thresholds: Mapping[str, float], pattern_name: str) -> onnx.ModelProto:
+    """The original model with every layer that has a finite threshold replaced by ZapConv."""
+    pattern = get_pattern(pattern_name)
+    params = {}
+    for name, tau in thresholds.items():
+        if tau == -math.inf:
+            continue  # computing everything: the original layer is cheaper
+        pw1, pb1, pw2, pb2 = trained[name].params.folded
+        params[name] = ZapParams(pw1, pb1, pw2, pb2, pattern, float(tau))
+    copy = onnx.ModelProto()
+    copy.CopyFrom(original)
+    result = ReplaceWithZap(params)(copy).model
+    meta = {p.key: p for p in result.metadata_props}
+    for key, value in (("zapopt.pattern", pattern_name), ("zapopt.layers", str(len(params)))):
+        entry = meta.get(key) or result.metadata_props.add()
+        entry.key, entry.value = key, value
+    return result
+
+
+def _ofm_sparsity(ofm: np.ndarray, batch: int = 64) -> float:
+    zeros = total = 0
+    for start in range(0, ofm.shape[0], batch):
+        chunk = np.asarray(ofm[start:start + batch])
+        zeros += int(chunk.size - np.count_nonzero(chunk))
+        total += chunk.size
+    return zeros / total if total else 0.0
+
+
+def _train_layers(store: Any, selected: Sequence[ConvActivation], config: OptimizeConfig,
+                  taus: np.ndarray, progress: bool | None) -> dict[str, TrainedLayer]:
+    from zapopt.predictor.train import train_predictor
+
+    pattern = get_pattern(config.pattern)
+    n = store.num_images
+    n_train = max(2, int(round(n * (1 - config.holdout))))
+    if n - n_train < 1:
+        raise ZapoptError(f"{n} calibration images are too few to hold some out for the curves; use more")
+    enabled = sys.stderr.isatty() if progress is None else progress
+    trained: dict[str, TrainedLayer] = {}
+    for conv in tqdm(selected, desc="predictors", unit="layer", file=sys.stderr, disable=not enabled):
+        ofm = store.layer_array(conv.conv)
+        started = time.perf_counter()
+        predictor = train_predictor(ofm, pattern, epochs=config.epochs, lr=config.lr,
+                                    batch_size=config.batch_size, seed=config.seed,
+                                    max_images=n_train, progress=False)
+        curve = layer_curve(conv.conv, ofm[n_train:], predictor, macs=conv.macs, taus=taus)
+        trained[conv.conv] = TrainedLayer(conv, predictor, curve, _ofm_sparsity(ofm), time.perf_counter() - started)
+    return trained
+
+
+def _curve_grid(config: OptimizeConfig) -> np.ndarray:
+    grid = default_taus()
+    if config.max_error is None and config.max_drop is None:
+        grid = np.unique(np.concatenate([grid, [config.uniform_threshold]]))
+    return grid
+
+
+def _accuracy_search(original: onnx.ModelProto, trained: Mapping[str, TrainedLayer], config: OptimizeConfig,
+                     eval_source: Any, image_options: ImageOptions | None, progress: bool | None):
+    dataset = open_dataset(eval_source, model_input(original), image_options, limit=config.eval_images)
+    reference = run_model(original, dataset, measure=False, progress=progress, desc="reference").outputs
+    reference = reference.reshape(len(reference), -1)
+    labels = dataset.labels
+
+    def measure(thresholds: dict[str, float]) -> float:
+        candidate = build_zap_model(original, trained, thresholds, config.pattern)
+        logits = run_model(candidate, dataset, measure=False, progress=progress, desc="search").outputs
+        return accuracy_drop(reference, logits.reshape(len(logits), -1), labels)
+
+    return accuracy_target({n: t.curve for n, t in trained.items()}, config.max_drop, measure)
+
+
+def optimize(model: str | os.PathLike, output: str | os.PathLike | None, calib: Any, *,
+             config: OptimizeConfig = OptimizeConfig(), eval_data: Any = None,
+             image_options: ImageOptions | None = None,
+             input_shapes: Mapping[str, Sequence[int]] | None = None,
+             report_path: str | os.PathLike | None = None, progress: bool | None = None) -> OptimizeResult:
+    """Train a ZAP per eligible layer and rewrite ``model``; write it to ``output`` if given.
+
+    ``calib``/``eval_data``: any source ``zapopt.data.open_dataset`` accepts (image folder,
+    .npy, .npz, ``embedded:...``). ``eval_data`` is required with ``config.max_drop``.
+    The report (JSON) goes to ``report_path`` (default: ``OUTPUT`` + ``.report.json``).
+    """
+    started = time.perf_counter()
+    if not isinstance(config, OptimizeConfig):
+        raise TypeError("config must be an OptimizeConfig")
+    if config.max_drop is not None and eval_data is None:
+        raise ZapoptError("--max-drop needs held-out data to measure the drop on: add --eval DATA")
+    if output is not None:
+        check_output_path(output, inputs=(model,), what="output model")
+        if report_path is None:
+            report_path = f"{output}.report.json"
+    if report_path is not None:
+        check_output_path(report_path, inputs=(model,), what="report")
+    original = load_model(model)
+    info = analyze(original, input_shapes)
+    selected, skipped = select_layers(info.convs, config.layers, config.exclude, config.include_first)
+    spec = model_input(original)
+    calib_set = open_dataset(calib, spec, image_options, limit=config.calib_images)
+    if eval_data is not None:  # validate now, run later
+        open_dataset(eval_data, spec, image_options, limit=config.eval_images)
+    seconds: dict[str, float] = {}
+
+    t0 = time.perf_counter()
+    with calibrate(original, selected, calib_set.batches(config.batch_size), total_images=len(calib_set),
+                   progress=progress) as store:
+        seconds["calibrate"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        trained = _train_layers(store, selected, config, _curve_grid(config), progress)
+        seconds["train"] = time.perf_counter() - t0
+        n_images = store.num_images
+    curves = {name: t.curve for name, t in trained.items()}
+
+    t0 = time.perf_counter()
+    search: list[dict[str, Any]] = []
+    measured_drop = None
+    if config.max_drop is not None:
+        found = _accuracy_search(original, trained, config, eval_data, image_options, progress)
+        thresholds = dict(found.selection.thresholds)
+        search = [e.to_dict() for e in found.evaluations]
+        measured_drop = found.drop
+    elif config.max_error is not None:
+        thresholds = dict(error_budget(curves, config.max_error).thresholds)
+    else:
+        thresholds = dict(uniform(curves, config.uniform_threshold).thresholds)
+        # A layer where the predictor costs more than it saves stays as it was.
+        for name, tau in thresholds.items():
+            i = int(np.flatnonzero(curves[name].taus == tau)[0])
+            if curves[name].macs_after[i] >= curves[name].macs:
+                thresholds[name] = -math.inf
+    seconds["thresholds"] = time.perf_counter() - t0
+
+    layers: list[LayerReport] = []
+    for name, layer in trained.items():
+        tau = thresholds[name]
+        if tau == -math.inf:
+            best = float(np.max(layer.curve.savings))
+            why = ("the predictor costs more than it saves at every threshold" if best <= 0 else
+                   "leaving it exact fits the accuracy/error budget better")
+            layers.append(LayerReport(name, "skipped", why, int(layer.curve.macs), layer.ofm_sparsity,
+                                      oracle_macs_after=float(layer.curve.oracle_macs_after),
+                                      train_seconds=layer.seconds))
+        else:
+            layers.append(layer_report_from_curve(layer.curve, tau, ofm_sparsity=layer.ofm_sparsity,
+                                                  train_seconds=layer.seconds))
+    if not any(l.status == "zap" for l in layers):  # noqa: E741
+        raise ZapoptError("no layer pays for its predictor at these settings; try a higher --threshold, "
+                          "a larger --max-error/--max-drop, or another --pattern")
+
+    rewritten = build_zap_model(original, trained, thresholds, config.pattern)
+    if config.output_format == "onnx":
+        rewritten = ExpandZapToOnnx()(rewritten).model
+    seconds["total"] = time.perf_counter() - started
+    report = OptimizeReport(
+        model=str(model), output=None if output is None else str(output), pattern=config.pattern,
+        selection=config.selection_text, calibration_images=n_images,
+        curve_images=next(iter(curves.values())).images, total_macs=info.total_macs, layers=layers,
+        skipped=skipped, search=search, measured_drop=measured_drop, seconds=seconds)
+    result = OptimizeResult(rewritten, report, curves)
+    if output is not None:
+        save_model_atomically(rewritten, output)
+    if report_path is not None:
+        write_text_atomically(report_path, json.dumps(result.to_dict(), indent=1))
+    return result
+
+
+def pattern_names() -> list[str]:
+    """Registered pattern names, for --help and errors."""
+    return sorted(PATTERNS)

@@ -1,0 +1,212 @@
+"""The per-layer optimize report: one format, produced here, read by every command.
+
+JSON (``to_dict``) for scripts, a fixed-width table (``format_table``) for people, and
+PNG curves (``plot_*``) where a curve says more than a table.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from zapopt.thresholds import LayerCurve
+
+
+def pct(value: float | None, digits: int = 1) -> str:
+    """``0.1234`` -> ``'12.3%'``; None -> ``'-'``."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{100 * value:.{digits}f}%"
+
+
+def format_rows(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A fixed-width table; the first column is left-aligned, the others right-aligned."""
+    cells = [[str(c) for c in header], *[[str(c) for c in row] for row in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+
+    def render(row: list[str]) -> str:
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+
+    return "\n".join([render(cells[0]), "  ".join("-" * w for w in widths), *map(render, cells[1:])])
+
+
+def json_float(value: float) -> float | str:
+    """Strict JSON: infinities as strings."""
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return float(value)
+
+
+@dataclass(frozen=True)
+class LayerReport:
+    """One eligible layer's outcome. ``threshold`` is None when the layer was not replaced."""
+
+    name: str
+    status: str  # "zap" or "skipped"
+    reason: str
+    macs: int
+    ofm_sparsity: float | None = None
+    threshold: float | None = None
+    predicted_zero: float | None = None  # share of predicted positions T predicted zero
+    false_zero: float | None = None  # share of T: nonzeros wrongly predicted zero
+    false_nonzero: float | None = None  # share of T: zeros wrongly predicted nonzero
+    error: float | None = None  # activation mass lost
+    macs_after: float | None = None
+    oracle_macs_after: float | None = None
+    tile_shares: dict[str, float] = field(default_factory=dict)
+    train_seconds: float | None = None
+
+    @property
+    def savings(self) -> float | None:
+        return None if self.macs_after is None else 1.0 - self.macs_after / self.macs
+
+    @property
+    def oracle_savings(self) -> float | None:
+        return None if self.oracle_macs_after is None else 1.0 - self.oracle_macs_after / self.macs
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "name": self.name, "status": self.status, "reason": self.reason, "macs": self.macs,
+            "ofm_sparsity": self.ofm_sparsity,
+            "threshold": None if self.threshold is None else json_float(self.threshold),
+            "predicted_zero": self.predicted_zero, "false_zero": self.false_zero,
+            "false_nonzero": self.false_nonzero, "error": self.error,
+            "macs_after": self.macs_after, "savings": self.savings,
+            "oracle_macs_after": self.oracle_macs_after, "oracle_savings": self.oracle_savings,
+            "tile_shares": dict(self.tile_shares), "train_seconds": self.train_seconds,
+        }
+        return out
+
+
+def layer_report_from_curve(curve: LayerCurve, threshold: float, *, ofm_sparsity: float,
+                            train_seconds: float | None, status: str = "zap", reason: str = "") -> LayerReport:
+    """Read a layer's numbers at ``threshold`` off its measured curve."""
+    hits = np.flatnonzero(curve.taus == threshold)
+    if hits.size == 0:
+        raise ValueError(f"threshold {threshold} is not on the curve of {curve.name!r}")
+    i = int(hits[0])
+    return LayerReport(
+        name=curve.name, status=status, reason=reason, macs=int(curve.macs), ofm_sparsity=ofm_sparsity,
+        threshold=float(threshold), predicted_zero=float(curve.predicted_zero[i]),
+        false_zero=float(curve.false_zero[i]), false_nonzero=float(curve.false_nonzero[i]),
+        error=float(curve.error[i]), macs_after=float(curve.macs_after[i]),
+        oracle_macs_after=float(curve.oracle_macs_after),
+        tile_shares={k: float(v[i]) for k, v in curve.tile_shares.items()},
+        train_seconds=train_seconds,
+    )
+
+
+@dataclass(frozen=True)
+class OptimizeReport:
+    """What ``zapopt optimize`` did, layer by layer, with whole-model totals (per image)."""
+
+    model: str
+    output: str | None
+    pattern: str
+    selection: str  # how thresholds were chosen, e.g. "uniform 0.1"
+    calibration_images: int
+    curve_images: int
+    total_macs: int
+    layers: list[LayerReport]
+    skipped: list[tuple[str, str]]  # convs not considered at all, with the reason
+    search: list[dict[str, Any]] = field(default_factory=list)  # accuracy-target evaluations
+    measured_drop: float | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def zap_layers(self) -> list[LayerReport]:
+        return [layer for layer in self.layers if layer.status == "zap"]
+
+    @property
+    def macs_after(self) -> float:
+        return self.total_macs - sum(l.macs - l.macs_after for l in self.zap_layers)  # noqa: E741
+
+    @property
+    def savings(self) -> float:
+        return 1.0 - self.macs_after / self.total_macs if self.total_macs else 0.0
+
+    @property
+    def oracle_savings(self) -> float:
+        """Whole-model savings a perfect, free predictor would reach on the same layers."""
+        if not self.total_macs:
+            return 0.0
+        saved = sum(l.macs - l.oracle_macs_after for l in self.layers if l.oracle_macs_after is not None)  # noqa: E741
+        return saved / self.total_macs
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model, "output": self.output, "pattern": self.pattern,
+            "selection": self.selection, "calibration_images": self.calibration_images,
+            "curve_images": self.curve_images, "total_macs": self.total_macs,
+            "macs_after": self.macs_after, "savings": self.savings,
+            "oracle_savings": self.oracle_savings, "measured_drop_pct": self.measured_drop,
+            "layers": [layer.to_dict() for layer in self.layers],
+            "skipped": [{"name": n, "reason": r} for n, r in self.skipped],
+            "search": self.search, "seconds": self.seconds,
+        }
+
+    def format_table(self) -> str:
+        lines = [f"model: {self.model}" + (f"  ->  {self.output}" if self.output else ""),
+                 f"pattern: {self.pattern}   thresholds: {self.selection}   "
+                 f"calibration: {self.calibration_images} images (curves on {self.curve_images} held out)"]
+        tiles = list(dict.fromkeys(k for layer in self.layers for k in layer.tile_shares))
+        header = ("layer", "MACs", "sparsity", "tau", "pred.zero", "false0", "false!0", "error",
+                  "MACs after", "saved", "oracle", *[f"tile{k}" for k in tiles])
+        rows = []
+        for layer in self.layers:
+            if layer.status != "zap":
+                rows.append((layer.name, f"{layer.macs:,}", pct(layer.ofm_sparsity), "-", "-", "-", "-", "-",
+                             f"{layer.macs:,}", "0.0%", pct(layer.oracle_savings), *["-"] * len(tiles)))
+                continue
+            rows.append((layer.name, f"{layer.macs:,}", pct(layer.ofm_sparsity), f"{layer.threshold:.2f}",
+                         pct(layer.predicted_zero), pct(layer.false_zero, 2), pct(layer.false_nonzero),
+                         pct(layer.error, 2), f"{layer.macs_after:,.0f}", pct(layer.savings),
+                         pct(layer.oracle_savings), *[pct(layer.tile_shares.get(k)) for k in tiles]))
+        lines += ["", format_rows(header, rows), ""]
+        lines.append(f"whole model: {self.total_macs:,} -> {self.macs_after:,.0f} MACs per image "
+                     f"({pct(self.savings)} fewer; a perfect predictor on these layers: {pct(self.oracle_savings)})")
+        if self.measured_drop is not None:
+            lines.append(f"measured accuracy drop at the chosen thresholds: {self.measured_drop:.2f} points")
+        not_zap = [(l.name, l.reason) for l in self.layers if l.status != "zap"] + list(self.skipped)  # noqa: E741
+        if not_zap:
+            lines += ["", "not rewritten:"] + [f"  {name}: {reason}" for name, reason in not_zap]
+        lines.append("")
+        lines.append("columns: sparsity = zeros in the layer's output; pred.zero/false0/false!0 are shares of the "
+                     "predicted positions; error = activation mass lost; tileAxB = share of the skipped work in "
+                     "whole skippable tiles of A channels x B positions")
+        return "\n".join(lines)
+
+
+def plot_curves(points: Sequence[tuple[float, float]], path: str, *, title: str, xlabel: str, ylabel: str,
+                labels: Sequence[str] | None = None, reference: float | None = None) -> None:
+    """Save an x/y curve (e.g. MAC savings vs accuracy) as a PNG, atomically."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from zapopt.files import write_atomically
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    xs, ys = zip(*points) if points else ((), ())
+    ax.plot(xs, ys, marker="o")
+    if labels:
+        for x, y, text in zip(xs, ys, labels):
+            ax.annotate(text, (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7)
+    if reference is not None:
+        ax.axhline(reference, color="gray", linestyle="--", linewidth=1, label="original model")
+        ax.legend(loc="lower left")
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    write_atomically(path, lambda f: f.write(buffer.getvalue()))

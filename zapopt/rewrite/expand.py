@@ -1,0 +1,178 @@
+"""``ExpandZapToOnnx``: rewrite every ZapConv into standard ONNX ops (opsets 11 and later).
+
+The expansion computes the whole convolution and masks the result, so it saves nothing;
+it exists so a ZAP model runs on stock onnxruntime (accuracy checks, no native kernel)
+and, with ``expose_masks=True``, reports which activations a kernel would have computed.
+Its outputs equal the numpy reference up to the runtime's float32 accumulation order.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from zapopt.errors import ZapoptError
+from zapopt.ops.reference import conv_output_size
+from zapopt.ops.spec import DOMAIN, ZapConvAttrs, is_zap_node
+from zapopt.rewrite.base import Pass, PassResult
+from zapopt.rewrite.graph_edit import (
+    GraphIndex,
+    NameAllocator,
+    default_opset,
+    drop_opset,
+    replace_nodes,
+    tag_node,
+    tensor_shape,
+)
+
+MIN_OPSET = 11
+
+
+def mask_output_name(layer: str) -> str:
+    """Graph output carrying a layer's ``Computed`` mask when the node declares none."""
+    return f"{layer}.computed"
+
+
+class _Builder:
+    """Collects the nodes and initializers that replace one ZapConv node."""
+
+    def __init__(self, model: onnx.ModelProto, names: NameAllocator, label: str, rule: str) -> None:
+        self.model, self.names, self.label, self.rule = model, names, label, rule
+        self.nodes: list[onnx.NodeProto] = []
+
+    def const(self, key: str, value: np.ndarray) -> str:
+        name = self.names.fresh(f"{self.label}/{key}")
+        self.model.graph.initializer.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    def op(self, op_type: str, inputs: list[str], key: str, output: str | None = None, **attrs) -> str:
+        out = output or self.names.fresh(f"{self.label}/{key}")
+        node = helper.make_node(op_type, inputs, [out], name=self.names.fresh(f"{self.label}/{op_type}_{key}"), **attrs)
+        tag_node(node, self.rule, self.model.ir_version, origin=self.label)
+        self.nodes.append(node)
+        return out
+
+
+class ExpandZapToOnnx(Pass):
+    """Replace each ZapConv by Conv/Add/Clip/Mul/depthwise Conv/Greater/Or/Where."""
+
+    name = "ExpandZapToOnnx"
+    requires = (
+        "default ONNX opset >= 11; each ZapConv's output channel count is known from a constant W "
+        "or PW1 (its spatial size may be dynamic)"
+    )
+
+    def __init__(self, expose_masks: bool = False) -> None:
+        self.expose_masks = bool(expose_masks)
+
+    def run(self, model: onnx.ModelProto) -> PassResult:
+        if not any(is_zap_node(n) for n in model.graph.node):
+            return PassResult(model, False)
+        opset = default_opset(model)
+        if opset < MIN_OPSET:
+            raise ZapoptError(
+                f"the model uses ONNX opset {opset}; the portable expansion needs opset >= {MIN_OPSET} "
+                "(convert it first with onnx.version_converter)"
+            )
+        inferred = onnx.shape_inference.infer_shapes(model)
+        names = NameAllocator(model)
+        while True:  # editing re-creates graph.node, so look the next node up afresh
+            node = next((n for n in model.graph.node if is_zap_node(n)), None)
+            if node is None:
+                break
+            self._expand(model, inferred, GraphIndex(model.graph), names, node)
+        drop_opset(model, DOMAIN)
+        onnx.checker.check_model(model)
+        return PassResult(model, True)
+
+    def _expand(
+        self,
+        model: onnx.ModelProto,
+        inferred: onnx.ModelProto,
+        index: GraphIndex,
+        names: NameAllocator,
+        node: onnx.NodeProto,
+    ) -> None:
+        label = node.name or node.output[0]
+        attrs = ZapConvAttrs.from_node(node)
+        inputs = list(node.input) + [""] * (8 - len(node.input))
+        x, w, b, pw1, pb1, pw2, pb2, skip = inputs
+        c_out = self._channels(index, model, w, pw1, label)
+        out_hw = self._output_hw(inferred, node, attrs, index)
+        g = _Builder(model, names, label, self.name)
+
+        conv_attrs = dict(strides=list(attrs.strides), pads=list(attrs.pads), dilations=list(attrs.dilations), group=attrs.group)
+        v = g.op("Conv", [x, w, b] if b else [x, w], "V", **conv_attrs)
+        if skip:
+            v = g.op("Add", [v, skip], "V_skip")
+        if math.isfinite(attrs.clip_max):
+            zero = g.const("clip_min", np.array(0.0, np.float32))
+            full = g.op("Clip", [v, zero, g.const("clip_max", np.array(attrs.clip_max, np.float32))], "Full")
+        else:
+            full = g.op("Relu", [v], "Full")
+
+        s_float, s_bool = self._pattern_mask(g, attrs, out_hw, full)
+        partial = g.op("Mul", [full, s_float], "P")
+        depthwise = dict(group=c_out, kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[1, 1], dilations=[1, 1])
+        hidden = g.op("Relu", [g.op("Conv", [partial, pw1, pb1], "H1", **depthwise)], "Hd")
+        score = g.op("Conv", [hidden, pw2, pb2], "Z", **depthwise)
+        predicted = g.op("Greater", [score, g.const("threshold", np.array(attrs.threshold, np.float32))], "predicted")
+
+        declared = node.output[1] if len(node.output) > 1 and node.output[1] else None
+        mask_name = declared or (names.fresh(mask_output_name(label)) if self.expose_masks else None)
+        computed = g.op("Or", [s_bool, predicted], "Computed", output=mask_name)
+        g.op("Where", [computed, full, g.const("zero", np.array(0.0, np.float32))], "Y", output=node.output[0])
+
+        replace_nodes(model.graph, [node], g.nodes, at=node)
+        if self.expose_masks and computed not in {o.name for o in model.graph.output}:
+            y_shape = tensor_shape(inferred, node.output[0])
+            dims = list(y_shape) if y_shape is not None and len(y_shape) == 4 else [None] * 4
+            model.graph.output.append(helper.make_tensor_value_info(computed, onnx.TensorProto.BOOL, dims))
+
+    @staticmethod
+    def _channels(index: GraphIndex, model: onnx.ModelProto, w: str, pw1: str, label: str) -> int:
+        for name in (w, pw1):
+            value = index.constant(name)
+            if value is not None:
+                return int(value.shape[0])
+            shape = tensor_shape(model, name)
+            if shape and isinstance(shape[0], int) and shape[0] > 0:
+                return shape[0]
+        raise ZapoptError(f"ZapConv {label!r}: cannot tell its output channel count (W and PW1 have no static shape)")
+
+    @staticmethod
+    def _output_hw(inferred: onnx.ModelProto, node: onnx.NodeProto, attrs: ZapConvAttrs, index: GraphIndex) -> tuple[int, int] | None:
+        y_shape = tensor_shape(inferred, node.output[0])
+        if y_shape is not None and len(y_shape) == 4 and all(isinstance(d, int) and d > 0 for d in y_shape[2:]):
+            return int(y_shape[2]), int(y_shape[3])
+        x_shape = tensor_shape(inferred, node.input[0])
+        weight = index.constant(node.input[1])
+        if x_shape is None or weight is None or len(x_shape) != 4 or not all(isinstance(d, int) and d > 0 for d in x_shape[2:]):
+            return None
+        kh, kw = weight.shape[2:]
+        return (
+            conv_output_size(x_shape[2], kh, attrs.strides[0], attrs.pads[0], attrs.pads[2], attrs.dilations[0]),
+            conv_output_size(x_shape[3], kw, attrs.strides[1], attrs.pads[1], attrs.pads[3], attrs.dilations[1]),
+        )
+
+    @staticmethod
+    def _pattern_mask(g: _Builder, attrs: ZapConvAttrs, out_hw: tuple[int, int] | None, like: str) -> tuple[str, str]:
+        """``S`` as float ``[1,1,H,W]`` and bool: a constant if H, W are static, else tiled at run time."""
+        pattern = attrs.pattern
+        if out_hw is not None:
+            mask = pattern.mask(*out_hw)[None, None]
+            return g.const("S", mask.astype(np.float32)), g.const("S_bool", mask)
+        th, tw = pattern.shape
+        i64 = lambda *v: np.array(v, dtype=np.int64)  # noqa: E731
+        shape = g.op("Shape", [like], "shape")
+        hw = g.op("Slice", [shape, g.const("hw_start", i64(2)), g.const("hw_end", i64(4)), g.const("hw_axis", i64(0))], "hw")
+        rounded_up = g.op("Add", [hw, g.const("tile_minus_1", i64(th - 1, tw - 1))], "hw_up")
+        reps_hw = g.op("Div", [rounded_up, g.const("tile_hw", i64(th, tw))], "reps_hw")
+        reps = g.op("Concat", [g.const("ones2", i64(1, 1)), reps_hw], "reps", axis=0)
+        tile = pattern.tile_array().astype(np.float32)[None, None]
+        big = g.op("Tile", [g.const("tile", tile), reps], "S_tiled")
+        s_float = g.op("Slice", [big, g.const("zeros2", i64(0, 0)), hw, g.const("axes_hw", i64(2, 3))], "S")
+        s_bool = g.op("Cast", [s_float], "S_bool", to=onnx.TensorProto.BOOL)
+        return s_float, s_bool

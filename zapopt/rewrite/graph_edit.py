@@ -1,0 +1,246 @@
+"""Small helpers every rewrite pass needs: who produces/consumes a tensor, constants,
+fresh names, node tags, dead-initializer cleanup.
+
+Kept separate from the passes so each pass reads as the rule it implements.
+"""
+from __future__ import annotations
+
+import re
+from typing import Iterable, Iterator
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from zapopt.errors import ZapoptError
+from zapopt.graph.index import unique_node_names
+from zapopt.ops.spec import RULE_KEY
+
+#: IR version that introduced ``NodeProto.metadata_props``; older models get doc_string tags.
+_NODE_METADATA_IR = 10
+_DOC_TAG = RULE_KEY + "="
+
+
+def _subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
+    for attr in node.attribute:
+        if attr.type == onnx.AttributeProto.GRAPH:
+            yield attr.g
+        elif attr.type == onnx.AttributeProto.GRAPHS:
+            yield from attr.graphs
+
+
+def _names_used_in(graph: onnx.GraphProto) -> set[str]:
+    used: set[str] = set()
+    for node in graph.node:
+        used.update(n for n in node.input if n)
+        for sub in _subgraphs(node):
+            used |= _names_used_in(sub)
+    used.update(o.name for o in graph.output)
+    return used
+
+
+class GraphIndex:
+    """A snapshot of producer/consumer relations of a graph (rebuild after editing)."""
+
+    def __init__(self, graph: onnx.GraphProto) -> None:
+        self.graph = graph
+        self.producer: dict[str, onnx.NodeProto] = {}
+        self.consumers: dict[str, list[onnx.NodeProto]] = {}
+        self.used_in_subgraphs: set[str] = set()
+        for node in graph.node:
+            for out in node.output:
+                if out:
+                    self.producer[out] = node
+            for inp in node.input:
+                if inp:
+                    self.consumers.setdefault(inp, []).append(node)
+            for sub in _subgraphs(node):
+                self.used_in_subgraphs |= _names_used_in(sub)
+        self.initializers = {t.name: t for t in graph.initializer}
+        self.graph_outputs = {o.name for o in graph.output}
+
+    def find_node(self, name: str, op_types: Iterable[str] = ()) -> onnx.NodeProto:
+        """A node by its name, by the name ``zapopt.graph`` reports for it (``Conv_3`` for an
+        unnamed or duplicated one), else by the name of its first output."""
+        wanted = set(op_types)
+        fits = lambda n: not wanted or n.op_type in wanted  # noqa: E731
+        for node, reported in zip(self.graph.node, unique_node_names(self.graph)):
+            if reported == name and fits(node):
+                return node
+        if sum(1 for n in self.graph.node if n.name == name) > 1:
+            raise ZapoptError(
+                f"several nodes are named {name!r}; use the names zapopt.graph reports (e.g. 'Conv_3'), "
+                "which are unique"
+            )
+        node = self.producer.get(name)
+        if node is not None and node.output[0] == name and fits(node):
+            return node
+        candidates = [n.name or n.output[0] for n in self.graph.node if fits(n)]
+        shown = ", ".join(candidates[:10]) + (" ..." if len(candidates) > 10 else "")
+        kinds = "/".join(sorted(wanted)) or "node"
+        raise ZapoptError(f"no {kinds} named {name!r} in the graph; known: {shown or 'none'}")
+
+    def sole_consumer(self, tensor: str) -> onnx.NodeProto | None:
+        """The only node reading ``tensor``, or None if it is shared, a graph output or unused."""
+        users = self.consumers.get(tensor, [])
+        if len(users) != 1 or tensor in self.graph_outputs or tensor in self.used_in_subgraphs:
+            return None
+        return users[0]
+
+    def constant(self, name: str) -> np.ndarray | None:
+        """The value of an initializer or ``Constant`` output, else None."""
+        if name in self.initializers:
+            return numpy_helper.to_array(self.initializers[name])
+        node = self.producer.get(name)
+        if node is None or node.op_type != "Constant" or node.domain not in ("", "ai.onnx"):
+            return None
+        for attr in node.attribute:
+            if attr.name == "value":
+                return numpy_helper.to_array(attr.t)
+            if attr.name == "value_float":
+                return np.array(attr.f, dtype=np.float32)
+            if attr.name == "value_floats":
+                return np.array(list(attr.floats), dtype=np.float32)
+            if attr.name == "value_int":
+                return np.array(attr.i, dtype=np.int64)
+            if attr.name == "value_ints":
+                return np.array(list(attr.ints), dtype=np.int64)
+        return None
+
+    def require_constant(self, name: str, what: str) -> np.ndarray:
+        value = self.constant(name)
+        if value is None:
+            raise ZapoptError(f"{what} {name!r} must be an initializer or Constant, it is computed at run time")
+        return value
+
+
+class NameAllocator:
+    """Hands out tensor/node names not yet used anywhere in the model."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.taken: set[str] = set()
+        self._collect(model.graph)
+
+    def _collect(self, graph: onnx.GraphProto) -> None:
+        self.taken.update(t.name for t in graph.initializer)
+        self.taken.update(v.name for v in (*graph.input, *graph.output, *graph.value_info))
+        for node in graph.node:
+            self.taken.add(node.name)
+            self.taken.update(node.input)
+            self.taken.update(node.output)
+            for sub in _subgraphs(node):
+                self._collect(sub)
+
+    def fresh(self, base: str) -> str:
+        base = re.sub(r"\s+", "_", base) or "zap"
+        name, k = base, 1
+        while name in self.taken:
+            name, k = f"{base}_{k}", k + 1
+        self.taken.add(name)
+        return name
+
+
+def tag_node(node: onnx.NodeProto, rule: str, ir_version: int, **extra: str) -> None:
+    """Record which rule made ``node`` (``metadata_props`` or, for IR < 10, ``doc_string``)."""
+    entries = {RULE_KEY: rule, **{f"zapopt.{k}": v for k, v in extra.items()}}
+    if ir_version >= _NODE_METADATA_IR:
+        for key, value in entries.items():
+            node.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
+    else:
+        node.doc_string = ";".join(f"{k}={v}" for k, v in entries.items())
+
+
+def rule_of(node: onnx.NodeProto) -> str | None:
+    """The rule that created ``node``, if a zapopt rule did."""
+    for entry in node.metadata_props:
+        if entry.key == RULE_KEY:
+            return entry.value
+    for part in node.doc_string.split(";"):
+        if part.startswith(_DOC_TAG):
+            return part[len(_DOC_TAG) :]
+    return None
+
+
+def replace_nodes(graph: onnx.GraphProto, old: list[onnx.NodeProto], new: list[onnx.NodeProto], at: onnx.NodeProto) -> None:
+    """Remove ``old`` and put ``new`` where ``at`` (one of ``old``) stood, keeping topological order."""
+    ids = {id(n) for n in old}
+    kept: list[onnx.NodeProto] = []
+    for node in graph.node:
+        if node is at:
+            kept.extend(new)
+        if id(node) not in ids:
+            kept.append(node)
+    del graph.node[:]
+    graph.node.extend(kept)
+
+
+def remove_value_info(graph: onnx.GraphProto, names: Iterable[str]) -> None:
+    """Drop value_info entries for tensors that no longer exist."""
+    gone = set(names)
+    kept = [v for v in graph.value_info if v.name not in gone]
+    del graph.value_info[:]
+    graph.value_info.extend(kept)
+
+
+def remove_if_unused(graph: onnx.GraphProto, names: Iterable[str]) -> list[str]:
+    """Delete initializers (and Constant nodes) among ``names`` nothing reads any more."""
+    used = _names_used_in(graph)
+    dead = {n for n in names if n and n not in used}
+    if not dead:
+        return []
+    inits = [t for t in graph.initializer if t.name not in dead]
+    del graph.initializer[:]
+    graph.initializer.extend(inits)
+    inputs = [v for v in graph.input if v.name not in dead]
+    del graph.input[:]
+    graph.input.extend(inputs)
+    nodes = [n for n in graph.node if not (n.op_type == "Constant" and n.output[0] in dead)]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return sorted(dead)
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    for op in model.opset_import:
+        if op.domain in ("", "ai.onnx"):
+            return op.version
+    raise ZapoptError("the model imports no default ONNX opset")
+
+
+def ensure_opset(model: onnx.ModelProto, domain: str, version: int) -> None:
+    """Import ``domain`` at ``version`` (ZapoptError if another version is imported)."""
+    for op in model.opset_import:
+        if op.domain == domain:
+            if op.version != version:
+                raise ZapoptError(f"the model imports {domain} version {op.version}; zapopt writes version {version}")
+            return
+    model.opset_import.append(helper.make_opsetid(domain, version))
+
+
+def drop_opset(model: onnx.ModelProto, domain: str) -> None:
+    kept = [op for op in model.opset_import if op.domain != domain]
+    del model.opset_import[:]
+    model.opset_import.extend(kept)
+
+
+def tensor_shape(model: onnx.ModelProto, name: str) -> tuple[int | str | None, ...] | None:
+    """Declared shape of ``name`` (dims: int, symbolic str or None); None if not declared."""
+    graph = model.graph
+    for vi in (*graph.value_info, *graph.input, *graph.output):
+        if vi.name == name and vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape"):
+            dims = []
+            for d in vi.type.tensor_type.shape.dim:
+                dims.append(d.dim_value if d.HasField("dim_value") else (d.dim_param or None))
+            return tuple(dims)
+    for init in graph.initializer:
+        if init.name == name:
+            return tuple(init.dims)
+    return None
+
+
+def value_info_for(model: onnx.ModelProto, name: str) -> onnx.ValueInfoProto | None:
+    graph = model.graph
+    for vi in (*graph.value_info, *graph.input, *graph.output):
+        if vi.name == name:
+            return vi
+    return None
