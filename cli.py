@@ -147,6 +147,209 @@ def data_info_command(source: str, model: str | None, input_name: str | None, li
         click.echo(line)
 
 
+def _input_shapes(texts: tuple[str, ...]) -> dict[str, tuple[int, ...]] | None:
+    """--input-shape NAME:D1,D2,... (repeatable) -> {name: dims}."""
+    from zapopt.graph import parse_input_shape
+
+    shapes: dict[str, tuple[int, ...]] = {}
+    for text in texts:
+        name, dims = parse_input_shape(text)
+        if name in shapes:
+            raise ZapoptError(f"--input-shape given twice for input {name!r}")
+        shapes[name] = dims
+    return shapes or None
+
+
+def _progress(quiet: bool) -> bool | None:
+    return False if quiet else None
+
+
+input_shape_option = click.option(
+    "--input-shape", "input_shapes", multiple=True, metavar="NAME:D1,D2,...",
+    help="Pin a dynamic input shape, e.g. input:1,3,224,224 (repeatable).")
+json_option = click.option("--json", "as_json", is_flag=True,
+                           help="Print the JSON report on stdout instead of the table (for scripts).")
+quiet_option = click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+
+
+class _Threshold(click.ParamType):
+    """A float, or -inf/inf, with a clear message for anything else."""
+
+    name = "number"
+
+    def convert(self, value, param, ctx):  # type: ignore[no-untyped-def]
+        if isinstance(value, float):
+            return value
+        try:
+            result = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number (e.g. 0.1, or -inf to compute everything)", param, ctx)
+        if result != result:
+            self.fail("NaN is not a threshold", param, ctx)
+        return result
+
+
+THRESHOLD = _Threshold()
+
+
+@cli.command("optimize")
+@click.argument("model", type=click.Path(dir_okay=False, path_type=str))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=str),
+              help="Where to write the optimized model (never the input file). A JSON report is "
+                   "written beside it as OUTPUT.report.json unless --report says otherwise.")
+@click.option("--calib", required=True, metavar="DATA",
+              help="Calibration inputs (no labels needed): an image folder, a .npy, a .npz with x, or "
+                   "embedded:fashion-mnist-train / embedded:photos.")
+@click.option("--calib-images", type=click.IntRange(min=8), default=512, show_default=True,
+              help="Use at most this many calibration images (a quarter is held out to measure the curves).")
+@click.option("--pattern", default="checkerboard", show_default=True, metavar="NAME",
+              help="Which activations are computed up front; the rest are predicted. One of: "
+                   "checkerboard, tile5x5-60, tile5x5-40, diag3x3-33, rows-50, cols-50, all.")
+@click.option("--threshold", type=THRESHOLD, default=None,
+              help="One decision threshold for every layer (default 0.1): an activation is skipped when "
+                   "its predictor score is <= the threshold. Higher = more savings, less accuracy.")
+@click.option("--max-error", type=float, default=None,
+              help="Instead of --threshold: per-layer thresholds that save the most MACs while the summed "
+                   "fraction of activation mass lost stays <= this (e.g. 0.05).")
+@click.option("--max-drop", type=float, default=None,
+              help="Instead of --threshold: the most savings whose measured top-1 drop (with labels) or top-1 "
+                   "disagreement with the original (without) on --eval data stays <= this, in percent.")
+@click.option("--eval", "eval_data", default=None, metavar="DATA",
+              help="Held-out data for --max-drop (labels from a .npz y, or embedded:fashion-mnist-test).")
+@click.option("--eval-images", type=click.IntRange(min=1), default=None, help="Use at most this many --eval images.")
+@click.option("--layers", multiple=True, metavar="NAME|REGEX",
+              help="Only these Conv layers (node name or full regex; repeatable). Also the way to include "
+                   "the first conv, which is skipped by default.")
+@click.option("--exclude", multiple=True, metavar="NAME|REGEX", help="Leave these Conv layers alone (repeatable).")
+@click.option("--epochs", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Predictor training epochs over the calibration images.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for predictor training.")
+@click.option("--format", "output_format", type=click.Choice(["zap", "onnx"]), default="zap", show_default=True,
+              help="zap: one ai.zapopt::ZapConv node per layer (thresholds retunable). onnx: standard ONNX "
+                   "ops only, runs on stock onnxruntime (computes everything, masks the output).")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=str), default=None,
+              help="Where to write the JSON report (default OUTPUT.report.json).")
+@input_shape_option
+@json_option
+@quiet_option
+@image_option_flags
+def optimize_command(model, output, calib, calib_images, pattern, threshold, max_error, max_drop, eval_data,
+                     eval_images, layers, exclude, epochs, seed, output_format, report_path, input_shapes,
+                     as_json, quiet, image_options) -> None:
+    """Train a zero activation predictor per eligible layer and rewrite MODEL.
+
+    Eligible layers are Conv [+BatchNorm] [+residual Add] + Relu/ReLU6 (see `zapopt info`);
+    the first conv and layers where a predictor cannot pay for itself are skipped, with the
+    reason in the report. Example:
+
+        zapopt optimize model.onnx -o model.zap.onnx --calib images/ --threshold 0.1
+    """
+    import json
+
+    from zapopt.optimize import OptimizeConfig, optimize
+
+    config = OptimizeConfig(pattern=pattern, threshold=threshold, max_error=max_error, max_drop=max_drop,
+                            layers=tuple(layers), exclude=tuple(exclude), calib_images=calib_images,
+                            eval_images=eval_images, epochs=epochs, seed=seed, output_format=output_format)
+    result = optimize(model, output, calib, config=config, eval_data=eval_data, image_options=image_options,
+                      input_shapes=_input_shapes(input_shapes), report_path=report_path,
+                      progress=_progress(quiet))
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=1))
+    else:
+        click.echo(result.report.format_table())
+        click.echo(f"\nwrote {output} and {report_path or output + '.report.json'}")
+
+
+@cli.command("eval")
+@click.argument("model", type=click.Path(dir_okay=False, path_type=str))
+@click.option("--data", required=True, metavar="DATA",
+              help="Evaluation inputs: image folder, .npy, .npz (x, optional y labels) or embedded:...")
+@click.option("--reference", type=click.Path(dir_okay=False, path_type=str), default=None,
+              help="The original model: adds its accuracy, top-1 agreement and output error.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Evaluate the first N samples only.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@input_shape_option
+@json_option
+@quiet_option
+@image_option_flags
+def eval_command(model, data, reference, limit, batch_size, input_shapes, as_json, quiet, image_options) -> None:
+    """Accuracy, agreement with the original, and the MAC savings realised on DATA.
+
+    Models with ZapConv nodes run in their portable form on stock onnxruntime; each layer's
+    realised cost is counted from the activations it actually computed.
+    """
+    import json
+
+    from zapopt.evaluate import evaluate
+
+    result = evaluate(model, data, reference=reference, image_options=image_options, limit=limit,
+                      batch_size=batch_size, input_shapes=_input_shapes(input_shapes), progress=_progress(quiet))
+    click.echo(json.dumps(result.to_dict(), indent=1) if as_json else result.format_table())
+
+
+@cli.command("sweep")
+@click.argument("model", type=click.Path(dir_okay=False, path_type=str))
+@click.option("--data", required=True, metavar="DATA", help="Evaluation inputs (labels give top-1).")
+@click.option("--thresholds", default=None, metavar="T1,T2,...",
+              help="Uniform thresholds to try (default 0,0.05,0.1,0.15,0.2,0.25,0.3,0.4,0.5).")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Evaluate the first N samples only.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=str), default=None,
+              help="Write the curve as JSON here and as a PNG plot beside it (same name, .png).")
+@input_shape_option
+@json_option
+@quiet_option
+@image_option_flags
+def sweep_command(model, data, thresholds, limit, output, input_shapes, as_json, quiet, image_options) -> None:
+    """Accuracy vs MAC savings of an optimized MODEL over a range of thresholds."""
+    import json
+    import os
+
+    from zapopt.sweep import sweep
+
+    values = None
+    if thresholds is not None:
+        values = [THRESHOLD.convert(v.strip(), None, None) for v in thresholds.split(",") if v.strip()]
+    png = None if output is None else os.path.splitext(output)[0] + ".png"
+    result = sweep(model, data, thresholds=values, image_options=image_options, limit=limit,
+                   output_json=output, output_png=png, input_shapes=_input_shapes(input_shapes),
+                   progress=_progress(quiet))
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=1))
+    else:
+        click.echo(result.format_table())
+        if output:
+            click.echo(f"\nwrote {output} and {png}")
+
+
+@cli.command("retune")
+@click.argument("model", type=click.Path(dir_okay=False, path_type=str))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=str),
+              help="Where to write the retuned model (never the input file).")
+@click.option("--threshold", type=THRESHOLD, default=None, help="New threshold for every ZAP layer.")
+@click.option("--layer", "layer_thresholds", multiple=True, metavar="NAME=T",
+              help="New threshold for one layer (repeatable; overrides --threshold).")
+@click.option("--max-error", type=float, default=None,
+              help="Per-layer thresholds under this error budget, from the curves in --report.")
+@click.option("--report", type=click.Path(dir_okay=False, path_type=str), default=None,
+              help="The OUTPUT.report.json that `zapopt optimize` wrote for this model.")
+def retune_command(model, output, threshold, layer_thresholds, max_error, report) -> None:
+    """Change the thresholds of an optimized MODEL without retraining anything."""
+    from zapopt.retune import retune
+
+    per_layer = {}
+    for item in layer_thresholds:
+        name, sep, value = item.rpartition("=")
+        if not sep or not name:
+            raise ZapoptError(f"--layer expects NAME=THRESHOLD, got {item!r}")
+        per_layer[name] = THRESHOLD.convert(value, None, None)
+    chosen = retune(model, output, threshold=threshold, layer_thresholds=per_layer, max_error=max_error,
+                    report=report)
+    for name, value in chosen.items():
+        click.echo(f"{name}: {value:g}")
+    click.echo(f"wrote {output}")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: runs the click group and turns user errors into one line."""
     try:

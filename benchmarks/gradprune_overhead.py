@@ -18,8 +18,7 @@ from torch import nn
 
 from gradprune_common import load_fashion, make_model, markdown_table, write_json
 
-sys.path  # noqa: B018  (gradprune_common put the repo root on sys.path)
-from gradtools import GradientPruner  # noqa: E402
+from gradtools import GradientPruner  # noqa: E402  (gradprune_common put the repo root on sys.path)
 
 CONFIGS: dict[str, dict | None] = {
     "unpruned": None,

@@ -25,8 +25,7 @@ from torch import nn
 
 from gradprune_common import RESULTS_DIR, load_fashion, make_model, markdown_table, write_json
 
-sys.path  # noqa: B018  (gradprune_common put the repo root on sys.path)
-from gradtools import GradientPruner  # noqa: E402
+from gradtools import GradientPruner  # noqa: E402  (gradprune_common put the repo root on sys.path)
 
 #: Peak SGD learning rate per model: the BN-free VGG needs a gentler one to start training.
 PEAK_LR = {"resnet18": 0.05, "vgg16": 0.05}

@@ -52,7 +52,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=512)
     parser.add_argument("--batch", type=int, default=32, help="calibration batch size")
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--train-batch", type=int, default=16)
+    parser.add_argument("--train-batch", type=int, default=8)
     parser.add_argument("--pattern", default="checkerboard")
     parser.add_argument("--all-layers", action="store_true", help="also train ineligible layers")
     args = parser.parse_args()

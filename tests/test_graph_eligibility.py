@@ -231,3 +231,14 @@ def test_generated_names_do_not_collide_with_real_ones() -> None:
     model = build_model(nodes, {"X": [1, 2]}, ["Y"])
     names = unique_node_names(model.graph)
     assert names[1] == "Relu_0" and names[0] != "Relu_0" and len(set(names)) == 2
+
+
+def test_an_eligible_conv_wins_the_shared_add_over_a_bigger_ineligible_one() -> None:
+    nodes = [conv("conv_a", "X", "ca", "Wa", pads=[2, 2, 2, 2]), conv("conv_b", "X", "cb", "Wb"),
+             helper.make_node("Add", ["ca", "cb"], ["a"], name="add"),
+             helper.make_node("Relu", ["a"], ["Y"], name="relu")]
+    model = build_model(nodes, {"X": X_SHAPE, "Wa": [C, C, 5, 5]}, ["Y"], {"Wb": weights(C, C, 3, 3)})
+    records = by_conv(analyze(model))
+    assert records["conv_a"].macs > records["conv_b"].macs
+    assert records["conv_b"].eligible and records["conv_b"].skip_input == "ca"
+    assert not records["conv_a"].eligible and "not a constant" in records["conv_a"].reason

@@ -108,3 +108,12 @@ def test_in_memory_model_with_weights_left_on_disk(tmp_path: Path) -> None:
     path, _ = _save_external(tmp_path)
     model = load_model(path, load_external_data=False)
     assert analyze(model).convs[0].macs == 16 * 64 * 16 * 9
+
+
+def test_large_weights_are_analysed_from_their_shapes_only() -> None:
+    model = single_conv_model([1, 64, 4, 4], [128, 64, 3, 3], pads=[1, 1, 1, 1])  # 73,728 weights
+    before = model.SerializeToString()
+    info = analyze(model)
+    assert info.convs[0].weight_shape == (128, 64, 3, 3)
+    assert info.total_macs == 128 * 16 * 64 * 9
+    assert model.SerializeToString() == before

@@ -91,3 +91,13 @@ def test_bad_input_shape_option(model_path: Path) -> None:
 def test_help_explains_options() -> None:
     result = run_cli("info", "--help")
     assert result.returncode == 0 and "--input-shape" in result.stdout and "--json" in result.stdout
+
+
+def test_python_api_matches_the_command(model_path: Path) -> None:
+    import zapopt
+    from zapopt.graph import ModelInfo
+
+    info = zapopt.info(model_path, {"X": [1, 16, 4, 4]})
+    assert isinstance(info, ModelInfo) and callable(zapopt.info)
+    data = json.loads(run_cli("info", str(model_path), "--json").stdout)
+    assert info.to_dict()["convs"] == data["convs"] and info.total_macs == data["total_macs"]

@@ -117,3 +117,15 @@ def test_reference_evaluator_kernel_runs_the_reference(seed: int) -> None:
     np.testing.assert_array_equal(computed, trace.Computed)
     (y_only,) = reference_session(zap_model(case)).run(None, feeds_of(case))
     np.testing.assert_array_equal(y_only, trace.Y)
+
+
+def test_conv2d_chunks_large_batches_without_changing_results(monkeypatch: pytest.MonkeyPatch) -> None:
+    import zapopt.ops.reference as reference
+
+    rng = np.random.default_rng(8)
+    X = rng.standard_normal((5, 6, 9, 9)).astype(np.float32)
+    W = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    B = rng.standard_normal(4).astype(np.float32)
+    whole = conv2d(X, W, B, pads=(1, 0, 1, 2), group=2)
+    monkeypatch.setattr(reference, "_IM2COL_BYTES", 1)  # one sample per chunk
+    np.testing.assert_allclose(conv2d(X, W, B, pads=(1, 0, 1, 2), group=2), whole, rtol=1e-13, atol=1e-13)

@@ -185,3 +185,28 @@ def test_conv_addressed_by_output_name_gives_the_node_that_name() -> None:
             node.name = ""
     rewritten = ReplaceWithZap({"c3": params(5)})(model).model
     assert [n.name for n in rewritten.graph.node if is_zap_node(n)] == ["c3"]
+
+
+def test_weights_behind_identity_and_constant_nodes_are_read_and_cleaned_up() -> None:
+    model = chain_model()
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    scale = numpy_helper.to_array(inits["bn1.scale"])
+    kept = [t for t in graph.initializer if t.name != "bn1.scale"]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    shared = helper.make_node("Identity", ["w2"], ["w2_shared"], name="share_w2")
+    constant = helper.make_node("Constant", [], ["bn1.scale"], name="bn1_scale", value=numpy_helper.from_array(scale))
+    for node in graph.node:
+        if node.name == "conv2":
+            node.input[1] = "w2_shared"
+    nodes = [shared, constant, *graph.node]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    onnx.checker.check_model(model)
+    rewritten = ReplaceWithZap(all_layers())(model).model
+    assert [n.op_type for n in rewritten.graph.node] == ["ZapConv"] * 3
+    assert "w2" not in {t.name for t in rewritten.graph.initializer}
+    x = image(7)
+    for got, want in zip(reference_session(rewritten).run(None, {"input": x}), ort_run(model, {"input": x})):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

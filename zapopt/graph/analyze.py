@@ -1,6 +1,7 @@
 """Graph analysis: resolved shapes, per-layer MACs, and ZAP eligibility of every Conv."""
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -30,25 +31,64 @@ def _opset(model: onnx.ModelProto) -> int:
     return 0
 
 
+#: Initializers above this many elements are replaced by shape-only stubs for analysis.
+_STUB_ABOVE_ELEMENTS = 1 << 16
+_STUB_LOCATION = "zapopt-analysis-stub"
+
+
+def _copy_fields(source, target, skip: str) -> None:
+    for descriptor, value in source.ListFields():
+        if descriptor.name == skip:
+            continue
+        field = getattr(target, descriptor.name)
+        if hasattr(field, "extend"):  # repeated field
+            field.extend(value)
+        elif hasattr(field, "CopyFrom"):  # message field
+            field.CopyFrom(value)
+        else:
+            setattr(target, descriptor.name, value)
+
+
+def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` whose large initializers keep name, type and dims but no data.
+
+    Analysis needs only weight shapes (and small constants: Clip bounds, Reshape targets),
+    while shape inference would otherwise serialise every weight, several times over.
+    """
+    skeleton = onnx.ModelProto()
+    _copy_fields(model, skeleton, skip="graph")
+    _copy_fields(model.graph, skeleton.graph, skip="initializer")
+    for tensor in model.graph.initializer:
+        if math.prod(tensor.dims) <= _STUB_ABOVE_ELEMENTS or external_data_helper.uses_external_data(tensor):
+            skeleton.graph.initializer.append(tensor)
+            continue
+        stub = skeleton.graph.initializer.add()
+        stub.name, stub.data_type = tensor.name, tensor.data_type
+        stub.dims.extend(tensor.dims)
+        stub.data_location = onnx.TensorProto.EXTERNAL
+        entry = stub.external_data.add()
+        entry.key, entry.value = "location", _STUB_LOCATION
+    return skeleton
+
+
 def _load(model_or_path: onnx.ModelProto | str | os.PathLike) -> tuple[onnx.ModelProto, str, Path | None]:
-    """(a private copy of the model, its path for reports, the dir holding external data)."""
+    """(a private, weight-free copy of the model, its path for reports, the dir holding
+    external data)."""
     if isinstance(model_or_path, onnx.ModelProto):
-        copy = onnx.ModelProto()
-        copy.CopyFrom(model_or_path)
         # Tensors left in external files cannot be checked without the model's directory.
         external = any(external_data_helper.uses_external_data(t)
-                       for t in external_data_helper._get_all_tensors(copy))
-        if not external and copy.ByteSize() < PROTOBUF_LIMIT:
+                       for t in external_data_helper._get_all_tensors(model_or_path))
+        if not external and model_or_path.ByteSize() < PROTOBUF_LIMIT:
             try:
-                onnx.checker.check_model(copy)
+                onnx.checker.check_model(model_or_path)
             except (onnx.checker.ValidationError, RuntimeError, ValueError) as exc:
                 first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
                 raise ZapoptError(f"the given model is not a valid ONNX model: {first}") from None
-        return copy, IN_MEMORY_PATH, None
+        return _skeleton(model_or_path), IN_MEMORY_PATH, None
     if isinstance(model_or_path, (str, os.PathLike)):
         path = Path(model_or_path)
         # External weights stay on disk: analysis needs only their shapes (and small constants).
-        return load_model(path, load_external_data=False), str(path), path.parent
+        return _skeleton(load_model(path, load_external_data=False)), str(path), path.parent
     raise TypeError(f"analyze() takes an onnx.ModelProto or a path, not {type(model_or_path).__name__}")
 
 
@@ -184,7 +224,8 @@ def _conv_record(index: GraphIndex, shapes: InferredShapes, resolver: _ShapeReso
 
 def _resolve_shared_activations(records: list[ConvActivation]) -> list[ConvActivation]:
     """Two convs can feed one residual Add (ResNet downsample blocks); only one of them can
-    become the ZAP layer. Keep the one with more MACs (ties: the earlier one)."""
+    become the ZAP layer. Keep an eligible one if any, then the one with more MACs (ties:
+    the earlier one)."""
     by_act: dict[str, list[int]] = {}
     for k, record in enumerate(records):
         if record.act is not None and record.add is not None:
@@ -193,7 +234,7 @@ def _resolve_shared_activations(records: list[ConvActivation]) -> list[ConvActiv
     for claimants in by_act.values():
         if len(claimants) < 2:
             continue
-        winner = max(claimants, key=lambda k: (records[k].macs, -k))
+        winner = max(claimants, key=lambda k: (records[k].eligible, records[k].macs, -k))
         for k in claimants:
             if k == winner:
                 continue

@@ -6,6 +6,7 @@ stable unique name in memory and never touch the file.
 """
 from __future__ import annotations
 
+import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,6 +133,9 @@ class GraphIndex:
 
     def scalar(self, tensor: str) -> float | None:
         """A constant single-element tensor as a float, else None."""
+        init = self.initializers.get(tensor)
+        if init is not None and math.prod(init.dims) != 1:
+            return None  # never read a large (possibly stripped) initializer for a scalar
         value = self.constant_value(tensor)
         if value is None or value.size != 1:
             return None

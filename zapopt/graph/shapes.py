@@ -128,7 +128,7 @@ def apply_input_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, Sequen
         for name in data_inputs:
             declared_dims = declared_by_name[name]
             for have, dim in zip(declared_dims or (), by_name[name].type.tensor_type.shape.dim):
-                if isinstance(have, str):
+                if isinstance(have, str) and dim.HasField("dim_value"):
                     pinned[have] = dim.dim_value
         _refresh_value_info(model.graph, pinned)
     return notes

@@ -22,6 +22,10 @@ from zapopt.ops.patterns import Pattern
 from zapopt.ops.spec import DOMAIN, ZapConvAttrs
 
 
+#: Memory budget for one im2col patch matrix (float64) in :func:`conv2d`.
+_IM2COL_BYTES = 256 * 2**20
+
+
 def conv_output_size(size: int, kernel: int, stride: int, pad_begin: int, pad_end: int, dilation: int) -> int:
     """ONNX Conv output length along one spatial axis (explicit pads)."""
     return (size + pad_begin + pad_end - dilation * (kernel - 1) - 1) // stride + 1
@@ -55,17 +59,23 @@ def conv2d(
             f"conv output would be empty ({ho}x{wo}) for input {h}x{w}, kernel {kh}x{kw}, "
             f"strides {list(strides)}, pads {list(pads)}, dilations {list(dilations)}"
         )
-    padded = np.pad(X.astype(np.float64), ((0, 0), (0, 0), (pt, pb), (pl, pr)))
-    cols = np.empty((n, c, kh, kw, ho, wo), dtype=np.float64)
-    for a in range(kh):
-        for b in range(kw):
-            r0, c0 = a * dh, b * dw
-            cols[:, :, a, b] = padded[:, :, r0 : r0 + sh * (ho - 1) + 1 : sh, c0 : c0 + sw * (wo - 1) + 1 : sw]
-    cols = cols.reshape(n, group, cg, kh, kw, ho, wo)
     weights = W.astype(np.float64).reshape(group, m // group, cg, kh, kw)
-    out = np.einsum("ngcabhw,gmcab->ngmhw", cols, weights, optimize=True).reshape(n, m, ho, wo)
+    out = np.empty((n, m, ho, wo), dtype=np.float64)
+    # im2col a few samples at a time so the patch matrix stays around _IM2COL_BYTES.
+    chunk = max(1, _IM2COL_BYTES // (8 * c * kh * kw * ho * wo))
+    for start in range(0, n, chunk):
+        part = X[start : start + chunk]
+        padded = np.pad(part.astype(np.float64), ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+        cols = np.empty((part.shape[0], c, kh, kw, ho, wo), dtype=np.float64)
+        for a in range(kh):
+            for b in range(kw):
+                r0, c0 = a * dh, b * dw
+                cols[:, :, a, b] = padded[:, :, r0 : r0 + sh * (ho - 1) + 1 : sh, c0 : c0 + sw * (wo - 1) + 1 : sw]
+        cols = cols.reshape(part.shape[0], group, cg, kh, kw, ho, wo)
+        result = np.einsum("ngcabhw,gmcab->ngmhw", cols, weights, optimize=True)
+        out[start : start + chunk] = result.reshape(part.shape[0], m, ho, wo)
     if B is not None:
-        out = out + B.astype(np.float64)[None, :, None, None]
+        out += B.astype(np.float64)[None, :, None, None]
     return out
 
 
@@ -170,7 +180,9 @@ def zap_conv_reference(
             raise ZapoptError("zap_conv_reference: a flat pattern needs pattern_shape [tH, tW]")
         pattern = Pattern.from_attrs(pattern, pattern_shape)
     elif pattern_shape is not None and tuple(pattern_shape) != pattern.shape:
-        raise ZapoptError(f"pattern_shape {list(pattern_shape)} disagrees with pattern {pattern.name!r} {pattern.shape}")
+        raise ZapoptError(
+            f"pattern_shape {list(pattern_shape)} disagrees with pattern {pattern.name!r} {pattern.shape}"
+        )
     attrs = ZapConvAttrs(
         pattern=pattern, threshold=threshold, strides=strides, pads=pads,
         dilations=dilations, group=group, clip_max=clip_max,

@@ -91,7 +91,7 @@ def train_predictor(
     *,
     epochs: int = 3,
     lr: float = 1e-2,
-    batch_size: int = 32,
+    batch_size: int = 8,
     seed: int = 0,
     max_images: int | None = None,
     progress: bool | None = None,
@@ -101,7 +101,9 @@ def train_predictor(
     ``pattern`` is any object with ``.mask(h, w)`` (True = computed up front). Seeded:
     the same data and arguments give bit-identical folded weights (for a fixed torch
     thread count). ``max_images`` uses only the first images (a cap on training time).
-    The global torch RNG is left untouched.
+    The global torch RNG is left untouched. Defaults: small batches, because the number
+    of Adam steps matters more than batch size here (VGG-style, 512 images: 3 epochs of
+    8 beat 3 epochs of 16 and matched 8 epochs of 16, at the same cost per epoch).
     """
     _check_inputs(ofm, epochs, lr, batch_size)
     images = ofm.shape[0] if max_images is None else min(max_images, ofm.shape[0])

@@ -103,7 +103,9 @@ class ExpandZapToOnnx(Pass):
         out_hw = self._output_hw(inferred, node, attrs, index)
         g = _Builder(model, names, label, self.name)
 
-        conv_attrs = dict(strides=list(attrs.strides), pads=list(attrs.pads), dilations=list(attrs.dilations), group=attrs.group)
+        conv_attrs = dict(
+            strides=list(attrs.strides), pads=list(attrs.pads), dilations=list(attrs.dilations), group=attrs.group
+        )
         v = g.op("Conv", [x, w, b] if b else [x, w], "V", **conv_attrs)
         if skip:
             v = g.op("Add", [v, skip], "V_skip")
@@ -143,13 +145,18 @@ class ExpandZapToOnnx(Pass):
         raise ZapoptError(f"ZapConv {label!r}: cannot tell its output channel count (W and PW1 have no static shape)")
 
     @staticmethod
-    def _output_hw(inferred: onnx.ModelProto, node: onnx.NodeProto, attrs: ZapConvAttrs, index: GraphIndex) -> tuple[int, int] | None:
+    def _output_hw(
+        inferred: onnx.ModelProto, node: onnx.NodeProto, attrs: ZapConvAttrs, index: GraphIndex
+    ) -> tuple[int, int] | None:
+        """Static ``(H_out, W_out)`` from declared shapes, else None (mask built at run time)."""
         y_shape = tensor_shape(inferred, node.output[0])
         if y_shape is not None and len(y_shape) == 4 and all(isinstance(d, int) and d > 0 for d in y_shape[2:]):
             return int(y_shape[2]), int(y_shape[3])
         x_shape = tensor_shape(inferred, node.input[0])
         weight = index.constant(node.input[1])
-        if x_shape is None or weight is None or len(x_shape) != 4 or not all(isinstance(d, int) and d > 0 for d in x_shape[2:]):
+        if x_shape is None or weight is None or len(x_shape) != 4:
+            return None
+        if not all(isinstance(d, int) and d > 0 for d in x_shape[2:]):
             return None
         kh, kw = weight.shape[2:]
         return (
@@ -167,7 +174,8 @@ class ExpandZapToOnnx(Pass):
         th, tw = pattern.shape
         i64 = lambda *v: np.array(v, dtype=np.int64)  # noqa: E731
         shape = g.op("Shape", [like], "shape")
-        hw = g.op("Slice", [shape, g.const("hw_start", i64(2)), g.const("hw_end", i64(4)), g.const("hw_axis", i64(0))], "hw")
+        hw_range = [g.const("hw_start", i64(2)), g.const("hw_end", i64(4)), g.const("hw_axis", i64(0))]
+        hw = g.op("Slice", [shape, *hw_range], "hw")
         rounded_up = g.op("Add", [hw, g.const("tile_minus_1", i64(th - 1, tw - 1))], "hw_up")
         reps_hw = g.op("Div", [rounded_up, g.const("tile_hw", i64(th, tw))], "reps_hw")
         reps = g.op("Concat", [g.const("ones2", i64(1, 1)), reps_hw], "reps", axis=0)

@@ -10,9 +10,10 @@ from typing import Iterable, Iterator
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 
 from zapopt.errors import ZapoptError
+from zapopt.graph.index import GraphIndex as AnalysisIndex
 from zapopt.graph.index import unique_node_names
 from zapopt.ops.spec import RULE_KEY
 
@@ -58,13 +59,15 @@ class GraphIndex:
                 self.used_in_subgraphs |= _names_used_in(sub)
         self.initializers = {t.name: t for t in graph.initializer}
         self.graph_outputs = {o.name for o in graph.output}
+        self._analysis = AnalysisIndex(graph)
 
     def find_node(self, name: str, op_types: Iterable[str] = ()) -> onnx.NodeProto:
         """A node by its name, by the name ``zapopt.graph`` reports for it (``Conv_3`` for an
         unnamed or duplicated one), else by the name of its first output."""
         wanted = set(op_types)
         fits = lambda n: not wanted or n.op_type in wanted  # noqa: E731
-        for node, reported in zip(self.graph.node, unique_node_names(self.graph)):
+        reported_names = unique_node_names(self.graph)
+        for node, reported in zip(self.graph.node, reported_names):
             if reported == name and fits(node):
                 return node
         if sum(1 for n in self.graph.node if n.name == name) > 1:
@@ -75,7 +78,7 @@ class GraphIndex:
         node = self.producer.get(name)
         if node is not None and node.output[0] == name and fits(node):
             return node
-        candidates = [n.name or n.output[0] for n in self.graph.node if fits(n)]
+        candidates = [reported for n, reported in zip(self.graph.node, reported_names) if fits(n)]
         shown = ", ".join(candidates[:10]) + (" ..." if len(candidates) > 10 else "")
         kinds = "/".join(sorted(wanted)) or "node"
         raise ZapoptError(f"no {kinds} named {name!r} in the graph; known: {shown or 'none'}")
@@ -88,24 +91,9 @@ class GraphIndex:
         return users[0]
 
     def constant(self, name: str) -> np.ndarray | None:
-        """The value of an initializer or ``Constant`` output, else None."""
-        if name in self.initializers:
-            return numpy_helper.to_array(self.initializers[name])
-        node = self.producer.get(name)
-        if node is None or node.op_type != "Constant" or node.domain not in ("", "ai.onnx"):
-            return None
-        for attr in node.attribute:
-            if attr.name == "value":
-                return numpy_helper.to_array(attr.t)
-            if attr.name == "value_float":
-                return np.array(attr.f, dtype=np.float32)
-            if attr.name == "value_floats":
-                return np.array(list(attr.floats), dtype=np.float32)
-            if attr.name == "value_int":
-                return np.array(attr.i, dtype=np.int64)
-            if attr.name == "value_ints":
-                return np.array(list(attr.ints), dtype=np.int64)
-        return None
+        """The value of an initializer or ``Constant`` output (also through ``Identity``/``Cast``,
+        exactly as ``zapopt.graph`` resolves it, so every layer it calls eligible has one)."""
+        return self._analysis.constant_value(name)
 
     def require_constant(self, name: str, what: str) -> np.ndarray:
         value = self.constant(name)
@@ -161,7 +149,9 @@ def rule_of(node: onnx.NodeProto) -> str | None:
     return None
 
 
-def replace_nodes(graph: onnx.GraphProto, old: list[onnx.NodeProto], new: list[onnx.NodeProto], at: onnx.NodeProto) -> None:
+def replace_nodes(
+    graph: onnx.GraphProto, old: list[onnx.NodeProto], new: list[onnx.NodeProto], at: onnx.NodeProto
+) -> None:
     """Remove ``old`` and put ``new`` where ``at`` (one of ``old``) stood, keeping topological order."""
     ids = {id(n) for n in old}
     kept: list[onnx.NodeProto] = []
@@ -182,22 +172,54 @@ def remove_value_info(graph: onnx.GraphProto, names: Iterable[str]) -> None:
     graph.value_info.extend(kept)
 
 
+#: Nodes that only produce or forward constants; removed with the weights they carry.
+_CONSTANT_FORWARDERS = ("Constant", "Identity", "Cast")
+
+
+def _names_read(graph: onnx.GraphProto, skip: set[int]) -> set[str]:
+    """Tensors read by the nodes not in ``skip`` (positions), their subgraphs, or graph outputs."""
+    used = {o.name for o in graph.output}
+    for position, node in enumerate(graph.node):
+        if position not in skip:
+            used.update(n for n in node.input if n)
+            for sub in _subgraphs(node):
+                used |= _names_used_in(sub)
+    return used
+
+
 def remove_if_unused(graph: onnx.GraphProto, names: Iterable[str]) -> list[str]:
-    """Delete initializers (and Constant nodes) among ``names`` nothing reads any more."""
-    used = _names_used_in(graph)
-    dead = {n for n in names if n and n not in used}
-    if not dead:
-        return []
-    inits = [t for t in graph.initializer if t.name not in dead]
-    del graph.initializer[:]
-    graph.initializer.extend(inits)
-    inputs = [v for v in graph.input if v.name not in dead]
-    del graph.input[:]
-    graph.input.extend(inputs)
-    nodes = [n for n in graph.node if not (n.op_type == "Constant" and n.output[0] in dead)]
-    del graph.node[:]
-    graph.node.extend(nodes)
-    return sorted(dead)
+    """Delete the initializers among ``names`` that nothing reads any more, and the
+    Constant/Identity/Cast nodes that produced them (then, in turn, their inputs)."""
+    initializers = {t.name for t in graph.initializer}
+    dead_inits: set[str] = set()
+    dead_nodes: set[int] = set()
+    pending = [n for n in names if n]
+    while pending:
+        name = pending.pop()
+        used = _names_read(graph, dead_nodes)
+        if name in dead_inits or name in used:
+            continue
+        producer = next((i for i, n in enumerate(graph.node) if i not in dead_nodes and name in n.output), None)
+        if producer is None:
+            if name in initializers:
+                dead_inits.add(name)
+            continue
+        node = graph.node[producer]
+        if node.op_type in _CONSTANT_FORWARDERS and node.domain in ("", "ai.onnx") and not set(node.output) & used:
+            dead_nodes.add(producer)
+            pending.extend(node.input)
+    if dead_inits:
+        inits = [t for t in graph.initializer if t.name not in dead_inits]
+        del graph.initializer[:]
+        graph.initializer.extend(inits)
+        inputs = [v for v in graph.input if v.name not in dead_inits]
+        del graph.input[:]
+        graph.input.extend(inputs)
+    if dead_nodes:
+        nodes = [n for i, n in enumerate(graph.node) if i not in dead_nodes]
+        del graph.node[:]
+        graph.node.extend(nodes)
+    return sorted(dead_inits)
 
 
 def default_opset(model: onnx.ModelProto) -> int:

@@ -76,7 +76,8 @@ def conv_geometry(conv: onnx.NodeProto, weight_shape: tuple[int, ...], input_sha
         pads = (top, left, bottom, right)
     else:
         raise ZapoptError(f"Conv {conv.name!r} has unknown auto_pad {auto_pad!r}")
-    return ConvGeometry(strides=strides, pads=pads, dilations=dilations, group=int(attrs.get("group", 1)))  # type: ignore[arg-type]
+    group = int(attrs.get("group", 1))
+    return ConvGeometry(strides=strides, pads=pads, dilations=dilations, group=group)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)

@@ -129,7 +129,9 @@ class ReplaceWithZap(Pass):
             pads=geometry.pads, dilations=geometry.dilations, group=geometry.group,
             clip_max=chain.clip_max,
         )
-        tensors = {"W": w.astype(np.float32), "PW1": params.pw1, "PB1": params.pb1, "PW2": params.pw2, "PB2": params.pb2}
+        tensors = {
+            "W": w.astype(np.float32), "PW1": params.pw1, "PB1": params.pb1, "PW2": params.pw2, "PB2": params.pb2,
+        }
         if b is not None:
             tensors["B"] = b.astype(np.float32)
         new_names = {key: names.fresh(f"{label}.zap_{key}") for key in tensors}
@@ -145,9 +147,9 @@ class ReplaceWithZap(Pass):
         remove_value_info(graph, chain.intermediates)
         if value_info_for(model, chain.output) is None:
             declared = value_info_for(inferred, chain.output)
-            graph.value_info.append(
-                declared if declared is not None else helper.make_tensor_value_info(chain.output, onnx.TensorProto.FLOAT, None)
-            )
+            if declared is None:
+                declared = helper.make_tensor_value_info(chain.output, onnx.TensorProto.FLOAT, None)
+            graph.value_info.append(declared)
         dead = [*conv.input[1:]]
         for extra in (chain.bn, chain.act):
             if extra is not None:

@@ -1,0 +1,195 @@
+"""End to end: optimize -> eval -> sweep -> retune on a small real-data CNN, plus user errors."""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from tests.conftest import REPO_ROOT
+from zapopt.errors import ZapoptError
+from zapopt.evaluate import evaluate, run_model
+from zapopt.optimize import OptimizeConfig, optimize
+from zapopt.retune import retune
+from zapopt.rewrite.zap_layers import read_zap_layers
+from zapopt.runtime import make_session, prepare
+from zapopt.sweep import sweep
+
+CALIB = "embedded:fashion-mnist-train"
+TEST = "embedded:fashion-mnist-test"
+
+
+@pytest.fixture(scope="module")
+def small_cnn(tmp_path_factory) -> Path:
+    """A small CNN (Conv-ReLU, Conv-BN-ReLU, residual Conv-BN-Add-ReLU), briefly trained."""
+    import torch
+    from torch import nn
+
+    from zapopt.data import load_embedded_fashion_mnist
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c1 = nn.Conv2d(1, 8, 3, padding=1)
+            self.c2 = nn.Conv2d(8, 16, 3, padding=1)
+            self.b2 = nn.BatchNorm2d(16)
+            self.c3 = nn.Conv2d(16, 16, 3, padding=1)
+            self.b3 = nn.BatchNorm2d(16)
+            self.fc = nn.Linear(16 * 7 * 7, 10)
+
+        def forward(self, x):
+            x = torch.relu(self.c1(x))
+            x = nn.functional.max_pool2d(torch.relu(self.b2(self.c2(x))), 2)
+            x = torch.relu(self.b3(self.c3(x)) + x)
+            return self.fc(nn.functional.max_pool2d(x, 2).flatten(1))
+
+    torch.manual_seed(0)
+    net = Net()
+    x, y = load_embedded_fashion_mnist("train")
+    xt = torch.from_numpy(x[:, None].astype(np.float32) / 255)
+    yt = torch.from_numpy(y.astype(np.int64))
+    opt = torch.optim.Adam(net.parameters(), 3e-3)
+    for _ in range(2):
+        for i in range(0, len(xt), 64):
+            opt.zero_grad()
+            nn.functional.cross_entropy(net(xt[i:i + 64]), yt[i:i + 64]).backward()
+            opt.step()
+    net.eval()
+    path = tmp_path_factory.mktemp("model") / "small.onnx"
+    torch.onnx.export(net, xt[:1], str(path), input_names=["input"], output_names=["logits"],
+                      dynamic_axes={"input": {0: "n"}, "logits": {0: "n"}}, opset_version=17, dynamo=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def optimized(small_cnn: Path, tmp_path_factory):
+    out = tmp_path_factory.mktemp("out") / "small.zap.onnx"
+    before = hashlib.sha256(small_cnn.read_bytes()).hexdigest()
+    result = optimize(small_cnn, out, CALIB, config=OptimizeConfig(calib_images=128, epochs=2), progress=False)
+    assert hashlib.sha256(small_cnn.read_bytes()).hexdigest() == before, "the input model was modified"
+    return out, result
+
+
+def test_optimize_writes_zap_model_and_report(optimized) -> None:
+    out, result = optimized
+    model = onnx.load(out)
+    onnx.checker.check_model(model)
+    layers = read_zap_layers(model)
+    assert [l.name for l in layers] == [l.name for l in result.report.zap_layers]  # noqa: E741
+    assert any(l.skip for l in layers), "the residual layer should carry its skip input"  # noqa: E741
+    report = json.loads(Path(f"{out}.report.json").read_text())
+    assert report["layers"] and "curves" in report
+    assert 0 < report["savings"] < report["oracle_savings"] + 0.2
+    # the first conv is skipped with a reason
+    assert any("first conv" in s["reason"] or "predictor would cost" in s["reason"] for s in report["skipped"])
+
+
+def test_compute_everything_equals_original(small_cnn: Path, optimized, tmp_path: Path) -> None:
+    out, _ = optimized
+    exact = tmp_path / "exact.onnx"
+    retune(out, exact, threshold=-math.inf)
+    data = np.load(REPO_ROOT / "zapopt/data/assets/fashion_mnist_test_2000.npz")["x"][:64, None].astype(np.float32) / 255
+    original = make_session(onnx.load(small_cnn)).run(None, {"input": data})[0]
+    zap = make_session(prepare(onnx.load(exact)).model).run(None, {"input": data})[0]
+    rel = np.linalg.norm(zap - original) / np.linalg.norm(original)
+    assert rel <= 1e-5
+
+
+def test_portable_format_matches_zap_format(small_cnn: Path, optimized, tmp_path: Path) -> None:
+    out, _ = optimized
+    portable = tmp_path / "portable.onnx"
+    optimize(small_cnn, portable, CALIB, config=OptimizeConfig(calib_images=128, epochs=2, output_format="onnx"),
+             progress=False)
+    model = onnx.load(portable)
+    assert not read_zap_layers(model)
+    assert all(op.domain in ("", "ai.onnx") for op in model.opset_import)
+    data = np.load(REPO_ROOT / "zapopt/data/assets/fashion_mnist_test_2000.npz")["x"][:32, None].astype(np.float32) / 255
+    a = make_session(model).run(None, {"input": data})[0]
+    b = make_session(prepare(onnx.load(out)).model).run(None, {"input": data})[0]
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_eval_realises_the_expected_savings(small_cnn: Path, optimized) -> None:
+    out, result = optimized
+    report = evaluate(out, TEST, reference=small_cnn, limit=400, progress=False)
+    assert report.top1 is not None and report.reference_top1 is not None
+    assert 0.0 < report.savings < 1.0
+    # calibration curves predict the savings on other images of the same distribution
+    assert abs(report.savings - result.report.savings) < 0.05
+    assert report.agreement > 0.9
+
+
+def test_sweep_is_monotone_in_savings_and_writes_plot(optimized, tmp_path: Path) -> None:
+    out, _ = optimized
+    report = sweep(out, TEST, thresholds=[0.0, 0.2, 0.5], limit=200, output_json=tmp_path / "s.json",
+                   output_png=tmp_path / "s.png", progress=False)
+    savings = [p.savings for p in report.points]
+    assert savings == sorted(savings)
+    assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((tmp_path / "s.json").read_text())["points"][0]["threshold"] == 0.0
+
+
+def test_retune_with_error_budget_uses_report_curves(optimized, tmp_path: Path) -> None:
+    out, result = optimized
+    chosen = retune(out, tmp_path / "r.onnx", max_error=0.05, report=f"{out}.report.json")
+    assert set(chosen) == {l.name for l in result.report.zap_layers}  # noqa: E741
+    assert {l.name: l.threshold for l in read_zap_layers(onnx.load(tmp_path / "r.onnx"))} == chosen  # noqa: E741
+
+
+def test_realised_usage_counts_masks(optimized) -> None:
+    out, _ = optimized
+    from zapopt.data import model_input, open_dataset
+
+    model = onnx.load(out)
+    ds = open_dataset(TEST, model_input(model), limit=64)
+    usage = run_model(model, ds, progress=False).usage
+    for u in usage.values():
+        assert 0.5 <= u.computed_share <= 1.0  # checkerboard computes at least half
+        assert u.nonzero_share <= u.computed_share + 1e-9  # skipped activations are zero
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO_ROOT / "cli.py"), *args], capture_output=True, text=True,
+                          cwd=REPO_ROOT)
+
+
+@pytest.mark.parametrize("make_args, message", [
+    (lambda m, t: ["optimize", m, "-o", m, "--calib", CALIB], "is the input file"),
+    (lambda m, t: ["optimize", m, "-o", str(t / "o.onnx"), "--calib", CALIB, "--pattern", "zig"], "unknown pattern"),
+    (lambda m, t: ["optimize", m, "-o", str(t / "o.onnx"), "--calib", CALIB, "--threshold", "abc"], "not a number"),
+    (lambda m, t: ["optimize", m, "-o", str(t / "no/dir/o.onnx"), "--calib", CALIB], "does not exist"),
+    (lambda m, t: ["optimize", str(t / "missing.onnx"), "-o", str(t / "o.onnx"), "--calib", CALIB], "not found"),
+    (lambda m, t: ["optimize", m, "-o", str(t / "o.onnx"), "--calib", str(t / "nan.npy")], "NaN"),
+    (lambda m, t: ["optimize", m, "-o", str(t / "o.onnx"), "--calib", str(t / "wrong.npy")], "the model wants 1"),
+    (lambda m, t: ["optimize", m, "-o", str(t / "o.onnx"), "--calib", CALIB, "--layers", "nope"], "matches no Conv"),
+    (lambda m, t: ["optimize", m, "-o", str(t / "o.onnx"), "--calib", CALIB, "--max-drop", "1"], "--eval"),
+    (lambda m, t: ["optimize", str(t / "corrupt.onnx"), "-o", str(t / "o.onnx"), "--calib", CALIB], "onnx"),
+])
+def test_optimize_user_errors_are_one_line(small_cnn: Path, tmp_path: Path, make_args, message) -> None:
+    np.save(tmp_path / "nan.npy", np.full((16, 1, 28, 28), np.nan, np.float32))
+    np.save(tmp_path / "wrong.npy", np.zeros((16, 3, 32, 32), np.float32))
+    (tmp_path / "corrupt.onnx").write_bytes(b"\x08\x07garbage" * 10)
+    result = cli(*make_args(str(small_cnn), tmp_path))
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert message.lower() in result.stderr.lower(), result.stderr
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_no_eligible_layer_is_a_clean_error(tmp_path: Path) -> None:
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones((4, 1, 3, 3), np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], name="conv", pads=[1, 1, 1, 1])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 1, 28, 28])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4, 28, 28])], [w])
+    path = tmp_path / "noact.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    with pytest.raises(ZapoptError, match="no layer to optimize"):
+        optimize(path, tmp_path / "o.onnx", CALIB, progress=False)
