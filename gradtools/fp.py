@@ -126,6 +126,14 @@ class FPFormat:
         return math.ldexp(1.0 + top_mantissa / 2 ** self.man_bits, self.emax)
 
     @property
+    def log2_centre(self) -> float:
+        """log2 of the geometric centre of the normal range [2^emin, 2^(emax+1)).
+
+        Per-layer scaling moves a layer's mean log2|g| here (see GradientQuantizer).
+        """
+        return (self.emin + self.emax + 1) / 2
+
+    @property
     def min_normal(self) -> float:
         return math.ldexp(1.0, self.emin)
 
@@ -326,3 +334,100 @@ def _quantize_float64(x: torch.Tensor, fmt: FPFormat, stochastic: bool, scale: S
     if scale is not None:
         out = out / scale_d
     return out.to(x.dtype)
+
+
+# ------------------------------------------------------------------------ format choice
+#: Quadrature for the expected error: Gaussian quantile nodes (a fixed, deterministic
+#: sample of the lognormal's log2) times uniform offsets modelling the residual of scaling
+#: by a power of two (the mean lands anywhere within +-0.5 of the format's centre).
+_QUANTILE_NODES = 2048
+_RESIDUAL_OFFSETS = 8
+
+
+@lru_cache(maxsize=1)
+def _quadrature_nodes() -> tuple[torch.Tensor, torch.Tensor]:
+    """Standard-normal quantiles at (i + 0.5)/n, and the residual offsets; float64."""
+    probs = (torch.arange(_QUANTILE_NODES, dtype=torch.float64) + 0.5) / _QUANTILE_NODES
+    normal = torch.special.ndtri(probs)
+    offsets = (torch.arange(_RESIDUAL_OFFSETS, dtype=torch.float64) + 0.5) / _RESIDUAL_OFFSETS - 0.5
+    return normal, offsets
+
+
+def expected_relative_error(fmt: FPFormat, sigma2: float) -> float:
+    """E[|q(g) - g| / |g|] for |g| lognormal with std ``sigma2`` of log2|g|, after scaling.
+
+    Models what ``GradientQuantizer`` does: the layer's mean log2|g| is moved by a power of
+    two to within +-0.5 of ``fmt.log2_centre`` (uniformly), then rounded to nearest. All
+    error sources are in the integral: rounding, subnormal precision loss, underflow to
+    zero (relative error 1) and saturation/overflow at the top of the range.
+    """
+    if not isinstance(fmt, FPFormat):
+        raise TypeError(f"fmt must be an FPFormat, got {type(fmt).__name__}")
+    sigma2 = _check_sigma2(sigma2)
+    normal, offsets = _quadrature_nodes()
+    log2_mag = (normal * sigma2).unsqueeze(0) + offsets.unsqueeze(1) + fmt.log2_centre
+    mag = torch.exp2(log2_mag.reshape(-1))
+    quantized = _quantize_float64(mag, fmt, False, None, None)
+    rel = ((quantized - mag).abs() / mag)
+    rel = torch.where(torch.isfinite(rel), rel, torch.ones_like(rel))  # inf/NaN: lost value
+    return float(rel.mean())
+
+
+def _check_sigma2(sigma2: object) -> float:
+    if isinstance(sigma2, bool) or not isinstance(sigma2, (int, float)):
+        raise TypeError(f"sigma2 must be a number, got {type(sigma2).__name__}")
+    sigma2 = float(sigma2)
+    if not (math.isfinite(sigma2) and sigma2 >= 0):
+        raise ValueError(f"sigma2 (std of log2|g|) must be finite and >= 0, got {sigma2}")
+    return sigma2
+
+
+def check_bits(bits: object) -> int:
+    if isinstance(bits, bool) or not isinstance(bits, int):
+        raise TypeError(f"bits must be an int, got {type(bits).__name__}")
+    if not 2 <= bits <= 16:
+        raise ValueError(f"bits must be in 2..16 (sign + at least one exponent bit), got {bits}")
+    return bits
+
+
+def best_format(sigma2: float, bits: int) -> FPFormat:
+    """The [1, E, bits-1-E] format (default bias, saturating, subnormals) with the least
+    ``expected_relative_error`` for a lognormal of spread ``sigma2`` (std of log2|g|).
+
+    Wider distributions need more exponent bits. Computed numerically and cached per
+    (bits, sigma2 rounded to 3 significant digits); ties go to fewer exponent bits.
+    """
+    sigma2 = _check_sigma2(sigma2)
+    bits = check_bits(bits)
+    key = float(f"{sigma2:.3g}")
+    return _best_format_cached(key, bits)
+
+
+@lru_cache(maxsize=4096)
+def _best_format_cached(sigma2: float, bits: int) -> FPFormat:
+    candidates = [FPFormat(e, bits - 1 - e) for e in range(1, bits)]
+    errors = [expected_relative_error(f, sigma2) for f in candidates]
+    return candidates[min(range(len(errors)), key=errors.__getitem__)]
+
+
+@lru_cache(maxsize=32)
+def format_breakpoints(bits: int, *, sigma_max: float = 40.0) -> tuple[tuple[float, int], ...]:
+    """Where ``best_format`` switches exponent width: ((sigma2, new exp_bits), ...).
+
+    Found by scanning sigma2 on a log grid up to ``sigma_max`` and bisecting each switch to
+    about 0.5 %; the paper's table (docs/gradtools_fp.md) is the reference to compare.
+    """
+    bits = check_bits(bits)
+    exp_of = lambda s: _best_format_cached(s, bits).exp_bits  # noqa: E731
+    grid = [0.01 * (sigma_max / 0.01) ** (i / 80) for i in range(81)]
+    switches: list[tuple[float, int]] = []
+    for lo, hi in zip(grid, grid[1:]):
+        e_lo, e_hi = exp_of(lo), exp_of(hi)
+        if e_lo == e_hi:
+            continue
+        a, b = lo, hi
+        while b / a > 1.005:
+            mid = math.sqrt(a * b)
+            a, b = (mid, b) if exp_of(mid) == e_lo else (a, mid)
+        switches.append((round(math.sqrt(a * b), 3), e_hi))
+    return tuple(switches)

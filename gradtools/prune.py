@@ -144,11 +144,12 @@ def _apply_stochastic(g: torch.Tensor, tau: float, generator: torch.Generator | 
         return g
     work = _work_dtype(g)
     magnitudes = g.abs().to(work)
-    # keep <=> u * tau < |g|: always true at or above tau, probability |g|/tau below it;
-    # a kept entry becomes sign(g) * max(|g|, tau), i.e. g itself or tau*sign(g).
+    # drop <=> u * tau >= |g|: never at or above tau, probability 1 - |g|/tau below it; a
+    # kept entry becomes sign(g) * max(|g|, tau), i.e. g itself or tau*sign(g). Written as
+    # "drop" so that nan (never >=) is kept and an AMP overflow still reaches the scaler.
     scaled_uniform = torch.rand(g.shape, generator=generator, device=g.device, dtype=work).mul_(tau)
     kept = torch.copysign(magnitudes.clamp_min(tau), g)
-    return torch.where(scaled_uniform < magnitudes, kept, 0.0).to(g.dtype)
+    return torch.where(scaled_uniform >= magnitudes, 0.0, kept).to(g.dtype)
 
 
 def _apply_magnitude(g: torch.Tensor, tau: float) -> torch.Tensor:

@@ -129,6 +129,18 @@ def test_non_finite_or_unfittable_gradients_pass_through() -> None:
     assert stochastic_prune(single, 0.85) is single
 
 
+@pytest.mark.parametrize("method", ["stochastic", "magnitude"])
+def test_cached_threshold_keeps_overflow_visible(method: str) -> None:
+    """With a cached tau no fit sees the tensor: inf/nan must still survive the rule."""
+    model = make_model()
+    with GradientPruner(model, 0.85, include="conv2", refresh_every=100, method=method) as pruner:
+        weight_grads(model)
+        attach_output_grad_transform(model.fc, lambda g: g.index_put((torch.tensor([0]),), torch.tensor(math.nan)))
+        grads = weight_grads(model)
+        assert pruner.stats()["conv2"].fits == 1
+    assert torch.isnan(grads["conv2.weight"]).any() and torch.isnan(grads["conv1.weight"]).any()
+
+
 @pytest.mark.parametrize("sparsity", [0.0, 1.0, -0.1, math.nan])
 def test_bad_sparsity_is_rejected(sparsity: float) -> None:
     with pytest.raises(ValueError, match="sparsity"):

@@ -119,3 +119,13 @@ def test_model_without_zap_nodes_is_unmodified() -> None:
     expanded = ExpandZapToOnnx()(zap_model(case)).model
     again = ExpandZapToOnnx()(expanded)
     assert not again.modified
+
+
+def test_mask_name_clash_is_reported() -> None:
+    from onnx import helper
+
+    case = random_zap_case(np.random.default_rng(13))
+    model = zap_model(case)
+    model.graph.node.append(helper.make_node("Identity", ["Y"], [mask_output_name("zap0")]))
+    with pytest.raises(ZapoptError, match="zap0.computed"):
+        ExpandZapToOnnx(expose_masks=True)(model)

@@ -214,7 +214,7 @@ def test_accuracy_target_falls_back_to_the_original_model() -> None:
 
 def test_default_taus() -> None:
     taus = default_taus()
-    assert taus[0] == -np.inf and taus[1] == 0.0 and taus[-1] == pytest.approx(0.6)
+    assert taus[0] == -np.inf and taus[1] == 0.0 and taus[-1] == pytest.approx(0.95)
     assert np.all(np.diff(taus) > 0)
 
 

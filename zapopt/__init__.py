@@ -9,11 +9,16 @@ from zapopt.errors import ZapoptError
 
 __version__ = "0.1.0"
 
-__all__ = ["ZapoptError", "__version__", "info"]
+__all__ = ["OptimizeConfig", "ZapoptError", "__version__", "evaluate", "info", "optimize", "retune", "sweep"]
 
 #: Public names imported on first use: attribute name -> (module, name in that module).
 _LAZY_EXPORTS = {
     "info": ("zapopt.graph.info", "info"),
+    "optimize": ("zapopt.optimize", "optimize"),
+    "OptimizeConfig": ("zapopt.optimize", "OptimizeConfig"),
+    "evaluate": ("zapopt.evaluate", "evaluate"),
+    "sweep": ("zapopt.sweep", "sweep"),
+    "retune": ("zapopt.retune", "retune"),
 }
 
 

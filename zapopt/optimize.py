@@ -52,7 +52,8 @@ class OptimizeConfig:
     eval_images: int | None = None
     epochs: int = 3
     lr: float = 1e-2
-    batch_size: int = 32
+    batch_size: int = 32  # images per onnxruntime batch (calibration)
+    train_batch_size: int = 8  # images per predictor training step
     seed: int = 0
     output_format: str = "zap"
 
@@ -73,7 +74,7 @@ class OptimizeConfig:
             raise ZapoptError(f"--max-drop is in percent and must be in [0, 100], got {self.max_drop}")
         if not 0 < self.holdout < 1:
             raise ZapoptError(f"holdout must be in (0, 1), got {self.holdout}")
-        for name in ("calib_images", "epochs", "batch_size"):
+        for name in ("calib_images", "epochs", "batch_size", "train_batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ZapoptError(f"{name} must be a positive integer, got {value!r}")
@@ -149,6 +150,8 @@ def _ofm_sparsity(ofm: np.ndarray, batch: int = 64) -> float:
 
 def _train_layers(store: Any, selected: Sequence[ConvActivation], config: OptimizeConfig,
                   taus: np.ndarray, progress: bool | None) -> dict[str, TrainedLayer]:
+    import torch
+
     from zapopt.predictor.train import train_predictor
 
     pattern = get_pattern(config.pattern)
@@ -158,14 +161,20 @@ def _train_layers(store: Any, selected: Sequence[ConvActivation], config: Optimi
         raise ZapoptError(f"{n} calibration images are too few to hold some out for the curves; use more")
     enabled = sys.stderr.isatty() if progress is None else progress
     trained: dict[str, TrainedLayer] = {}
-    for conv in tqdm(selected, desc="predictors", unit="layer", file=sys.stderr, disable=not enabled):
-        ofm = store.layer_array(conv.conv)
-        started = time.perf_counter()
-        predictor = train_predictor(ofm, pattern, epochs=config.epochs, lr=config.lr,
-                                    batch_size=config.batch_size, seed=config.seed,
-                                    max_images=n_train, progress=False)
-        curve = layer_curve(conv.conv, ofm[n_train:], predictor, macs=conv.macs, taus=taus)
-        trained[conv.conv] = TrainedLayer(conv, predictor, curve, _ofm_sparsity(ofm), time.perf_counter() - started)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # bit-reproducible training needs a fixed thread count; tiny convs gain nothing
+    try:
+        for conv in tqdm(selected, desc="predictors", unit="layer", file=sys.stderr, disable=not enabled):
+            ofm = store.layer_array(conv.conv)
+            started = time.perf_counter()
+            predictor = train_predictor(ofm, pattern, epochs=config.epochs, lr=config.lr,
+                                        batch_size=config.train_batch_size, seed=config.seed,
+                                        max_images=n_train, progress=False)
+            curve = layer_curve(conv.conv, ofm[n_train:], predictor, macs=conv.macs, taus=taus)
+            trained[conv.conv] = TrainedLayer(conv, predictor, curve, _ofm_sparsity(ofm),
+                                              time.perf_counter() - started)
+    finally:
+        torch.set_num_threads(threads)
     return trained
 
 

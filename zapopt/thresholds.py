@@ -56,8 +56,8 @@ class ScoredPredictor(Protocol):
 
 
 def default_taus() -> np.ndarray:
-    """``-inf`` (compute everything) then 0 ... 0.6 in steps of 0.01."""
-    return np.concatenate([[-np.inf], np.round(np.linspace(0.0, 0.6, 61), 6)])
+    """``-inf`` (compute everything) then 0 ... 0.95 in steps of 0.01."""
+    return np.concatenate([[-np.inf], np.round(np.linspace(0.0, 0.95, 96), 6)])
 
 
 def _tile_key(tile: tuple[int, int]) -> str:

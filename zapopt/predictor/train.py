@@ -102,8 +102,9 @@ def train_predictor(
     the same data and arguments give bit-identical folded weights (for a fixed torch
     thread count). ``max_images`` uses only the first images (a cap on training time).
     The global torch RNG is left untouched. Defaults: small batches, because the number
-    of Adam steps matters more than batch size here (VGG-style, 512 images: 3 epochs of
-    8 beat 3 epochs of 16 and matched 8 epochs of 16, at the same cost per epoch).
+    of Adam steps matters more than batch size and an epoch costs the same either way
+    (VGG-style, 512 images, savings at error budget 0.05: 3 epochs of 8 gave 15.7 %,
+    3 of 16 15.2 %, 8 of 16 16.2 % at 2.3x the time; see benchmarks/zap_predictor_timing.py).
     """
     _check_inputs(ofm, epochs, lr, batch_size)
     images = ofm.shape[0] if max_images is None else min(max_images, ofm.shape[0])

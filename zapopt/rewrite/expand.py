@@ -31,7 +31,8 @@ MIN_OPSET = 11
 
 
 def mask_output_name(layer: str) -> str:
-    """Graph output carrying a layer's ``Computed`` mask when the node declares none."""
+    """Graph output carrying a layer's ``Computed`` mask when the node declares none
+    (``layer`` is the ZapConv node's name, or its output's name if the node has none)."""
     return f"{layer}.computed"
 
 
@@ -123,7 +124,7 @@ class ExpandZapToOnnx(Pass):
         predicted = g.op("Greater", [score, g.const("threshold", np.array(attrs.threshold, np.float32))], "predicted")
 
         declared = node.output[1] if len(node.output) > 1 and node.output[1] else None
-        mask_name = declared or (names.fresh(mask_output_name(label)) if self.expose_masks else None)
+        mask_name = declared or (self._mask_name(names, label) if self.expose_masks else None)
         computed = g.op("Or", [s_bool, predicted], "Computed", output=mask_name)
         g.op("Where", [computed, full, g.const("zero", np.array(0.0, np.float32))], "Y", output=node.output[0])
 
@@ -132,6 +133,17 @@ class ExpandZapToOnnx(Pass):
             y_shape = tensor_shape(inferred, node.output[0])
             dims = list(y_shape) if y_shape is not None and len(y_shape) == 4 else [None] * 4
             model.graph.output.append(helper.make_tensor_value_info(computed, onnx.TensorProto.BOOL, dims))
+
+    @staticmethod
+    def _mask_name(names: NameAllocator, label: str) -> str:
+        """Exactly ``mask_output_name(label)``: callers find the mask by that name."""
+        wanted = mask_output_name(label)
+        if wanted in names.taken:
+            raise ZapoptError(
+                f"cannot expose the mask of ZapConv {label!r}: the model already has a tensor or node named {wanted!r}"
+            )
+        names.taken.add(wanted)
+        return wanted
 
     @staticmethod
     def _channels(index: GraphIndex, model: onnx.ModelProto, w: str, pw1: str, label: str) -> int:

@@ -1,0 +1,199 @@
+"""Train the reference CNNs on Fashion-MNIST with low-precision FP neural gradients.
+
+Compares FP32 gradients with fixed E5M2 / E4M3 and auto-chosen 8/6/5/4-bit formats, each
+with and without per-layer scaling, and reports full-test-set accuracy and the per-step
+cost of the simulator. Sized for a shared 2-core CPU: native 28x28, reduced width, a
+training subset, 1 thread. Every config starts from the same seed and data order.
+
+    python benchmarks/gradfp_train.py --arch resnet18 --configs all
+    python benchmarks/gradfp_train.py --arch vgg16 --configs fp32,auto6-scaled,auto6-none
+
+Writes benchmarks/results/gradfp_train_<arch>.json and prints a markdown table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shlex
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+from gradtools.fp import FPFormat  # noqa: E402
+from gradtools.quantize import GradientQuantizer  # noqa: E402
+from models.architectures import build_model  # noqa: E402
+from zapopt.data.idx import read_idx  # noqa: E402
+
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
+
+
+@dataclass(frozen=True)
+class GradConfig:
+    """One row of the table: a gradient format (None = FP32) and the scaling mode."""
+
+    name: str
+    bits: int | None
+    fmt: FPFormat | str | None
+    scaling: str
+
+
+def _configs() -> dict[str, GradConfig]:
+    # The FP8 presets with saturation instead of inf: an inf gradient would end the run.
+    e5m2 = FPFormat.E5M2.replace(overflow="saturate")
+    e4m3 = FPFormat.E4M3.replace(overflow="saturate")
+    out = {"fp32": GradConfig("fp32", None, None, "none")}
+    for scaling, tag in (("per-layer", "scaled"), ("none", "none")):
+        out[f"e5m2-{tag}"] = GradConfig(f"e5m2-{tag}", 8, e5m2, scaling)
+        out[f"e4m3-{tag}"] = GradConfig(f"e4m3-{tag}", 8, e4m3, scaling)
+        for bits in (8, 6, 5, 4):
+            out[f"auto{bits}-{tag}"] = GradConfig(f"auto{bits}-{tag}", bits, "auto", scaling)
+    return out
+
+
+CONFIGS = _configs()
+
+
+def load_split(split: str, limit: int | None, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    prefix = "train" if split == "train" else "t10k"
+    images = read_idx(FASHION_DIR / f"{prefix}-images-idx3-ubyte.gz")
+    labels = read_idx(FASHION_DIR / f"{prefix}-labels-idx1-ubyte.gz")
+    if limit is not None and limit < len(labels):
+        keep = np.random.default_rng(seed).permutation(len(labels))[:limit]
+        images, labels = images[keep], labels[keep]
+    x = torch.from_numpy(images.astype(np.float32) / 255.0).unsqueeze(1)
+    return x, torch.from_numpy(labels.astype(np.int64))
+
+
+def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 1000) -> float:
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for i in range(0, len(y), batch):
+            correct += int((model(x[i:i + batch]).argmax(1) == y[i:i + batch]).sum())
+    return correct / len(y)
+
+
+def train_one(arch: str, cfg: GradConfig, args: argparse.Namespace,
+              train: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor, torch.Tensor]) -> dict:
+    torch.manual_seed(args.seed)
+    model = build_model(arch, upsample_to=None, width=args.width)
+    lr = args.lr if args.lr is not None else (0.05 if arch == "resnet18" else 0.02)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
+    x_train, y_train = train
+    steps_per_epoch = math.ceil(len(y_train) / args.batch)
+    total = steps_per_epoch * args.epochs
+    warmup = min(20, total // 10)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: (s + 1) / warmup if s < warmup else
+        0.5 * (1 + math.cos(math.pi * (s - warmup) / max(total - warmup, 1))))
+    quantizer = None
+    if cfg.bits is not None:
+        quantizer = GradientQuantizer(model, bits=cfg.bits, fmt=cfg.fmt, scaling=cfg.scaling,
+                                      refresh_every=args.refresh_every)
+    order = torch.Generator().manual_seed(args.seed)
+    step_times: list[float] = []
+    loss_value = math.nan
+    for _ in range(args.epochs):
+        model.train()
+        perm = torch.randperm(len(y_train), generator=order)
+        for i in range(0, len(perm), args.batch):
+            idx = perm[i:i + args.batch]
+            start = time.perf_counter()
+            loss = F.cross_entropy(model(x_train[idx]), y_train[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            schedule.step()
+            step_times.append(time.perf_counter() - start)
+            loss_value = float(loss)
+            if not math.isfinite(loss_value):
+                break
+    row = {"arch": arch, "config": cfg.name, "bits": cfg.bits,
+           "format": None if cfg.fmt is None else str(cfg.fmt), "scaling": cfg.scaling,
+           "test_accuracy": evaluate(model, *test), "final_train_loss": loss_value,
+           "steps": len(step_times), "median_step_s": float(np.median(step_times[1:])),
+           "train_seconds": float(sum(step_times))}
+    if quantizer is not None:
+        stats = quantizer.stats()
+        row["layer_formats"] = {n: str(s.fmt) for n, s in stats.items()}
+        row["mean_underflow_fraction"] = float(np.mean([s.underflow_fraction for s in stats.values()]))
+        row["mean_rel_error"] = float(np.mean([s.rel_error for s in stats.values()]))
+        print(quantizer.summary(), flush=True)
+        quantizer.remove()
+    return row
+
+
+def write_json_atomic(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(payload, f, indent=1)
+    os.replace(tmp, path)
+
+
+def markdown(rows: list[dict]) -> str:
+    base = {r["arch"]: r for r in rows if r["config"] == "fp32"}
+    lines = ["| arch | config | formats | test acc | vs FP32 | step cost vs FP32 |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        ref = base.get(r["arch"])
+        delta = f"{100 * (r['test_accuracy'] - ref['test_accuracy']):+.2f} %" if ref else "-"
+        ratio = f"{r['median_step_s'] / ref['median_step_s']:.2f}x" if ref else "-"
+        fmts = sorted(set(r.get("layer_formats", {}).values())) or ["FP32"]
+        lines.append(f"| {r['arch']} | {r['config']} | {', '.join(fmts)} | "
+                     f"{100 * r['test_accuracy']:.2f} % | {delta} | {ratio} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", default="resnet18", choices=["resnet18", "vgg16"])
+    parser.add_argument("--configs", default="all",
+                        help=f"comma-separated subset of {','.join(CONFIGS)} (fp32 is always run first)")
+    parser.add_argument("--train-size", type=int, default=8000)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--width", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=None)
+    parser.add_argument("--refresh-every", type=int, default=50)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", default=None, help="JSON path (default results/gradfp_train_<arch>.json)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    names = list(CONFIGS) if args.configs == "all" else [c.strip() for c in args.configs.split(",")]
+    unknown = [n for n in names if n not in CONFIGS]
+    if unknown:
+        parser.error(f"unknown configs {unknown}; choose from {list(CONFIGS)}")
+    names = ["fp32"] + [n for n in names if n != "fp32"]
+    train = load_split("train", args.train_size, args.seed)
+    test = load_split("test", None, args.seed)
+    out = Path(args.out) if args.out else RESULTS_DIR / f"gradfp_train_{args.arch}.json"
+    command = "python benchmarks/gradfp_train.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    rows: list[dict] = []
+    for name in names:
+        rows.append(train_one(args.arch, CONFIGS[name], args, train, test))
+        r = rows[-1]
+        print(f"{r['arch']} {r['config']}: acc {r['test_accuracy']:.4f} loss {r['final_train_loss']:.3f} "
+              f"step {r['median_step_s'] * 1e3:.0f} ms", flush=True)
+        write_json_atomic(out, {"command": command, "settings": vars(args), "torch": torch.__version__,
+                                "machine": platform.machine(), "runs": rows})
+    print(markdown(rows))
+    print(f"\nreproduce: {command}")
+
+
+if __name__ == "__main__":
+    main()

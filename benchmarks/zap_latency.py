@@ -1,0 +1,75 @@
+"""Latency of an optimized model vs stock onnxruntime, side by side in one run.
+
+    python benchmarks/zap_latency.py models/vgg16/vgg16.onnx zapopt-demo/vgg16.zap.onnx
+
+Both run on the CPU with ORT_ENABLE_ALL (the default). Until the native ZapConv kernel
+exists, the ZAP model runs in its portable form (standard ops, computing everything and
+masking), so this measures the *overhead* that a kernel must first win back; the ratio
+is the number to watch. Prints a markdown table and the command; writes JSON if --json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from zapopt.data import model_input  # noqa: E402
+from zapopt.runtime import make_session, prepare  # noqa: E402
+
+
+def time_interleaved(sessions: dict, feed: dict, repeats: int, warmup: int = 3) -> dict[str, float]:
+    """Median seconds per run of each session, runs alternating so machine noise hits all alike."""
+    for session in sessions.values():
+        for _ in range(warmup):
+            session.run(None, feed)
+    times: dict[str, list[float]] = {name: [] for name in sessions}
+    for _ in range(repeats):
+        for name, session in sessions.items():
+            start = time.perf_counter()
+            session.run(None, feed)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("original")
+    parser.add_argument("optimized")
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 32])
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: onnxruntime's)")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+
+    original = onnx.load(args.original)
+    zap = prepare(onnx.load(args.optimized)).model
+    spec = model_input(original)
+    sessions = {"stock onnxruntime": make_session(original, threads=args.threads),
+                "zapopt (portable form)": make_session(zap, threads=args.threads)}
+    rng = np.random.default_rng(0)
+    rows = []
+    for batch in args.batch:
+        shape = [batch if d is None else d for d in spec.shape]
+        feed = {spec.name: rng.random(shape, dtype=np.float32)}
+        medians = time_interleaved(sessions, feed, args.repeats)
+        base = medians["stock onnxruntime"]
+        for name, value in medians.items():
+            rows.append({"batch": batch, "model": name, "median_ms": 1000 * value, "ratio_vs_stock": value / base})
+    print("| batch | model | median ms | time / stock |\n|---:|---|---:|---:|")
+    for r in rows:
+        print(f"| {r['batch']} | {r['model']} | {r['median_ms']:.2f} | {r['ratio_vs_stock']:.2f} |")
+    print("\ncommand: python " + " ".join(sys.argv))
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,260 @@
+"""Train with neural gradients rounded to a low-precision floating-point format.
+
+Why per-layer scaling: a layer's gradients span a few octaves around 2^mu2, and mu2 drifts
+by tens of octaves between layers and during training. Multiplying by 2^round(c - mu2)
+before rounding (undone after, exactly: a power of two), with c = ``fmt.log2_centre`` the
+middle of the format's normal exponent range, centres every layer in the format's range,
+so a narrow format spends its exponent range on the actual data instead of underflowing
+it to zero. This is the paper's 2^-round(mu2) plus a fixed per-format shift (c = 1.5 for
+default-bias saturating formats, 1 for E5M2), which ``best_format`` assumes too. Why a per-layer format: with the spread sigma2 (std of
+log2|g|) measured, ``best_format`` picks the exponent/mantissa split that minimizes the
+expected relative error for that spread (wide layers need range, narrow ones precision).
+
+Composition with ``GradientPruner``: transforms attached to the same module run in attach
+order, so create the pruner FIRST (prune, then quantize). That order is right because
+(1) the pruner's threshold and its keep-probability |g|/tau must see the exact gradient
+to stay unbiased, and (2) the last transform decides what the layer's backward actually
+consumes: quantizing last puts the survivors (and the +-tau entries the pruner writes,
+which are not on any format's grid) on the format's grid, while the lower tail the pruner
+removed no longer widens the measured spread, so the chosen format gets more mantissa.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal, Union
+
+import torch
+from torch import nn
+
+from gradtools._hooks import DEFAULT_LAYER_TYPES, ModuleFilter, attach_output_grad_transform, select_modules
+from gradtools.fp import FPFormat, Rounding, best_format, check_bits, quantize_fp_unchecked
+
+__all__ = ["GradientQuantizer", "QuantLayerStats", "log2_moments", "log2_mean"]
+
+Scaling = Literal["per-layer", "none"]
+FormatSpec = Union[FPFormat, str]
+
+_SCALINGS = ("per-layer", "none")
+_ROUNDINGS = ("nearest", "stochastic")
+_SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+_MAX_SCALE_EXP = 120
+
+
+def log2_moments(g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(mu2, sigma2, count): mean and std of log2|g| over finite nonzero entries.
+
+    Returned as 0-d tensors on ``g``'s device so the training loop needs no host sync;
+    mu2 = sigma2 = 0 when there is no such entry.
+    """
+    work = torch.float64 if g.dtype == torch.float64 else torch.float32
+    mag = g.detach().abs().to(work)
+    usable = (mag > 0) & torch.isfinite(mag)
+    count = usable.sum(dtype=torch.float64)
+    logs = torch.log2(torch.where(usable, mag, 1.0))
+    denom = count.clamp_min(1.0)
+    mu2 = logs.sum(dtype=torch.float64) / denom
+    centred = torch.where(usable, logs - mu2.to(work), 0.0)
+    sigma2 = torch.sqrt(centred.square().sum(dtype=torch.float64) / denom)
+    return mu2, sigma2, count
+
+
+def log2_mean(g: torch.Tensor) -> torch.Tensor:
+    """mu2 alone (0-d tensor): the per-call part of ``log2_moments``, in fewer passes."""
+    work = torch.float64 if g.dtype == torch.float64 else torch.float32
+    mag = g.detach().abs().to(work)
+    usable = (mag > 0) & torch.isfinite(mag)
+    logs = torch.log2(torch.where(usable, mag, 1.0))
+    return logs.sum(dtype=torch.float64) / usable.sum(dtype=torch.float64).clamp_min(1.0)
+
+
+@dataclass(frozen=True)
+class QuantLayerStats:
+    """One layer's quantization state, measured on the most recent refresh call.
+
+    ``fmt`` is the format in use (None before the first call); ``scale_exp`` the exponent
+    k of the last applied scale 2^k (0 without scaling); ``mu2``/``sigma2`` mean and std of
+    log2|g| over nonzeros; ``zero_fraction`` exact zeros in the incoming gradient;
+    ``underflow_fraction`` nonzeros that became 0; ``saturated_fraction`` finite entries
+    that reached +-max_normal or beyond; ``rel_error`` mean |q - g| / |g| over nonzeros.
+    """
+
+    name: str
+    calls: int
+    refreshes: int
+    fmt: FPFormat | None
+    scale_exp: int
+    mu2: float
+    sigma2: float
+    zero_fraction: float
+    underflow_fraction: float
+    saturated_fraction: float
+    rel_error: float
+
+
+class _LayerState:
+    """Mutable per-layer bookkeeping behind a QuantLayerStats snapshot."""
+
+    def __init__(self, name: str, fmt: FPFormat | None) -> None:
+        self.name = name
+        self.calls = 0
+        self.refreshes = 0
+        self.fmt = fmt
+        self.scale_exp = 0
+        self.mu2 = math.nan
+        self.sigma2 = math.nan
+        self.zero_fraction = math.nan
+        self.underflow_fraction = math.nan
+        self.saturated_fraction = math.nan
+        self.rel_error = math.nan
+
+    def snapshot(self) -> QuantLayerStats:
+        return QuantLayerStats(self.name, self.calls, self.refreshes, self.fmt, self.scale_exp,
+                               self.mu2, self.sigma2, self.zero_fraction, self.underflow_fraction,
+                               self.saturated_fraction, self.rel_error)
+
+
+def _resolve_format(fmt: object, bits: object) -> FPFormat | None:
+    """None for "auto"; the FPFormat otherwise, after checking it agrees with ``bits``."""
+    check_bits(bits)
+    if isinstance(fmt, str):
+        if fmt == "auto":
+            return None
+        fmt = FPFormat.from_name(fmt)
+    if not isinstance(fmt, FPFormat):
+        raise TypeError(f"fmt must be 'auto', a format name or an FPFormat, got {type(fmt).__name__}")
+    if fmt.bits != bits:
+        raise ValueError(f"fmt {fmt} has {fmt.bits} bits but bits={bits}: pass bits={fmt.bits}")
+    return fmt
+
+
+class GradientQuantizer:
+    """Round the neural gradients entering the selected layers' outputs to an FP format.
+
+    Usage::
+
+        with GradientQuantizer(model, bits=6) as quantizer:   # auto format, per-layer scale
+            for x, y in loader:
+                loss_fn(model(x), y).backward(); opt.step(); opt.zero_grad()
+        print(quantizer.summary())
+
+    ``fmt="auto"`` picks ``best_format(sigma2, bits)`` per layer from the measured spread;
+    an FPFormat (or a name such as "e5m2") fixes the format (its width must equal
+    ``bits``). ``refresh_every``: calls per layer between re-measuring sigma2 (and
+    re-choosing the format) and updating ``stats()``; the scale is recomputed on every call
+    without host synchronization. ``generator`` seeds stochastic rounding (same device as
+    the gradients).
+    """
+
+    def __init__(self, model: nn.Module, bits: int = 8, fmt: FormatSpec = "auto", *,
+                 scaling: Scaling = "per-layer", rounding: Rounding = "nearest",
+                 layer_types: Iterable[type[nn.Module]] = DEFAULT_LAYER_TYPES,
+                 include: str | ModuleFilter | None = None, refresh_every: int = 100,
+                 generator: torch.Generator | None = None) -> None:
+        self.fixed_format = _resolve_format(fmt, bits)
+        self.bits = bits
+        if scaling not in _SCALINGS:
+            raise ValueError(f"scaling must be one of {_SCALINGS}, got {scaling!r}")
+        if rounding not in _ROUNDINGS:
+            raise ValueError(f"rounding must be one of {_ROUNDINGS}, got {rounding!r}")
+        if isinstance(refresh_every, bool) or not isinstance(refresh_every, int):
+            raise TypeError(f"refresh_every must be an int, got {type(refresh_every).__name__}")
+        if refresh_every < 1:
+            raise ValueError(f"refresh_every must be >= 1, got {refresh_every}")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+        self.scaling = scaling
+        self.rounding = rounding
+        self.refresh_every = refresh_every
+        self.generator = generator
+        selected = select_modules(model, layer_types, include)
+        self._states = {name: _LayerState(name, self.fixed_format) for name, _ in selected}
+        self._handles = [attach_output_grad_transform(module, self._make_transform(self._states[name]))
+                         for name, module in selected]
+
+    # ------------------------------------------------------------------ the transform
+    def _make_transform(self, state: _LayerState):  # noqa: ANN202 - closure over state
+        def transform(grad: torch.Tensor) -> torch.Tensor:
+            return self._quantize(state, grad)
+        return transform
+
+    def _quantize(self, state: _LayerState, grad: torch.Tensor) -> torch.Tensor:
+        if grad.dtype not in _SUPPORTED_DTYPES:
+            raise TypeError(f"GradientQuantizer supports float32/float16/bfloat16/float64 gradients, "
+                            f"got {grad.dtype} in layer {state.name!r}")
+        refresh = state.calls % self.refresh_every == 0 or state.fmt is None
+        state.calls += 1
+        if refresh:
+            mu2, sigma2, count = log2_moments(grad)
+            state.refreshes += 1
+            state.mu2, state.sigma2 = float(mu2), float(sigma2)
+            if self.fixed_format is None and float(count) > 0:
+                state.fmt = best_format(state.sigma2, self.bits)
+        fmt = state.fmt
+        if fmt is None:  # auto format and no nonzero gradient seen yet: nothing to round
+            return grad
+        scale = None
+        if self.scaling == "per-layer":  # mean log2|g| -> within 0.5 of the format's centre
+            if not refresh:
+                mu2 = log2_mean(grad)
+            # clamped so that the scale and its inverse stay float32 normals
+            scale_exp = torch.round(fmt.log2_centre - mu2).clamp_(-_MAX_SCALE_EXP, _MAX_SCALE_EXP)
+            scale = torch.exp2(scale_exp)
+        out = quantize_fp_unchecked(grad, fmt, stochastic=self.rounding == "stochastic",
+                                    scale=scale, generator=self.generator)
+        if refresh:
+            state.scale_exp = int(scale_exp) if scale is not None else 0
+            self._measure(state, grad, out, fmt, scale)
+        return out
+
+    @staticmethod
+    def _measure(state: _LayerState, grad: torch.Tensor, out: torch.Tensor, fmt: FPFormat,
+                 scale: torch.Tensor | None) -> None:
+        g = grad.detach().to(torch.float64)
+        q = out.detach().to(torch.float64)
+        nonzero = (g != 0) & torch.isfinite(g)
+        count = int(nonzero.sum())
+        numel = max(g.numel(), 1)
+        state.zero_fraction = float((g == 0).sum()) / numel
+        if count == 0:
+            state.underflow_fraction = state.saturated_fraction = state.rel_error = 0.0
+            return
+        scaled = q.abs() * (scale.to(torch.float64) if scale is not None else 1.0)
+        state.underflow_fraction = float((nonzero & (q == 0)).sum()) / count
+        state.saturated_fraction = float((nonzero & (scaled >= fmt.max_normal)).sum()) / count
+        rel = torch.where(nonzero, (q - g).abs() / torch.where(nonzero, g.abs(), 1.0), 0.0)
+        state.rel_error = float(rel.sum()) / count
+
+    # ------------------------------------------------------------------ public surface
+    def stats(self) -> dict[str, QuantLayerStats]:
+        """Per-layer statistics, keyed by qualified module name, in model order."""
+        return {name: state.snapshot() for name, state in self._states.items()}
+
+    def summary(self) -> str:
+        """A fixed-width table of ``stats()`` for logs."""
+        fmt = "auto" if self.fixed_format is None else str(self.fixed_format)
+        header = (f"GradientQuantizer: bits={self.bits} fmt={fmt} scaling={self.scaling} "
+                  f"rounding={self.rounding} refresh_every={self.refresh_every}")
+        rows = [("layer", "calls", "format", "scale", "mu2", "sigma2", "zeros_in", "underflow",
+                 "saturated", "rel_err")]
+        for s in self.stats().values():
+            rows.append((s.name, str(s.calls), str(s.fmt) if s.fmt else "-", f"2^{s.scale_exp}",
+                         f"{s.mu2:.2f}", f"{s.sigma2:.2f}", f"{s.zero_fraction:.3f}",
+                         f"{s.underflow_fraction:.4f}", f"{s.saturated_fraction:.4f}",
+                         f"{s.rel_error:.4f}"))
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+        return "\n".join([header, *lines])
+
+    def remove(self) -> None:
+        """Detach every hook; gradients are exact again. Safe to call twice."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def __enter__(self) -> GradientQuantizer:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.remove()
