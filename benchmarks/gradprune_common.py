@@ -57,6 +57,7 @@ def write_json(name: str, payload: dict) -> Path:
     fd, tmp = tempfile.mkstemp(dir=RESULTS_DIR, prefix=f".{name}.", suffix=".tmp")
     with os.fdopen(fd, "w") as f:
         json.dump(payload, f, indent=2)
+    os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared
     os.replace(tmp, path)
     return path
 

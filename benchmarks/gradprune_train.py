@@ -1,13 +1,16 @@
 """Train the reference CNNs on Fashion-MNIST with pruned neural gradients.
 
 Every run uses the same seed, data subset, order and schedule; only the pruning of the
-gradients entering each Conv2d/Linear output differs: none, the stochastic (unbiased)
+gradients entering each Conv2d output (--layers conv+linear adds Linear) differs: none, the stochastic (unbiased)
 rule at several sparsities, and at the high sparsities the biased baselines (magnitude
 pruning below the lognormal quantile, exact top-k). Accuracy is on the full 10k test set.
 Sized for a shared 2-core CPU (native 28x28, narrow models, a train subset, 2 epochs).
 
-    python benchmarks/gradprune_train.py                      # both models, ~25 min
-    python benchmarks/gradprune_train.py --archs vgg16        # one model
+    python benchmarks/gradprune_train.py --archs vgg16 --out gradprune_train_vgg16.json
+    python benchmarks/gradprune_train.py --archs resnet18 --out gradprune_train_resnet18.json
+
+12 runs per model: an estimated 10 min (VGG) and 20 min (ResNet) on one idle core; measured
+~25 and ~35 min on this busy shared machine. Fewer --sparsities or an empty --baselines is shorter.
 
 Finished runs are kept in the JSON file and skipped when the script is rerun with the same
 settings, so an interrupted sweep resumes.

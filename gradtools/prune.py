@@ -20,8 +20,10 @@ from typing import Literal
 import torch
 from scipy.special import ndtri
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
-from gradtools._hooks import DEFAULT_LAYER_TYPES, ModuleFilter, attach_output_grad_transform, select_modules
+from gradtools._hooks import (DEFAULT_LAYER_TYPES, GradTransform, ModuleFilter, attach_output_grad_transform,
+                              select_modules)
 from gradtools.lognormal import pruning_threshold
 
 __all__ = ["stochastic_prune", "PrunerConfig", "LayerStats", "GradientPruner", "PRUNING_METHODS"]
@@ -203,13 +205,14 @@ class PrunerConfig:
     ``warmup_steps``: backward passes per layer left at full precision before pruning
     starts (the statistics of an untrained net move fast). ``refresh_every``: backward
     passes per layer between lognormal fits; the threshold tau is reused in between, which
-    costs no host synchronization. 1 refits every call (threshold always on target).
+    costs no host synchronization but drifts off target as the gradient scale moves.
+    1 (default) refits every call (docs/gradtools_pruning.md measures both).
     """
 
     sparsity: float = 0.85
     warmup_steps: int = 0
     refresh_every: int = 1
-    method: str = "stochastic"
+    method: PruningMethod = "stochastic"
     enabled: bool = True
 
     def __post_init__(self) -> None:
@@ -295,7 +298,7 @@ class GradientPruner:
     Usage (no extra line in the training loop: steps are counted per layer as backward
     passes through it)::
 
-        with GradientPruner(model, 0.85, warmup_steps=100, refresh_every=100) as pruner:
+        with GradientPruner(model, 0.85, warmup_steps=100) as pruner:
             for x, y in loader:
                 loss_fn(model(x), y).backward(); opt.step(); opt.zero_grad()
         print(pruner.summary())
@@ -309,7 +312,7 @@ class GradientPruner:
                  layer_types: Iterable[type[nn.Module]] = DEFAULT_LAYER_TYPES,
                  include: str | ModuleFilter | None = None,
                  warmup_steps: int = 0, refresh_every: int = 1,
-                 method: str = "stochastic", enabled: bool = True,
+                 method: PruningMethod = "stochastic", enabled: bool = True,
                  generator: torch.Generator | None = None) -> None:
         self.config = PrunerConfig(sparsity=sparsity, warmup_steps=warmup_steps,
                                    refresh_every=refresh_every, method=method, enabled=enabled)
@@ -319,7 +322,7 @@ class GradientPruner:
         #: Switch pruning off/on without removing the hooks (steps are not counted while off).
         self.enabled = enabled
         self._states: dict[str, _LayerState] = {}
-        self._handles = []
+        self._handles: list[RemovableHandle] = []
         for name, module in select_modules(model, layer_types, include):
             state = _LayerState(name or type(module).__name__)
             self._states[state.name] = state
@@ -327,7 +330,7 @@ class GradientPruner:
 
     # ---- hooks
 
-    def _transform_for(self, state: _LayerState):
+    def _transform_for(self, state: _LayerState) -> GradTransform:
         def transform(grad: torch.Tensor) -> torch.Tensor | None:
             if not self.enabled or not self._handles:
                 return None
@@ -381,7 +384,7 @@ class GradientPruner:
         """Detach every hook; gradients are exact again. Safe to call twice."""
         for handle in self._handles:
             handle.remove()
-        self._handles = []
+        self._handles: list[RemovableHandle] = []
 
     @property
     def attached(self) -> bool:

@@ -6,7 +6,10 @@ before rounding (undone after, exactly: a power of two), with c = ``fmt.log2_cen
 middle of the format's normal exponent range, centres every layer in the format's range,
 so a narrow format spends its exponent range on the actual data instead of underflowing
 it to zero. This is the paper's 2^-round(mu2) plus a fixed per-format shift (c = 1.5 for
-default-bias saturating formats, 1 for E5M2), which ``best_format`` assumes too. Why a per-layer format: with the spread sigma2 (std of
+default-bias saturating formats, 1 for E5M2), which ``best_format`` assumes too.
+``scaling="max"`` (beyond the paper, the usual FP8 "amax" recipe) instead maps the
+largest |g| just under max_normal: the few largest entries dominate a weight gradient's
+sum, and mean-centring saturates them for wide layers (see docs/gradtools_fp.md). Why a per-layer format: with the spread sigma2 (std of
 log2|g|) measured, ``best_format`` picks the exponent/mantissa split that minimizes the
 expected relative error for that spread (wide layers need range, narrow ones precision).
 
@@ -31,12 +34,12 @@ from torch import nn
 from gradtools._hooks import DEFAULT_LAYER_TYPES, ModuleFilter, attach_output_grad_transform, select_modules
 from gradtools.fp import FPFormat, Rounding, best_format, check_bits, quantize_fp_unchecked
 
-__all__ = ["GradientQuantizer", "QuantLayerStats", "log2_moments", "log2_mean"]
+__all__ = ["GradientQuantizer", "QuantLayerStats", "log2_moments", "log2_mean", "max_scale_exponent"]
 
-Scaling = Literal["per-layer", "none"]
+Scaling = Literal["per-layer", "max", "none"]
 FormatSpec = Union[FPFormat, str]
 
-_SCALINGS = ("per-layer", "none")
+_SCALINGS = ("per-layer", "max", "none")
 _ROUNDINGS = ("nearest", "stochastic")
 _SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 _MAX_SCALE_EXP = 120
@@ -67,6 +70,17 @@ def log2_mean(g: torch.Tensor) -> torch.Tensor:
     usable = (mag > 0) & torch.isfinite(mag)
     logs = torch.log2(torch.where(usable, mag, 1.0))
     return logs.sum(dtype=torch.float64) / usable.sum(dtype=torch.float64).clamp_min(1.0)
+
+
+def max_scale_exponent(g: torch.Tensor, fmt: FPFormat) -> torch.Tensor:
+    """The largest k (0-d float64 tensor) with max finite |g| * 2^k <= fmt.max_normal.
+
+    0 when ``g`` has no finite nonzero entry.
+    """
+    mag = g.detach().abs()
+    amax = torch.where(torch.isfinite(mag), mag, 0.0).amax().to(torch.float64)
+    k = torch.floor(math.log2(fmt.max_normal) - torch.log2(amax))
+    return torch.where(amax > 0, k, torch.zeros_like(k))
 
 
 @dataclass(frozen=True)
@@ -141,7 +155,9 @@ class GradientQuantizer:
 
     ``fmt="auto"`` picks ``best_format(sigma2, bits)`` per layer from the measured spread;
     an FPFormat (or a name such as "e5m2") fixes the format (its width must equal
-    ``bits``). ``refresh_every``: calls per layer between re-measuring sigma2 (and
+    ``bits``). ``scaling``: "per-layer" (mean log2|g| to the format's centre, the paper's),
+    "max" (largest |g| just under max_normal) or "none". ``refresh_every``: calls per
+    layer between re-measuring sigma2 (and
     re-choosing the format) and updating ``stats()``; the scale is recomputed on every call
     without host synchronization. ``generator`` seeds stochastic rounding (same device as
     the gradients).
@@ -195,11 +211,15 @@ class GradientQuantizer:
         if fmt is None:  # auto format and no nonzero gradient seen yet: nothing to round
             return grad
         scale = None
-        if self.scaling == "per-layer":  # mean log2|g| -> within 0.5 of the format's centre
-            if not refresh:
-                mu2 = log2_mean(grad)
+        if self.scaling != "none":
+            if self.scaling == "per-layer":  # mean log2|g| -> within 0.5 of the format's centre
+                if not refresh:
+                    mu2 = log2_mean(grad)
+                scale_exp = torch.round(fmt.log2_centre - mu2)
+            else:  # "max": the largest finite |g| lands in the top binade, never above max
+                scale_exp = max_scale_exponent(grad, fmt)
             # clamped so that the scale and its inverse stay float32 normals
-            scale_exp = torch.round(fmt.log2_centre - mu2).clamp_(-_MAX_SCALE_EXP, _MAX_SCALE_EXP)
+            scale_exp = scale_exp.clamp_(-_MAX_SCALE_EXP, _MAX_SCALE_EXP)
             scale = torch.exp2(scale_exp)
         out = quantize_fp_unchecked(grad, fmt, stochastic=self.rounding == "stochastic",
                                     scale=scale, generator=self.generator)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -119,12 +120,15 @@ def export_onnx(model: nn.Module, sample: torch.Tensor, path: Path) -> None:
     tmp = _atomic_target(path)
     model.eval()
     try:
-        torch.onnx.export(
-            model, (sample,), str(tmp), dynamo=False, opset_version=ONNX_OPSET,
-            input_names=["input"], output_names=["logits"],
-            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-            do_constant_folding=True,
-        )
+        with warnings.catch_warnings():
+            # The TorchScript exporter announces its own deprecation on every call.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(
+                model, (sample,), str(tmp), dynamo=False, opset_version=ONNX_OPSET,
+                input_names=["input"], output_names=["logits"],
+                dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                do_constant_folding=True,
+            )
         proto = onnx.load(str(tmp))
         if _inline_identity_initializers(proto):
             onnx.save(proto, str(tmp))

@@ -34,9 +34,12 @@ fraction of exact zeros on the 10k test images (ReLU6 on 4 photos for MobileNetV
 """
 
 FOOTER = """
-Training ran on a 2-core CPU shared with other jobs, one torch thread, so the recipes are
-small (narrow widths, few epochs); the cards record the wall time and per-epoch log.
-Bit-exact reruns need the same thread count and torch version.
+Training ran on a 2-core CPU shared with other jobs (load average 6-9), one torch thread,
+so the recipes are small: narrow widths (VGG 8-16-32-64-64, ResNet 8-16-32-64, AlexNet
+16-32-48-48-32 channels), 4-8 epochs, and the shipped VGG/AlexNet upsample 28 -> 32 (not 64),
+which leaves 2x2 maps in VGG's last block (`VGG16Style(upsample_to=64)` gives 4x4 but costs
+4x the MACs); the ResNet runs at the native 28x28. The cards record wall time and the
+per-epoch log. Bit-exact reruns need the same thread count and torch version.
 
 Data: Fashion-MNIST (c) Zalando SE, MIT license, from the Debian package
 dataset-fashion-mnist. MobileNetV2 weights: torchvision, BSD-3-Clause.

@@ -1,6 +1,6 @@
 """Train a reference CNN on Fashion-MNIST, export it to ONNX and write its model card.
 
-    python models/train_fashion.py vgg16 --epochs 12 --seed 0 --out models/vgg16/
+    python models/train_fashion.py vgg16 --seed 0 --out models/vgg16/   # recipe defaults
 
 Seeded and deterministic (torch + numpy seeds, a seeded shuffle, deterministic
 algorithms); bit-exact reruns need the same thread count (``--threads``). Trains on the
@@ -11,6 +11,7 @@ it: the last epoch's weights are exported). Writes ``<out>/<name>.onnx``,
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import platform
 import random
@@ -62,7 +63,8 @@ class Recipe:
 
 #: Defaults sized for a 2-core machine shared with other jobs (one torch thread each).
 RECIPES: dict[str, Recipe] = {
-    # The first try (dropout 0.2, flips, lr 0.02, 6 epochs) underfit at 88.6 %.
+    # Other tries (seed 0): dropout 0.2 + flips, lr 0.02, 6 epochs underfit (88.6 %, 53.9 %
+    # mean ReLU sparsity); this recipe with wd 1e-3 and 10 epochs: 91.1 %, only 49.5 % sparse.
     "vgg16": Recipe(arch={"width": 8, "upsample_to": 32, "bn": False, "dropout": 0.0},
                     epochs=8, batch_size=128, optimizer="sgd", lr=0.04, weight_decay=5e-4,
                     hflip=False),
@@ -168,11 +170,12 @@ def render_readme(card: dict) -> str:
         f"| ONNX size | {card['onnx_bytes']:,} bytes |",
         f"| ONNX vs torch max abs logit diff | {card['onnx_max_abs_diff']:.2e} |",
         f"| mean conv ReLU sparsity (test set) | {card['mean_relu_sparsity'] * 100:.1f} % |",
-        f"| training time | {card['training_seconds'] / 60:.1f} min wall (torch threads: {card['training_threads']}, shared 2-core CPU) |",
+        f"| training time | {card['training_seconds'] / 60:.1f} min wall "
+        f"(torch threads: {card['training_threads']}, shared 2-core CPU) |",
         f"| ONNX ops | {', '.join(card['onnx_ops'])} |", "",
         "## Recipe", "",
         f"Reproduce: `{card['command']}`", "",
-        "```json", __import__("json").dumps(card["recipe"], indent=2), "```", "",
+        "```json", json.dumps(card["recipe"], indent=2), "```", "",
         f"Seed {card['seed']}; one-cycle LR schedule; per-epoch log in `card.json`. The last "
         "epoch's weights are exported (the test set is not used for model selection).", "",
         "## Per-layer MACs and activation sparsity", "",
@@ -269,8 +272,8 @@ def main(argv: list[str] | None = None) -> None:
         recipe = replace(recipe, arch={**recipe.arch, "width": args.width})
     out = args.out if args.out is not None else REPO_ROOT / "models" / args.name
     command = "python models/train_fashion.py " + " ".join(
-        shlex.quote(a) for a in [args.name, "--epochs", str(recipe.epochs), "--width", str(recipe.arch["width"]),
-                                 "--seed", str(args.seed),
+        shlex.quote(a) for a in [args.name, "--epochs", str(recipe.epochs),
+                                 "--width", str(recipe.arch["width"]), "--seed", str(args.seed),
                                  "--threads", str(args.threads), "--out", f"models/{args.name}/"])
     run(args.name, recipe, args.seed, out, args.threads, command)
 

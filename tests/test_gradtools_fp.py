@@ -37,22 +37,19 @@ def grid_of(fmt: FPFormat) -> np.ndarray:
 
 def grid_and_codes(fmt: FPFormat) -> tuple[np.ndarray, np.ndarray]:
     """``grid_of`` plus each value's code (exponent field * 2^M + mantissa field)."""
-    values, codes = [], []
     top = 2 ** fmt.exp_bits - 1
-    for e in range(top + 1):
-        for m in range(2 ** fmt.man_bits):
-            if fmt.has_inf and e == top:
-                continue
-            if fmt.nan and not fmt.has_inf and e == top and m == 2 ** fmt.man_bits - 1:
-                continue
-            if e == 0:
-                if m and not fmt.subnormals:
-                    continue
-                values.append(math.ldexp(m / 2 ** fmt.man_bits, 1 - fmt.bias))
-            else:
-                values.append(math.ldexp(1 + m / 2 ** fmt.man_bits, e - fmt.bias))
-            codes.append(e * 2 ** fmt.man_bits + m)
-    return np.array(values), np.array(codes)
+    codes = np.arange((top + 1) * 2 ** fmt.man_bits)
+    e, m = codes >> fmt.man_bits, codes & (2 ** fmt.man_bits - 1)
+    keep = np.ones(codes.shape, dtype=bool)
+    if fmt.has_inf:
+        keep &= e != top
+    elif fmt.nan:
+        keep &= codes != codes[-1]
+    if not fmt.subnormals:
+        keep &= (e > 0) | (m == 0)
+    frac = m / 2 ** fmt.man_bits
+    values = np.where(e == 0, np.ldexp(frac, 1 - fmt.bias), np.ldexp(1 + frac, e - fmt.bias))
+    return values[keep], codes[keep]
 
 
 def nearest_on_grid(x: np.ndarray, fmt: FPFormat) -> np.ndarray:
@@ -63,8 +60,12 @@ def nearest_on_grid(x: np.ndarray, fmt: FPFormat) -> np.ndarray:
     lo = hi - 1
     lo_val, hi_val = grid[lo], grid[hi]
     d_lo, d_hi = mag - lo_val, hi_val - mag
-    # without subnormals 0 and min_normal both have even codes: that tie goes to 0
-    hi_even = (codes[hi] % 2 == 0) & ~((lo_val == 0) & (not fmt.subnormals))
+    # without subnormals 0 and min_normal both have even codes: that tie goes to 0; with
+    # M = 0 a tie between powers of two goes up (the significand 2.0 is the even one)
+    if fmt.man_bits == 0:
+        hi_even = lo_val > 0
+    else:
+        hi_even = (codes[hi] % 2 == 0) & ~((lo_val == 0) & (not fmt.subnormals))
     pick_hi = (d_hi < d_lo) | ((d_hi == d_lo) & hi_even)
     out = np.where(pick_hi, hi_val, lo_val)
     out = np.where(mag >= grid[-1], grid[-1], out)
@@ -158,6 +159,16 @@ def test_bit_exact_against_torch_half_casts(fmt: FPFormat, dtype: torch.dtype) -
     x = torch.ldexp(torch.rand(200_000, generator=g) + 1, torch.randint(-150, 128, (200_000,), generator=g))
     x = torch.cat([x, -x[:1000], torch.tensor([65504.0, 65519.99, 65520.0, 3.4e38, 0.0, -0.0])])
     assert_bit_exact(quantize_fp(x, fmt), x.to(dtype).to(torch.float32), x)
+
+
+def test_zero_mantissa_ties_match_torch_e8m0() -> None:
+    """With M = 0 a tie 1.5 * 2^k rounds up, as torch's float8_e8m0fnu cast does."""
+    g = torch.Generator().manual_seed(3)
+    k = torch.randint(-100, 100, (20_000,), generator=g)
+    x = torch.cat([torch.ldexp(torch.full((10_000,), 1.5), k[:10_000]),
+                   torch.ldexp(torch.rand(10_000, generator=g) + 1, k[10_000:])])
+    ref = x.to(torch.float8_e8m0fnu).to(torch.float32)
+    assert_bit_exact(quantize_fp(x, FPFormat(8, 0, nan=True)), ref, x)
 
 
 @pytest.mark.parametrize("fmt, np_dtype", [
@@ -318,3 +329,12 @@ def test_stochastic_rounding_keeps_representable_values() -> None:
     grid = torch.from_numpy(grid_of(FPFormat(3, 3))).repeat(50)
     q = quantize_fp(grid, FPFormat(3, 3), rounding="stochastic", generator=torch.Generator().manual_seed(0))
     assert torch.equal(q, grid)
+
+
+def test_non_contiguous_inputs() -> None:
+    g = torch.Generator().manual_seed(10)
+    for x in (torch.randn(4, 8, 5, 5, generator=g).to(memory_format=torch.channels_last) * 100,
+              torch.randn(30, 40, generator=g).t()):
+        q = quantize_fp(x, FPFormat.E4M3FN)
+        assert q.shape == x.shape
+        assert torch.equal(q, x.contiguous().to(torch.float8_e4m3fn).to(torch.float32))

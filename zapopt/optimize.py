@@ -200,6 +200,83 @@ def _accuracy_search(original: onnx.ModelProto, trained: Mapping[str, TrainedLay
     return accuracy_target({n: t.curve for n, t in trained.items()}, config.max_drop, measure)
 
 
+@dataclass(frozen=True)
+class PreparedLayers:
+    """The result of the long part of ``optimize``: predictors and curves for every layer.
+
+    Choosing thresholds and rewriting are cheap afterwards, so several operating points
+    (e.g. several --max-drop targets) can share one ``prepare_layers`` call.
+    """
+
+    original: onnx.ModelProto
+    total_macs: int
+    trained: dict[str, TrainedLayer]
+    skipped: list[tuple[str, str]]
+    calibration_images: int
+    seconds: dict[str, float]
+
+    @property
+    def curves(self) -> dict[str, LayerCurve]:
+        return {name: t.curve for name, t in self.trained.items()}
+
+
+@dataclass(frozen=True)
+class ThresholdChoice:
+    thresholds: dict[str, float]
+    search: list[dict[str, Any]]
+    measured_drop: float | None
+
+
+def prepare_layers(model: str | os.PathLike | onnx.ModelProto, calib: Any, *,
+                   config: OptimizeConfig = OptimizeConfig(), eval_data: Any = None,
+                   image_options: ImageOptions | None = None,
+                   input_shapes: Mapping[str, Sequence[int]] | None = None,
+                   progress: bool | None = None) -> PreparedLayers:
+    """Analyze, calibrate and train one predictor per selected layer (the long part)."""
+    if not isinstance(config, OptimizeConfig):
+        raise TypeError("config must be an OptimizeConfig")
+    if config.max_drop is not None and eval_data is None:
+        raise ZapoptError("--max-drop needs held-out data to measure the drop on: add --eval DATA")
+    original = model if isinstance(model, onnx.ModelProto) else load_model(model)
+    info = analyze(original, input_shapes)
+    selected, skipped = select_layers(info.convs, config.layers, config.exclude, config.include_first)
+    spec = model_input(original)
+    calib_set = open_dataset(calib, spec, image_options, limit=config.calib_images)
+    if eval_data is not None:  # validate now, run later
+        open_dataset(eval_data, spec, image_options, limit=config.eval_images)
+    seconds: dict[str, float] = {}
+    t0 = time.perf_counter()
+    with calibrate(original, selected, calib_set.batches(config.batch_size), total_images=len(calib_set),
+                   progress=progress) as store:
+        seconds["calibrate"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        trained = _train_layers(store, selected, config, _curve_grid(config), progress)
+        seconds["train"] = time.perf_counter() - t0
+        n_images = store.num_images
+    return PreparedLayers(original, info.total_macs, trained, skipped, n_images, seconds)
+
+
+def choose_thresholds(prepared: PreparedLayers, config: OptimizeConfig, *, eval_data: Any = None,
+                      image_options: ImageOptions | None = None, progress: bool | None = None) -> ThresholdChoice:
+    """Per-layer thresholds by the config's rule; ``-inf`` = leave the layer as it was."""
+    curves = prepared.curves
+    if config.max_drop is not None:
+        if eval_data is None:
+            raise ZapoptError("--max-drop needs held-out data to measure the drop on: add --eval DATA")
+        found = _accuracy_search(prepared.original, prepared.trained, config, eval_data, image_options, progress)
+        return ThresholdChoice(dict(found.selection.thresholds), [e.to_dict() for e in found.evaluations],
+                               found.drop)
+    if config.max_error is not None:
+        return ThresholdChoice(dict(error_budget(curves, config.max_error).thresholds), [], None)
+    thresholds = dict(uniform(curves, config.uniform_threshold).thresholds)
+    # A layer where the predictor costs more than it saves stays as it was.
+    for name, tau in thresholds.items():
+        i = int(np.flatnonzero(curves[name].taus == tau)[0])
+        if curves[name].macs_after[i] >= curves[name].macs:
+            thresholds[name] = -math.inf
+    return ThresholdChoice(thresholds, [], None)
+
+
 def optimize(model: str | os.PathLike, output: str | os.PathLike | None, calib: Any, *,
              config: OptimizeConfig = OptimizeConfig(), eval_data: Any = None,
              image_options: ImageOptions | None = None,
@@ -212,54 +289,33 @@ def optimize(model: str | os.PathLike, output: str | os.PathLike | None, calib: 
     The report (JSON) goes to ``report_path`` (default: ``OUTPUT`` + ``.report.json``).
     """
     started = time.perf_counter()
-    if not isinstance(config, OptimizeConfig):
-        raise TypeError("config must be an OptimizeConfig")
-    if config.max_drop is not None and eval_data is None:
-        raise ZapoptError("--max-drop needs held-out data to measure the drop on: add --eval DATA")
     if output is not None:
         check_output_path(output, inputs=(model,), what="output model")
         if report_path is None:
             report_path = f"{output}.report.json"
     if report_path is not None:
         check_output_path(report_path, inputs=(model,), what="report")
-    original = load_model(model)
-    info = analyze(original, input_shapes)
-    selected, skipped = select_layers(info.convs, config.layers, config.exclude, config.include_first)
-    spec = model_input(original)
-    calib_set = open_dataset(calib, spec, image_options, limit=config.calib_images)
-    if eval_data is not None:  # validate now, run later
-        open_dataset(eval_data, spec, image_options, limit=config.eval_images)
-    seconds: dict[str, float] = {}
-
+    prepared = prepare_layers(model, calib, config=config, eval_data=eval_data, image_options=image_options,
+                              input_shapes=input_shapes, progress=progress)
     t0 = time.perf_counter()
-    with calibrate(original, selected, calib_set.batches(config.batch_size), total_images=len(calib_set),
-                   progress=progress) as store:
-        seconds["calibrate"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        trained = _train_layers(store, selected, config, _curve_grid(config), progress)
-        seconds["train"] = time.perf_counter() - t0
-        n_images = store.num_images
-    curves = {name: t.curve for name, t in trained.items()}
+    choice = choose_thresholds(prepared, config, eval_data=eval_data, image_options=image_options,
+                               progress=progress)
+    seconds = {**prepared.seconds, "thresholds": time.perf_counter() - t0}
+    result = finish(prepared, choice, config, model_name=str(model),
+                    output=None if output is None else str(output), seconds=seconds, started=started)
+    if output is not None:
+        save_model_atomically(result.model, output)
+    if report_path is not None:
+        write_text_atomically(report_path, json.dumps(result.to_dict(), indent=1))
+    return result
 
-    t0 = time.perf_counter()
-    search: list[dict[str, Any]] = []
-    measured_drop = None
-    if config.max_drop is not None:
-        found = _accuracy_search(original, trained, config, eval_data, image_options, progress)
-        thresholds = dict(found.selection.thresholds)
-        search = [e.to_dict() for e in found.evaluations]
-        measured_drop = found.drop
-    elif config.max_error is not None:
-        thresholds = dict(error_budget(curves, config.max_error).thresholds)
-    else:
-        thresholds = dict(uniform(curves, config.uniform_threshold).thresholds)
-        # A layer where the predictor costs more than it saves stays as it was.
-        for name, tau in thresholds.items():
-            i = int(np.flatnonzero(curves[name].taus == tau)[0])
-            if curves[name].macs_after[i] >= curves[name].macs:
-                thresholds[name] = -math.inf
-    seconds["thresholds"] = time.perf_counter() - t0
 
+def finish(prepared: PreparedLayers, choice: ThresholdChoice, config: OptimizeConfig, *, model_name: str,
+           output: str | None = None, seconds: dict[str, float] | None = None,
+           started: float | None = None) -> OptimizeResult:
+    """Rewrite the model at the chosen thresholds and assemble the report."""
+    trained, thresholds, curves = prepared.trained, choice.thresholds, prepared.curves
+    seconds = dict(seconds or prepared.seconds)
     layers: list[LayerReport] = []
     for name, layer in trained.items():
         tau = thresholds[name]
@@ -277,21 +333,17 @@ def optimize(model: str | os.PathLike, output: str | os.PathLike | None, calib: 
         raise ZapoptError("no layer pays for its predictor at these settings; try a higher --threshold, "
                           "a larger --max-error/--max-drop, or another --pattern")
 
-    rewritten = build_zap_model(original, trained, thresholds, config.pattern)
+    rewritten = build_zap_model(prepared.original, trained, thresholds, config.pattern)
     if config.output_format == "onnx":
         rewritten = ExpandZapToOnnx()(rewritten).model
-    seconds["total"] = time.perf_counter() - started
+    if started is not None:
+        seconds["total"] = time.perf_counter() - started
     report = OptimizeReport(
-        model=str(model), output=None if output is None else str(output), pattern=config.pattern,
-        selection=config.selection_text, calibration_images=n_images,
-        curve_images=next(iter(curves.values())).images, total_macs=info.total_macs, layers=layers,
-        skipped=skipped, search=search, measured_drop=measured_drop, seconds=seconds)
-    result = OptimizeResult(rewritten, report, curves)
-    if output is not None:
-        save_model_atomically(rewritten, output)
-    if report_path is not None:
-        write_text_atomically(report_path, json.dumps(result.to_dict(), indent=1))
-    return result
+        model=model_name, output=output, pattern=config.pattern,
+        selection=config.selection_text, calibration_images=prepared.calibration_images,
+        curve_images=next(iter(curves.values())).images, total_macs=prepared.total_macs, layers=layers,
+        skipped=prepared.skipped, search=choice.search, measured_drop=choice.measured_drop, seconds=seconds)
+    return OptimizeResult(rewritten, report, curves)
 
 
 def pattern_names() -> list[str]:

@@ -137,7 +137,8 @@ def render_readme(card: dict) -> str:
         f"| parameters | {card['params']:,} |",
         f"| ONNX size | {card['onnx_bytes']:,} bytes |",
         f"| ONNX ops | {', '.join(card['onnx_ops'])} |",
-        f"| mean ReLU6 zero fraction on the {len(PHOTOS)} photos | {card['mean_relu6_sparsity'] * 100:.1f} % |",
+        f"| mean ReLU6 zero fraction on the {len(PHOTOS)} photos | "
+        f"{card['mean_relu6_sparsity'] * 100:.1f} % |",
         "", "## Checks on real photos (scikit-image, bundled)", "",
         "| photo | top-5 torch | top-5 ONNX | top-1 agrees | top-1 name | max abs logit diff |",
         "|---|---|---|---|---|---:|",
