@@ -44,16 +44,9 @@ def info_command(model: str, as_json: bool, input_shapes: tuple[str, ...]) -> No
     """
     import json
 
-    from zapopt.graph import parse_input_shape
     from zapopt.graph.info import info
 
-    shapes: dict[str, tuple[int, ...]] = {}
-    for text in input_shapes:
-        name, dims = parse_input_shape(text)
-        if name in shapes:
-            raise ZapoptError(f"--input-shape given twice for input {name!r}")
-        shapes[name] = dims
-    result = info(model, shapes or None)
+    result = info(model, _input_shapes(input_shapes))
     click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.format_table())
 
 

@@ -34,8 +34,8 @@ fraction of exact zeros on the 10k test images (ReLU6 on 4 photos for MobileNetV
 """
 
 FOOTER = """
-Training ran on a 2-core CPU shared with other jobs (load average 6-9), one torch thread,
-so the recipes are small: narrow widths (VGG 8-16-32-64-64, ResNet 8-16-32-64, AlexNet
+Training ran on a 2-core CPU shared with other jobs (load average 3-10), one or two torch threads,
+so the recipes are small: narrow widths (VGG 16-32-64-128-128, ResNet 8-16-32-64, AlexNet
 16-32-48-48-32 channels), 4-8 epochs, and the shipped VGG/AlexNet upsample 28 -> 32 (not 64),
 which leaves 2x2 maps in VGG's last block (`VGG16Style(upsample_to=64)` gives 4x4 but costs
 4x the MACs); the ResNet runs at the native 28x28. The cards record wall time and the

@@ -130,20 +130,30 @@ def apply_input_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, Sequen
             for have, dim in zip(declared_dims or (), by_name[name].type.tensor_type.shape.dim):
                 if isinstance(have, str) and dim.HasField("dim_value"):
                     pinned[have] = dim.dim_value
-        _refresh_value_info(model.graph, pinned)
+        batches = {by_name[name].type.tensor_type.shape.dim[0].dim_value for name in data_inputs
+                   if len(by_name[name].type.tensor_type.shape.dim) >= 4}
+        _refresh_value_info(model.graph, pinned, batches.pop() if len(batches) == 1 else None)
     return notes
 
 
-def _refresh_value_info(graph: onnx.GraphProto, pinned: Mapping[str, int]) -> None:
+def _refresh_value_info(graph: onnx.GraphProto, pinned: Mapping[str, int], batch: int | None = None) -> None:
     """Forget the exporter's intermediate shapes (they could contradict the pinned inputs),
     except outputs of custom-domain ops, which shape inference cannot recompute: there,
-    symbolic dims shared with a pinned input (e.g. ``batch``) take the pinned value."""
+    symbolic dims shared with a pinned input (e.g. ``batch``) take the pinned value, and a
+    leading dim inference left anonymous (``unk__3``) on a 4-D output is taken as the
+    image batch ``batch`` (CNN feature maps keep the batch axis first)."""
     custom_outputs = {out for node in graph.node if node.domain not in ("", "ai.onnx") for out in node.output}
     kept = [vi for vi in graph.value_info if vi.name in custom_outputs]
     for value_info in kept:
-        for dim in value_info.type.tensor_type.shape.dim:
+        dims = value_info.type.tensor_type.shape.dim
+        for axis, dim in enumerate(dims):
+            value = None
             if dim.HasField("dim_param") and dim.dim_param in pinned:
                 value = pinned[dim.dim_param]
+            elif (axis == 0 and batch and len(dims) == 4 and not dim.HasField("dim_value")
+                  and (not dim.dim_param or dim.dim_param.startswith("unk__"))):
+                value = batch
+            if value is not None:
                 dim.Clear()
                 dim.dim_value = value
     graph.ClearField("value_info")

@@ -1,0 +1,97 @@
+"""How much compute ZAP saves at a given accuracy cost, per pattern (issue: optimize targets).
+
+    python benchmarks/zap_savings.py models/vgg16/vgg16.onnx --patterns checkerboard tile5x5-60 \
+        tile5x5-40 diag3x3-33 --drops 0.5 1.5 --json benchmarks/results/zap_savings_vgg16.json
+
+For each pattern: predictors are trained once (calibration: the first --calib-images
+Fashion-MNIST *train* images), then for each accuracy budget X the thresholds are chosen
+with ``--max-drop X`` measured on the first half of the official test set (5,000 images),
+and the result is evaluated on the other half (never seen by the search) and on the full
+10k test set. Savings are *realised* MACs counted from the activations the model really
+computes (whole model, every layer included), next to the *oracle* (a perfect, free
+predictor with the same pattern on the same layers, from the held-out calibration curves).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from zapopt.data import load_fashion_mnist  # noqa: E402
+from zapopt.evaluate import evaluate  # noqa: E402
+from zapopt.optimize import OptimizeConfig, choose_thresholds, finish, prepare_layers  # noqa: E402
+
+
+def write_split(directory: Path) -> dict[str, str]:
+    x, y = load_fashion_mnist("test")
+    x = x[:, None].astype(np.float32) / 255
+    paths = {}
+    for name, part in (("select", slice(0, 5000)), ("heldout", slice(5000, 10000)), ("full", slice(0, 10000))):
+        path = directory / f"{name}.npz"
+        np.savez(path, x=x[part], y=y[part])
+        paths[name] = str(path)
+    return paths
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model")
+    parser.add_argument("--patterns", nargs="+", default=["checkerboard"])
+    parser.add_argument("--drops", nargs="+", type=float, default=[0.5, 1.5])
+    parser.add_argument("--calib-images", type=int, default=1024)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        data = write_split(Path(tmp))
+        x_train, _ = load_fashion_mnist("train")
+        calib = str(Path(tmp) / "calib.npy")
+        np.save(calib, x_train[: args.calib_images, None].astype(np.float32) / 255)
+        for pattern in args.patterns:
+            started = time.perf_counter()
+            config = OptimizeConfig(pattern=pattern, calib_images=args.calib_images, epochs=args.epochs,
+                                    max_drop=args.drops[0])
+            prepared = prepare_layers(args.model, calib, config=config, eval_data=data["select"], progress=False)
+            train_s = time.perf_counter() - started
+            for drop in args.drops:
+                config = OptimizeConfig(pattern=pattern, calib_images=args.calib_images, epochs=args.epochs,
+                                        max_drop=drop)
+                choice = choose_thresholds(prepared, config, eval_data=data["select"], progress=False)
+                result = finish(prepared, choice, config, model_name=args.model)
+                model_path = Path(tmp) / f"{pattern}-{drop}.onnx"
+                model_path.write_bytes(result.model.SerializeToString())
+                measured = {split: evaluate(model_path, data[split], reference=args.model, progress=False)
+                            for split in ("heldout", "full")}
+                row = {
+                    "pattern": pattern, "max_drop": drop, "oracle_savings": result.report.oracle_savings,
+                    "expected_savings": result.report.savings, "search_drop": choice.measured_drop,
+                    "zap_layers": len(result.report.zap_layers), "train_seconds": train_s,
+                    **{f"{split}_{key}": value for split, r in measured.items() for key, value in (
+                        ("savings", r.savings), ("drop", r.top1_drop), ("top1", r.top1),
+                        ("reference_top1", r.reference_top1), ("agreement", r.agreement))},
+                }
+                row["share_of_oracle"] = row["full_savings"] / row["oracle_savings"] if row["oracle_savings"] else 0
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    print("\n| pattern | budget (top-1 drop) | oracle savings | savings (full test) | of oracle | drop full test "
+          "| drop held-out half |\n|---|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['pattern']} | <= {r['max_drop']} % | {100 * r['oracle_savings']:.1f} % | "
+              f"{100 * r['full_savings']:.1f} % | {100 * r['share_of_oracle']:.0f} % | {r['full_drop']:.2f} | "
+              f"{r['heldout_drop']:.2f} |")
+    print("\ncommand: python " + " ".join(sys.argv))
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
