@@ -193,7 +193,7 @@ THRESHOLD = _Threshold()
 @click.option("--calib", required=True, metavar="DATA",
               help="Calibration inputs (no labels needed): an image folder, a .npy, a .npz with x, or "
                    "embedded:fashion-mnist-train / embedded:photos.")
-@click.option("--calib-images", type=click.IntRange(min=8), default=512, show_default=True,
+@click.option("--calib-images", type=click.IntRange(min=8), default=1024, show_default=True,
               help="Use at most this many calibration images (a quarter is held out to measure the curves).")
 @click.option("--pattern", default="checkerboard", show_default=True, metavar="NAME",
               help="Which activations are computed up front; the rest are predicted. One of: "

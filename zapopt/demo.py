@@ -1,6 +1,6 @@
 """``zapopt demo``: the whole flow on the embedded model and data, no download needed.
 
-info -> optimize (calibrate on 512 embedded Fashion-MNIST *train* images) -> eval on the
+info -> optimize (calibrate on the 1,024 embedded Fashion-MNIST *train* images) -> eval on the
 2,000 embedded *test* images against the original -> sweep thresholds, with every report
 and the curve's PNG written to one folder.
 """
@@ -21,7 +21,7 @@ TEST = "embedded:fashion-mnist-test"
 
 
 def run_demo(out_dir: str | os.PathLike = "zapopt-demo", *, model: str | os.PathLike | None = None,
-             threshold: float | None = None, calib_images: int = 512, echo: Callable[[str], None] = print,
+             threshold: float | None = None, calib_images: int = 1024, echo: Callable[[str], None] = print,
              progress: bool | None = None) -> dict:
     """Run the demo, print each step's table via ``echo``, return a summary dict."""
     from zapopt.evaluate import evaluate

@@ -47,7 +47,7 @@ class OptimizeConfig:
     layers: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     include_first: bool = False
-    calib_images: int = 512
+    calib_images: int = 1024
     holdout: float = 0.25  # share of calibration images kept out of training, for the curves
     eval_images: int | None = None
     epochs: int = 3
