@@ -261,6 +261,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, help="output folder (default models/<name>/)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--width", type=int, help="override the recipe's base channel width")
+    parser.add_argument("--upsample-to", type=int, help="override the recipe's input upsampling size")
+    parser.add_argument("--lr", type=float, help="override the recipe's peak learning rate")
     args = parser.parse_args(argv)
     recipe = RECIPES[args.name]
     if args.epochs is not None:
@@ -271,6 +273,14 @@ def main(argv: list[str] | None = None) -> None:
         if args.width <= 0:
             parser.error("--width must be positive")
         recipe = replace(recipe, arch={**recipe.arch, "width": args.width})
+    if args.lr is not None:
+        if not args.lr > 0:
+            parser.error("--lr must be positive")
+        recipe = replace(recipe, lr=args.lr)
+    if args.upsample_to is not None:
+        if args.upsample_to < 28:
+            parser.error("--upsample-to must be at least 28")
+        recipe = replace(recipe, arch={**recipe.arch, "upsample_to": args.upsample_to})
     out = args.out if args.out is not None else REPO_ROOT / "models" / args.name
     command = "python models/train_fashion.py " + " ".join(
         shlex.quote(a) for a in [args.name, "--epochs", str(recipe.epochs),
