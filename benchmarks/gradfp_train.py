@@ -34,9 +34,8 @@ sys.path.insert(0, str(REPO_ROOT))
 from gradtools.fp import FPFormat  # noqa: E402
 from gradtools.quantize import GradientQuantizer  # noqa: E402
 from models.architectures import build_model  # noqa: E402
-from zapopt.data.idx import read_idx  # noqa: E402
+from benchmarks.gradprune_common import load_fashion  # noqa: E402
 
-FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 
 
@@ -70,17 +69,6 @@ def _configs() -> dict[str, GradConfig]:
 
 
 CONFIGS = _configs()
-
-
-def load_split(split: str, limit: int | None, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    prefix = "train" if split == "train" else "t10k"
-    images = read_idx(FASHION_DIR / f"{prefix}-images-idx3-ubyte.gz")
-    labels = read_idx(FASHION_DIR / f"{prefix}-labels-idx1-ubyte.gz")
-    if limit is not None and limit < len(labels):
-        keep = np.random.default_rng(seed).permutation(len(labels))[:limit]
-        images, labels = images[keep], labels[keep]
-    x = torch.from_numpy(images.astype(np.float32) / 255.0).unsqueeze(1)
-    return x, torch.from_numpy(labels.astype(np.int64))
 
 
 def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 1000) -> float:
@@ -193,8 +181,8 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         parser.error(f"unknown configs {unknown}; choose from {list(CONFIGS)}")
     names = ["fp32"] + [n for n in names if n != "fp32"]
-    train = load_split("train", args.train_size, args.seed)
-    test = load_split("test", None, args.seed)
+    train = load_fashion("train", args.train_size, args.seed)
+    test = load_fashion("test", None, args.seed)
     out = Path(args.out) if args.out else RESULTS_DIR / f"gradfp_train_{args.arch}.json"
     command = "python benchmarks/gradfp_train.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     rows: list[dict] = []

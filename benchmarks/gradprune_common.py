@@ -20,21 +20,17 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from models.architectures import build_model  # noqa: E402
-from zapopt.data.idx import read_idx  # noqa: E402
+from zapopt.data import load_fashion_mnist  # noqa: E402
 
-FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 
 
-def load_fashion(split: str, limit: int | None = None, seed: int = 0,
-                 data_dir: Path = FASHION_DIR) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images as float32 [N, 1, 28, 28] in [0, 1] (the models normalize) and int64 labels.
+def load_fashion(split: str, limit: int | None = None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fashion-MNIST images as float32 [N, 1, 28, 28] in [0, 1] (the models normalize), int64 labels.
 
     ``limit`` takes a seeded random subset, so every run trains on the same images.
     """
-    prefix = {"train": "train", "test": "t10k"}[split]
-    images = read_idx(data_dir / f"{prefix}-images-idx3-ubyte.gz")
-    labels = read_idx(data_dir / f"{prefix}-labels-idx1-ubyte.gz")
+    images, labels = load_fashion_mnist(split)
     if limit is not None and limit < len(labels):
         keep = np.random.default_rng(seed).permutation(len(labels))[:limit]
         images, labels = images[keep], labels[keep]

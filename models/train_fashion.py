@@ -35,9 +35,8 @@ from models.model_card import (  # noqa: E402
     count_macs, export_onnx, onnx_op_types, onnx_session, onnx_vs_torch_max_abs_diff,
     relu_sparsity, write_json_atomic, write_text_atomic,
 )
-from zapopt.data.idx import read_idx  # noqa: E402
+from zapopt.data import load_fashion_mnist  # noqa: E402
 
-FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 DATA_LICENSE = ("Fashion-MNIST (c) Zalando SE, MIT license; read from the Debian package "
                 "dataset-fashion-mnist (/usr/share/datasets/fashion-mnist)")
 CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
@@ -78,9 +77,7 @@ RECIPES: dict[str, Recipe] = {
 
 def load_fashion(split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Images as float32 ``[N, 1, 28, 28]`` in [0, 1] and int64 labels."""
-    prefix = {"train": "train", "test": "t10k"}[split]
-    images = read_idx(FASHION_DIR / f"{prefix}-images-idx3-ubyte.gz")
-    labels = read_idx(FASHION_DIR / f"{prefix}-labels-idx1-ubyte.gz")
+    images, labels = load_fashion_mnist(split)  # ZAPOPT_DATA, the fetch cache, or the Debian package
     x = torch.from_numpy(images.astype(np.float32) / 255.0).unsqueeze(1)
     return x, torch.from_numpy(labels.astype(np.int64))
 
