@@ -25,7 +25,7 @@ from zapopt.evaluate import accuracy_drop, run_model
 from zapopt.files import check_output_path, save_model_atomically, write_text_atomically
 from zapopt.graph import ConvActivation, analyze, load_model
 from zapopt.layer_selection import select_layers
-from zapopt.ops.patterns import PATTERNS, get_pattern
+from zapopt.ops.patterns import get_pattern
 from zapopt.report import LayerReport, OptimizeReport, layer_report_from_curve
 from zapopt.rewrite.expand import ExpandZapToOnnx
 from zapopt.rewrite.replace import ReplaceWithZap, ZapParams
@@ -330,8 +330,12 @@ def finish(prepared: PreparedLayers, choice: ThresholdChoice, config: OptimizeCo
             layers.append(layer_report_from_curve(layer.curve, tau, ofm_sparsity=layer.ofm_sparsity,
                                                   train_seconds=layer.seconds))
     if not any(l.status == "zap" for l in layers):  # noqa: E741
+        if choice.search:
+            best = min(e["drop"] for e in choice.search)
+            raise ZapoptError(f"no setting kept the accuracy drop within {config.max_drop}% (the smallest drop "
+                              f"measured was {best:.2f}%); allow a larger --max-drop or use more --eval data")
         raise ZapoptError("no layer pays for its predictor at these settings; try a higher --threshold, "
-                          "a larger --max-error/--max-drop, or another --pattern")
+                          "a larger --max-error, or another --pattern")
 
     rewritten = build_zap_model(prepared.original, trained, thresholds, config.pattern)
     if config.output_format == "onnx":
@@ -345,7 +349,3 @@ def finish(prepared: PreparedLayers, choice: ThresholdChoice, config: OptimizeCo
         skipped=prepared.skipped, search=choice.search, measured_drop=choice.measured_drop, seconds=seconds)
     return OptimizeResult(rewritten, report, curves)
 
-
-def pattern_names() -> list[str]:
-    """Registered pattern names, for --help and errors."""
-    return sorted(PATTERNS)
