@@ -161,7 +161,7 @@ def cli(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("make_args, message", [
-    (lambda m, t: ["optimize", m, "-o", m, "--calib", CALIB], "is the input file"),
+    (lambda m, t: ["optimize", m, "-o", m, "--calib", CALIB], "is an input file"),
     (lambda m, t: ["optimize", m, "-o", str(t / "o.onnx"), "--calib", CALIB, "--pattern", "zig"], "unknown pattern"),
     (lambda m, t: ["optimize", m, "-o", str(t / "o.onnx"), "--calib", CALIB, "--threshold", "abc"], "not a number"),
     (lambda m, t: ["optimize", m, "-o", str(t / "no/dir/o.onnx"), "--calib", CALIB], "does not exist"),
@@ -194,3 +194,50 @@ def test_no_eligible_layer_is_a_clean_error(tmp_path: Path) -> None:
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
     with pytest.raises(ZapoptError, match="no layer to optimize"):
         optimize(path, tmp_path / "o.onnx", CALIB, progress=False)
+
+
+def test_outputs_never_overwrite_inputs_or_each_other(small_cnn: Path, optimized, tmp_path: Path) -> None:
+    out, _ = optimized
+    calib = tmp_path / "c.npy"
+    np.save(calib, np.zeros((16, 1, 28, 28), np.float32))
+    before = calib.read_bytes()
+    with pytest.raises(ZapoptError, match="input file"):
+        optimize(small_cnn, calib, str(calib), progress=False)
+    with pytest.raises(ZapoptError, match="both be written"):
+        optimize(small_cnn, tmp_path / "m.onnx", CALIB, report_path=tmp_path / "m.onnx", progress=False)
+    with pytest.raises(ZapoptError, match="both be written"):
+        sweep(out, TEST, output_json=tmp_path / "s.png", output_png=tmp_path / "s.png", progress=False)
+    with pytest.raises(ZapoptError, match="input file"):
+        retune(out, f"{out}.report.json", max_error=0.1, report=f"{out}.report.json")
+    assert calib.read_bytes() == before
+
+
+def test_layers_left_exact_cost_no_predictor(small_cnn: Path, optimized, tmp_path: Path) -> None:
+    out, _ = optimized
+    exact = tmp_path / "exact.onnx"
+    retune(out, exact, threshold=-math.inf)
+    report = evaluate(exact, TEST, limit=64, progress=False)
+    assert report.savings == pytest.approx(0.0, abs=1e-12)
+
+
+def test_eval_refuses_portable_form_for_savings(small_cnn: Path, tmp_path: Path) -> None:
+    portable = tmp_path / "p.onnx"
+    optimize(small_cnn, portable, CALIB, config=OptimizeConfig(calib_images=32, epochs=1, output_format="onnx"),
+             progress=False)
+    with pytest.raises(ZapoptError, match="--format zap"):
+        evaluate(portable, TEST, limit=16, progress=False)
+
+
+def test_eval_without_max_drop_and_float32_twin_threshold(small_cnn: Path, tmp_path: Path) -> None:
+    with pytest.raises(ZapoptError, match="--eval is only used"):
+        optimize(small_cnn, tmp_path / "a.onnx", CALIB, eval_data=TEST, progress=False)
+    # 0.100000001 rounds to the same float32 as the grid's 0.1: must not break the curves
+    config = OptimizeConfig(calib_images=32, epochs=1, threshold=0.100000001)
+    assert optimize(small_cnn, tmp_path / "b.onnx", CALIB, config=config, progress=False).report.zap_layers
+
+
+def test_labels_out_of_range_are_an_error(optimized, tmp_path: Path) -> None:
+    out, _ = optimized
+    np.savez(tmp_path / "bad.npz", x=np.zeros((8, 1, 28, 28), np.float32), y=np.full(8, 42))
+    with pytest.raises(ZapoptError, match="class indices"):
+        evaluate(out, str(tmp_path / "bad.npz"), progress=False)

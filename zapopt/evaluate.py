@@ -20,11 +20,11 @@ from tqdm import tqdm
 from zapopt.data import Dataset, ImageOptions, model_input, open_dataset
 from zapopt.errors import ZapoptError
 from zapopt.graph import analyze, load_model
+from zapopt.rewrite.expand import ExpandZapToOnnx
+from zapopt.rewrite.graph_edit import rule_of
 from zapopt.rewrite.zap_layers import read_zap_layers
 from zapopt.runtime import make_session, prepare, run_batches
-
-#: Predictor cost per output activation: two depthwise 3x3 convs (docs/zap_op.md).
-PREDICTOR_MACS_PER_ACTIVATION = 18
+from zapopt.thresholds import PREDICTOR_MACS_PER_ACTIVATION
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class LayerUsage:
     name: str
     macs: int  # the conv's MACs without ZAP
     computed_share: float  # share of its output activations computed (pattern + predicted nonzero)
-    nonzero_share: float  # share of its output activations that are nonzero
+    nonzero_share: float  # share of its (ZAP) output activations that are nonzero, after skipping
     predictor_macs: int
 
     @property
@@ -99,7 +99,8 @@ def run_model(model: onnx.ModelProto, dataset: Dataset, *, batch_size: int = 64,
             macs=_conv_macs(layer.weight_shape, shape),
             computed_share=computed[name] / totals[name],
             nonzero_share=nonzero[name] / totals[name],
-            predictor_macs=PREDICTOR_MACS_PER_ACTIVATION * per_image,
+            # at -inf a kernel computes everything and never runs the predictor
+            predictor_macs=0 if layer.threshold == -math.inf else PREDICTOR_MACS_PER_ACTIVATION * per_image,
         )
     return RunResult(np.concatenate(outputs, axis=0), usage)
 
@@ -108,6 +109,9 @@ def top_k_accuracy(logits: np.ndarray, labels: np.ndarray, k: int) -> float:
     """Share of samples whose label is among the ``k`` largest logits."""
     if logits.ndim != 2:
         raise ZapoptError(f"accuracy needs [N, classes] outputs, the model gives {logits.shape}")
+    if labels.size and (labels.min() < 0 or labels.max() >= logits.shape[1]):
+        raise ZapoptError(f"labels must be class indices in [0, {logits.shape[1] - 1}] for this model's "
+                          f"{logits.shape[1]} outputs; the data has labels from {labels.min()} to {labels.max()}")
     k = min(k, logits.shape[1])
     top = np.argpartition(-logits, k - 1, axis=1)[:, :k]
     return float(np.mean(np.any(top == labels[:, None], axis=1)))
@@ -196,6 +200,10 @@ def evaluate(model: onnx.ModelProto | str | os.PathLike, data: Any, *,
     top-1 agreement and the relative output error. Always: realised MACs per image.
     """
     proto, name = _load(model)
+    if any(rule_of(node) == ExpandZapToOnnx.name for node in proto.graph.node):
+        raise ZapoptError(f"{name} was written with --format onnx, whose portable ops compute every activation; "
+                          "evaluate the --format zap model instead (same outputs, and its skipped work can be "
+                          "counted)")
     dataset = data if isinstance(data, Dataset) else open_dataset(
         data, model_input(proto), image_options, limit=limit)
     ref_proto = _load(reference)[0] if reference is not None else None
@@ -204,6 +212,11 @@ def evaluate(model: onnx.ModelProto | str | os.PathLike, data: Any, *,
         if model_input(ref_proto).shape[1:] != model_input(proto).shape[1:]:
             raise ZapoptError("the reference model's input shape differs from the model's; "
                               "pass the original model this one was optimized from")
+        ref_out = analyze(ref_proto, input_shapes).outputs[0].shape
+        out = analyze(proto, input_shapes).outputs[0].shape
+        if ref_out is not None and out is not None and tuple(ref_out[1:]) != tuple(out[1:]):
+            raise ZapoptError(f"the reference model's output shape {list(ref_out)} differs from the model's "
+                              f"{list(out)}; pass the original model this one was optimized from")
     result = run_model(proto, dataset, batch_size=batch_size, progress=progress)
     labels = dataset.labels
     top1 = top5 = ref_top1 = agreement = rel_error = None
@@ -230,8 +243,3 @@ def accuracy_drop(reference_logits: np.ndarray, logits: np.ndarray, labels: np.n
     if labels is not None:
         return 100.0 * (top_k_accuracy(reference_logits, labels, 1) - top_k_accuracy(logits, labels, 1))
     return 100.0 * float(np.mean(np.argmax(reference_logits, 1) != np.argmax(logits, 1)))
-
-
-def finite_or_none(value: float) -> float | None:
-    """JSON has no infinities."""
-    return value if math.isfinite(value) else None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -24,6 +24,8 @@ def write_atomically(path: str | Path, fill: Callable[[BinaryIO], None]) -> Path
     try:
         with os.fdopen(fd, "wb") as f:
             fill(f)
+            f.flush()
+            os.fsync(f.fileno())
         os.chmod(tmp, _default_mode())
         os.replace(tmp, path)
     except BaseException:
@@ -38,22 +40,43 @@ def copy_atomically(source: str | Path, destination: str | Path) -> Path:
         return write_atomically(destination, lambda dst: shutil.copyfileobj(src, dst, 1 << 20))
 
 
-def check_output_path(path: str | Path, *, inputs: tuple[str | Path, ...] = (), what: str = "output") -> Path:
-    """Refuse an output that would overwrite an input or cannot be written, before any work."""
+def _same_file(a: Path, b: Path) -> bool:
+    return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
+
+
+def check_output_path(path: str | Path, *, inputs: Iterable[object] = (), what: str = "output") -> Path:
+    """Refuse an output that would overwrite an input or cannot be written, before any work.
+
+    ``inputs`` may hold anything a command reads (model, data, report); entries that are
+    not paths (arrays, ``embedded:`` names, None) are ignored.
+    """
+    from zapopt.errors import ZapoptError
+
     out = Path(path)
     for source in inputs:
-        src = Path(source)
-        if out.resolve() == src.resolve() or (out.exists() and src.exists() and os.path.samefile(out, src)):
-            raise ValueError(f"the {what} path {out} is the input file; choose another name "
-                             "(zapopt never overwrites its input)")
+        if isinstance(source, (str, os.PathLike)) and _same_file(out, Path(source)):
+            raise ZapoptError(f"the {what} path {out} is an input file ({source}); choose another name "
+                              "(zapopt never overwrites its inputs)")
     parent = out.parent if str(out.parent) else Path(".")
     if out.is_dir():
-        raise ValueError(f"the {what} path {out} is a directory; give a file name")
+        raise ZapoptError(f"the {what} path {out} is a directory; give a file name")
     if not parent.is_dir():
-        raise ValueError(f"the {what} directory {parent} does not exist; create it first")
+        raise ZapoptError(f"the {what} directory {parent} does not exist; create it first")
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise ValueError(f"cannot write the {what} to {parent}: permission denied")
+        raise ZapoptError(f"cannot write the {what} to {parent}: permission denied")
     return out
+
+
+def check_distinct_outputs(**outputs: str | Path | None) -> None:
+    """Refuse two outputs of one command that are the same file (one would erase the other)."""
+    from zapopt.errors import ZapoptError
+
+    given = [(name, Path(p)) for name, p in outputs.items() if p is not None]
+    for i, (name_a, a) in enumerate(given):
+        for name_b, b in given[i + 1:]:
+            if _same_file(a, b):
+                raise ZapoptError(f"the {name_a} and the {name_b} would both be written to {a}; give them "
+                                  "different names")
 
 
 def save_model_atomically(model, path: str | Path) -> Path:

@@ -12,40 +12,37 @@ from zapopt.errors import ZapoptError
 from zapopt.graph import ConvActivation
 
 
-def _compile(pattern: str, flag: str) -> re.Pattern[str]:
+def _matcher(pattern: str, flag: str, names: Sequence[str]) -> set[str]:
+    """The conv names ``pattern`` selects: an exact name, else a full-match regex."""
+    if pattern in names:
+        return {pattern}
     try:
-        return re.compile(pattern)
+        regex = re.compile(pattern)
     except re.error as exc:
-        raise ZapoptError(f"{flag} {pattern!r} is not a valid regular expression: {exc}") from None
-
-
-def _matches(pattern: str, regex: re.Pattern[str], name: str) -> bool:
-    return name == pattern or regex.fullmatch(name) is not None
+        raise ZapoptError(f"{flag} {pattern!r} is neither a Conv name nor a valid regular expression: {exc}") from None
+    hits = {n for n in names if regex.fullmatch(n)}
+    if not hits:
+        shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+        raise ZapoptError(f"{flag} {pattern!r} matches no Conv layer; the model's convs are: {shown}")
+    return hits
 
 
 def select_layers(convs: Sequence[ConvActivation], layers: Sequence[str] = (), exclude: Sequence[str] = (),
                   include_first: bool = False) -> tuple[list[ConvActivation], list[tuple[str, str]]]:
     """(layers to optimize, [(conv name, why it is left alone)]) in graph order."""
     names = [c.conv for c in convs]
-    for flag, patterns in (("--layers", layers), ("--exclude", exclude)):
-        for pattern in patterns:
-            regex = _compile(pattern, flag)
-            hits = [n for n in names if _matches(pattern, regex, n)]
-            if not hits:
-                shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
-                raise ZapoptError(f"{flag} {pattern!r} matches no Conv layer; the model's convs are: {shown}")
+    named = set().union(*(_matcher(p, "--layers", names) for p in layers))
+    excluded = set().union(*(_matcher(p, "--exclude", names) for p in exclude))
     selected: list[ConvActivation] = []
     skipped: list[tuple[str, str]] = []
     for conv in convs:
-        named = any(_matches(p, _compile(p, "--layers"), conv.conv) for p in layers)
-        excluded = any(_matches(p, _compile(p, "--exclude"), conv.conv) for p in exclude)
-        if excluded:
+        if conv.conv in excluded:
             skipped.append((conv.conv, "excluded by --exclude"))
-        elif layers and not named:
+        elif layers and conv.conv not in named:
             skipped.append((conv.conv, "not selected by --layers"))
         elif not conv.eligible:
             skipped.append((conv.conv, conv.reason))
-        elif conv.first_layer and not (include_first or named):
+        elif conv.first_layer and not (include_first or conv.conv in named):
             skipped.append((conv.conv, "first conv of the network (its input is the image; "
                                        "name it in --layers to include it)"))
         else:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 import sys
 import time
@@ -22,7 +23,7 @@ from zapopt.calibrate import calibrate
 from zapopt.data import ImageOptions, model_input, open_dataset
 from zapopt.errors import ZapoptError
 from zapopt.evaluate import accuracy_drop, run_model
-from zapopt.files import check_output_path, save_model_atomically, write_text_atomically
+from zapopt.files import check_distinct_outputs, check_output_path, save_model_atomically, write_text_atomically
 from zapopt.graph import ConvActivation, analyze, load_model
 from zapopt.layer_selection import select_layers
 from zapopt.ops.patterns import get_pattern
@@ -64,7 +65,7 @@ class OptimizeConfig:
             raise ZapoptError("give only one of --threshold, --max-error and --max-drop")
         for name in ("threshold", "max_error", "max_drop", "lr", "holdout"):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)):
+            if value is not None and (not isinstance(value, numbers.Real) or isinstance(value, bool)):
                 raise TypeError(f"{name} must be a number, got {value!r}")
             if value is not None and math.isnan(value):
                 raise ZapoptError(f"{name} must be a number, got NaN")
@@ -129,9 +130,7 @@ def build_zap_model(original: onnx.ModelProto, trained: Mapping[str, TrainedLaye
             continue  # computing everything: the original layer is cheaper
         pw1, pb1, pw2, pb2 = trained[name].params.folded
         params[name] = ZapParams(pw1, pb1, pw2, pb2, pattern, float(tau))
-    copy = onnx.ModelProto()
-    copy.CopyFrom(original)
-    result = ReplaceWithZap(params)(copy).model
+    result = ReplaceWithZap(params)(original).model  # a pass works on its own copy
     meta = {p.key: p for p in result.metadata_props}
     for key, value in (("zapopt.pattern", pattern_name), ("zapopt.layers", str(len(params)))):
         entry = meta.get(key) or result.metadata_props.add()
@@ -179,9 +178,12 @@ def _train_layers(store: Any, selected: Sequence[ConvActivation], config: Optimi
 
 
 def _curve_grid(config: OptimizeConfig) -> np.ndarray:
+    """The thresholds each curve is measured at (the op compares in float32, so must they)."""
     grid = default_taus()
     if config.max_error is None and config.max_drop is None:
-        grid = np.unique(np.concatenate([grid, [config.uniform_threshold]]))
+        tau = config.uniform_threshold
+        grid = grid[np.float32(grid) != np.float32(tau)]  # a float32 twin of tau would be ambiguous
+        grid = np.unique(np.concatenate([grid, [tau]]))
     return grid
 
 
@@ -277,7 +279,7 @@ def choose_thresholds(prepared: PreparedLayers, config: OptimizeConfig, *, eval_
     return ThresholdChoice(thresholds, [], None)
 
 
-def optimize(model: str | os.PathLike, output: str | os.PathLike | None, calib: Any, *,
+def optimize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLike | None, calib: Any, *,
              config: OptimizeConfig = OptimizeConfig(), eval_data: Any = None,
              image_options: ImageOptions | None = None,
              input_shapes: Mapping[str, Sequence[int]] | None = None,
@@ -289,19 +291,25 @@ def optimize(model: str | os.PathLike, output: str | os.PathLike | None, calib: 
     The report (JSON) goes to ``report_path`` (default: ``OUTPUT`` + ``.report.json``).
     """
     started = time.perf_counter()
+    if config.max_drop is None and eval_data is not None:
+        raise ZapoptError("--eval is only used to measure the accuracy drop for --max-drop; add --max-drop X "
+                          "or leave --eval out (use `zapopt eval` to evaluate the result)")
+    inputs = (model, calib, eval_data)
     if output is not None:
-        check_output_path(output, inputs=(model,), what="output model")
+        check_output_path(output, inputs=inputs, what="output model")
         if report_path is None:
             report_path = f"{output}.report.json"
     if report_path is not None:
-        check_output_path(report_path, inputs=(model,), what="report")
+        check_output_path(report_path, inputs=inputs, what="report")
+    check_distinct_outputs(**{"output model": output, "report": report_path})
     prepared = prepare_layers(model, calib, config=config, eval_data=eval_data, image_options=image_options,
                               input_shapes=input_shapes, progress=progress)
     t0 = time.perf_counter()
     choice = choose_thresholds(prepared, config, eval_data=eval_data, image_options=image_options,
                                progress=progress)
     seconds = {**prepared.seconds, "thresholds": time.perf_counter() - t0}
-    result = finish(prepared, choice, config, model_name=str(model),
+    model_name = "<in-memory model>" if isinstance(model, onnx.ModelProto) else str(model)
+    result = finish(prepared, choice, config, model_name=model_name,
                     output=None if output is None else str(output), seconds=seconds, started=started)
     if output is not None:
         save_model_atomically(result.model, output)
@@ -321,8 +329,12 @@ def finish(prepared: PreparedLayers, choice: ThresholdChoice, config: OptimizeCo
         tau = thresholds[name]
         if tau == -math.inf:
             best = float(np.max(layer.curve.savings))
-            why = ("the predictor costs more than it saves at every threshold" if best <= 0 else
-                   "leaving it exact fits the accuracy/error budget better")
+            if best <= 0:
+                why = "the predictor costs more than it saves at every threshold"
+            elif config.max_error is None and config.max_drop is None:
+                why = f"at threshold {config.uniform_threshold:g} the predictor costs more than it saves"
+            else:
+                why = "leaving it exact fits the accuracy/error budget better"
             layers.append(LayerReport(name, "skipped", why, int(layer.curve.macs), layer.ofm_sparsity,
                                       oracle_macs_after=float(layer.curve.oracle_macs_after),
                                       train_seconds=layer.seconds))

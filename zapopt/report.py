@@ -74,7 +74,9 @@ class LayerReport:
             "threshold": None if self.threshold is None else json_float(self.threshold),
             "predicted_zero": self.predicted_zero, "false_zero": self.false_zero,
             "false_nonzero": self.false_nonzero, "error": self.error,
-            "macs_after": self.macs_after, "savings": self.savings,
+            # a layer left as it was costs its full MACs and saves nothing
+            "macs_after": self.macs if self.macs_after is None else self.macs_after,
+            "savings": 0.0 if self.savings is None else self.savings,
             "oracle_macs_after": self.oracle_macs_after, "oracle_savings": self.oracle_savings,
             "tile_shares": dict(self.tile_shares), "train_seconds": self.train_seconds,
         }
@@ -141,7 +143,9 @@ class OptimizeReport:
             "model": self.model, "output": self.output, "pattern": self.pattern,
             "selection": self.selection, "calibration_images": self.calibration_images,
             "curve_images": self.curve_images, "total_macs": self.total_macs,
-            "macs_after": self.macs_after, "savings": self.savings,
+            # a layer left as it was costs its full MACs and saves nothing
+            "macs_after": self.macs if self.macs_after is None else self.macs_after,
+            "savings": 0.0 if self.savings is None else self.savings,
             "oracle_savings": self.oracle_savings, "measured_drop_pct": self.measured_drop,
             "layers": [layer.to_dict() for layer in self.layers],
             "skipped": [{"name": n, "reason": r} for n, r in self.skipped],
@@ -167,7 +171,8 @@ class OptimizeReport:
                          pct(layer.oracle_savings), *[pct(layer.tile_shares.get(k)) for k in tiles]))
         lines += ["", format_rows(header, rows), ""]
         lines.append(f"whole model: {self.total_macs:,} -> {self.macs_after:,.0f} MACs per image "
-                     f"({pct(self.savings)} fewer; a perfect predictor on these layers: {pct(self.oracle_savings)})")
+                     f"({pct(self.savings)} fewer; a perfect predictor on all {len(self.layers)} trained layers: "
+                     f"{pct(self.oracle_savings)})")
         if self.measured_drop is not None:
             lines.append(f"measured accuracy drop at the chosen thresholds: {self.measured_drop:.2f} points")
         not_zap = [(l.name, l.reason) for l in self.layers if l.status != "zap"] + list(self.skipped)  # noqa: E741

@@ -12,8 +12,6 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-import onnx
-
 from zapopt.errors import ZapoptError
 from zapopt.files import check_output_path, save_model_atomically
 from zapopt.graph import load_model
@@ -50,7 +48,7 @@ def retune(model: str | os.PathLike, output: str | os.PathLike, *, threshold: fl
         raise ZapoptError("--max-error needs the optimize report with the layer curves: add --report PATH")
     if threshold is not None and math.isnan(threshold):
         raise ZapoptError("the threshold must be a number, got NaN")
-    check_output_path(output, inputs=(model,), what="output model")
+    check_output_path(output, inputs=(model, report), what="output model")
     proto = load_model(model)
     names = [layer.name for layer in read_zap_layers(proto)]
     if not names:
@@ -68,12 +66,7 @@ def retune(model: str | os.PathLike, output: str | os.PathLike, *, threshold: fl
         # -inf keeps the layer exact: the ZapConv node then computes everything.
         chosen = dict(selection.thresholds)
     chosen.update({k: float(v) for k, v in (layer_thresholds or {}).items()})
-    tuned = SetThresholds(chosen)(_copy(proto)).model
+    tuned = SetThresholds(chosen)(proto).model  # a pass works on its own copy
     save_model_atomically(tuned, output)
     return chosen
 
-
-def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    return copy

@@ -18,7 +18,7 @@ import numpy as np
 from zapopt.data import ImageOptions, model_input, open_dataset
 from zapopt.errors import ZapoptError
 from zapopt.evaluate import baseline_macs, run_model, top_k_accuracy
-from zapopt.files import check_output_path, write_text_atomically
+from zapopt.files import check_distinct_outputs, check_output_path, write_text_atomically
 from zapopt.graph import load_model
 from zapopt.report import format_rows, json_float, pct, plot_curves
 from zapopt.rewrite.zap_layers import SetThresholds, read_zap_layers
@@ -82,17 +82,18 @@ def sweep(model: str | os.PathLike, data: Any, *, thresholds: Sequence[float] | 
     taus = _thresholds(thresholds)
     for path in (output_json, output_png):
         if path is not None:
-            check_output_path(path, inputs=(model,), what="sweep output")
+            check_output_path(path, inputs=(model, data), what="sweep output")
+    check_distinct_outputs(**{"JSON curve": output_json, "PNG plot": output_png})
     proto = load_model(model)
-    if not read_zap_layers(proto):
+    names = [layer.name for layer in read_zap_layers(proto)]
+    if not names:
         raise ZapoptError(f"{model} has no ZapConv layers; sweep a model written by `zapopt optimize` "
                           "(--format zap)")
     dataset = open_dataset(data, model_input(proto), image_options, limit=limit)
     labels = dataset.labels
-    names = [layer.name for layer in read_zap_layers(proto)]
 
     def at(tau: float):
-        tuned = SetThresholds({n: tau for n in names})(_copy(proto)).model
+        tuned = SetThresholds({n: tau for n in names})(proto).model  # a pass works on its own copy
         return run_model(tuned, dataset, batch_size=batch_size, progress=progress, desc=f"tau={tau:g}")
 
     exact = at(-math.inf)
@@ -125,10 +126,3 @@ def sweep(model: str | os.PathLike, data: Any, *, thresholds: Sequence[float] | 
                     reference=100 * report.exact_top1 if use_top1 else 100.0)
     return report
 
-
-def _copy(model):
-    import onnx
-
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    return copy
