@@ -222,13 +222,15 @@ THRESHOLD = _Threshold()
                    "ops only, runs on stock onnxruntime (computes everything, masks the output).")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=str), default=None,
               help="Where to write the JSON report (default OUTPUT.report.json).")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=str), default=None,
+              help="Also save a PNG of every layer's measured curve (activation mass lost vs MACs saved).")
 @input_shape_option
 @json_option
 @quiet_option
 @image_option_flags
 def optimize_command(model, output, calib, calib_images, pattern, threshold, max_error, max_drop, eval_data,
-                     eval_images, layers, exclude, epochs, seed, output_format, report_path, input_shapes,
-                     as_json, quiet, image_options) -> None:
+                     eval_images, layers, exclude, epochs, seed, output_format, report_path, plot_path,
+                     input_shapes, as_json, quiet, image_options) -> None:
     """Train a zero activation predictor per eligible layer and rewrite MODEL.
 
     Eligible layers are Conv [+BatchNorm] [+residual Add] + Relu/ReLU6 (see `zapopt info`);
@@ -245,13 +247,14 @@ def optimize_command(model, output, calib, calib_images, pattern, threshold, max
                             layers=tuple(layers), exclude=tuple(exclude), calib_images=calib_images,
                             eval_images=eval_images, epochs=epochs, seed=seed, output_format=output_format)
     result = optimize(model, output, calib, config=config, eval_data=eval_data, image_options=image_options,
-                      input_shapes=_input_shapes(input_shapes), report_path=report_path,
+                      input_shapes=_input_shapes(input_shapes), report_path=report_path, plot_path=plot_path,
                       progress=_progress(quiet))
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=1))
     else:
         click.echo(result.report.format_table())
-        click.echo(f"\nwrote {output} and {report_path or output + '.report.json'}")
+        written = [output, report_path or output + ".report.json", *([plot_path] if plot_path else [])]
+        click.echo("\nwrote " + ", ".join(written))
 
 
 @cli.command("eval")

@@ -241,3 +241,11 @@ def test_labels_out_of_range_are_an_error(optimized, tmp_path: Path) -> None:
     np.savez(tmp_path / "bad.npz", x=np.zeros((8, 1, 28, 28), np.float32), y=np.full(8, 42))
     with pytest.raises(ZapoptError, match="class indices"):
         evaluate(out, str(tmp_path / "bad.npz"), progress=False)
+
+
+def test_optimize_plots_layer_curves(small_cnn: Path, tmp_path: Path) -> None:
+    result = cli("optimize", str(small_cnn), "-o", str(tmp_path / "m.onnx"), "--calib", CALIB, "--calib-images", "32",
+                 "--epochs", "1", "--max-error", "0.2", "--plot", str(tmp_path / "curves.png"), "-q")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert "curves.png" in result.stdout

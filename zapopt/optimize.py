@@ -27,7 +27,7 @@ from zapopt.files import check_distinct_outputs, check_output_path, save_model_a
 from zapopt.graph import ConvActivation, analyze, load_model
 from zapopt.layer_selection import select_layers
 from zapopt.ops.patterns import get_pattern
-from zapopt.report import LayerReport, OptimizeReport, layer_report_from_curve
+from zapopt.report import LayerReport, OptimizeReport, layer_report_from_curve, plot_layer_curves
 from zapopt.rewrite.expand import ExpandZapToOnnx
 from zapopt.rewrite.replace import ReplaceWithZap, ZapParams
 from zapopt.thresholds import LayerCurve, accuracy_target, default_taus, error_budget, layer_curve, uniform
@@ -283,12 +283,14 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
              config: OptimizeConfig = OptimizeConfig(), eval_data: Any = None,
              image_options: ImageOptions | None = None,
              input_shapes: Mapping[str, Sequence[int]] | None = None,
-             report_path: str | os.PathLike | None = None, progress: bool | None = None) -> OptimizeResult:
+             report_path: str | os.PathLike | None = None, plot_path: str | os.PathLike | None = None,
+             progress: bool | None = None) -> OptimizeResult:
     """Train a ZAP per eligible layer and rewrite ``model``; write it to ``output`` if given.
 
     ``calib``/``eval_data``: any source ``zapopt.data.open_dataset`` accepts (image folder,
     .npy, .npz, ``embedded:...``). ``eval_data`` is required with ``config.max_drop``.
-    The report (JSON) goes to ``report_path`` (default: ``OUTPUT`` + ``.report.json``).
+    The report (JSON) goes to ``report_path`` (default: ``OUTPUT`` + ``.report.json``);
+    ``plot_path`` adds a PNG of every layer's measured error/savings curve.
     """
     started = time.perf_counter()
     if config.max_drop is None and eval_data is not None:
@@ -301,7 +303,9 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
             report_path = f"{output}.report.json"
     if report_path is not None:
         check_output_path(report_path, inputs=inputs, what="report")
-    check_distinct_outputs(**{"output model": output, "report": report_path})
+    if plot_path is not None:
+        check_output_path(plot_path, inputs=inputs, what="plot")
+    check_distinct_outputs(**{"output model": output, "report": report_path, "plot": plot_path})
     prepared = prepare_layers(model, calib, config=config, eval_data=eval_data, image_options=image_options,
                               input_shapes=input_shapes, progress=progress)
     t0 = time.perf_counter()
@@ -315,6 +319,8 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
         save_model_atomically(result.model, output)
     if report_path is not None:
         write_text_atomically(report_path, json.dumps(result.to_dict(), indent=1))
+    if plot_path is not None:
+        plot_layer_curves(result.curves, str(plot_path), chosen=choice.thresholds)
     return result
 
 

@@ -6,7 +6,7 @@ PNG curves (``plot_*``) where a curve says more than a table.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -210,6 +210,44 @@ def plot_curves(points: Sequence[tuple[float, float]], path: str, *, title: str,
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    write_atomically(path, lambda f: f.write(buffer.getvalue()))
+
+
+def plot_layer_curves(curves: Mapping[str, LayerCurve], path: str, *, chosen: Mapping[str, float] | None = None) -> None:
+    """Save each layer's measured trade-off (activation mass lost vs MACs saved) as one PNG.
+
+    The curves are what every threshold rule chooses from; the chosen point of each layer
+    is marked, so a reader sees which layers carry the savings and which were left exact.
+    """
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from zapopt.files import write_atomically
+
+    fig, ax = plt.subplots(figsize=(9, 4.5), dpi=120)
+    for name, curve in curves.items():
+        finite = np.isfinite(curve.taus)
+        line, = ax.plot(100 * curve.error[finite], 100 * curve.savings[finite], linewidth=1, label=name)
+        tau = (chosen or {}).get(name)
+        if tau is not None and np.isfinite(tau):
+            i = int(np.flatnonzero(curve.taus == tau)[0])
+            ax.plot(100 * curve.error[i], 100 * curve.savings[i], "o", color=line.get_color())
+    ax.axhline(0, color="gray", linewidth=0.8)
+    ax.set_xscale("symlog", linthresh=0.1)
+    ax.set_xlim(left=0)
+    ax.set_xlabel("activation mass lost (%, held-out calibration images)")
+    ax.set_ylabel("MACs saved in the layer (%)")
+    ax.set_title("per-layer trade-off (dots: chosen thresholds)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
