@@ -260,6 +260,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--width", type=int, help="override the recipe's base channel width")
     parser.add_argument("--upsample-to", type=int, help="override the recipe's input upsampling size")
     parser.add_argument("--lr", type=float, help="override the recipe's peak learning rate")
+    parser.add_argument("--bn", action="store_true", help="VGG only: BatchNorm after each conv (folded at export)")
     args = parser.parse_args(argv)
     recipe = RECIPES[args.name]
     if args.epochs is not None:
@@ -270,6 +271,10 @@ def main(argv: list[str] | None = None) -> None:
         if args.width <= 0:
             parser.error("--width must be positive")
         recipe = replace(recipe, arch={**recipe.arch, "width": args.width})
+    if args.bn:
+        if "bn" not in recipe.arch:
+            parser.error("--bn applies to vgg16 only")
+        recipe = replace(recipe, arch={**recipe.arch, "bn": True})
     if args.lr is not None:
         if not args.lr > 0:
             parser.error("--lr must be positive")
