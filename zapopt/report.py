@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from zapopt.thresholds import LayerCurve
+from zapopt.thresholds import LayerCurve, json_float
 
 
 def pct(value: float | None, digits: int = 1) -> str:
@@ -31,13 +31,6 @@ def format_rows(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
         return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
 
     return "\n".join([render(cells[0]), "  ".join("-" * w for w in widths), *map(render, cells[1:])])
-
-
-def json_float(value: float) -> float | str:
-    """Strict JSON: infinities as strings."""
-    if math.isinf(value):
-        return "inf" if value > 0 else "-inf"
-    return float(value)
 
 
 @dataclass(frozen=True)

@@ -41,9 +41,7 @@ def prepare(model: onnx.ModelProto, *, expose_masks: bool = False) -> PreparedMo
     if not has_zap_nodes(model):
         return PreparedModel(model, {}, {}, outputs)
     layers = read_zap_layers(model)
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    expanded = ExpandZapToOnnx(expose_masks=expose_masks)(copy).model
+    expanded = ExpandZapToOnnx(expose_masks=expose_masks)(model).model  # a pass works on its own copy
     masks: dict[str, str] = {}
     if expose_masks:
         graph_outputs = {o.name for o in expanded.graph.output}

@@ -20,7 +20,8 @@ from zapopt.errors import ZapoptError
 from zapopt.evaluate import baseline_macs, run_model, top_k_accuracy
 from zapopt.files import check_distinct_outputs, check_output_path, write_text_atomically
 from zapopt.graph import load_model
-from zapopt.report import format_rows, json_float, pct, plot_curves
+from zapopt.report import format_rows, pct, plot_curves
+from zapopt.thresholds import json_float
 from zapopt.rewrite.zap_layers import SetThresholds, read_zap_layers
 
 DEFAULT_SWEEP = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5)

@@ -29,6 +29,7 @@ from zapopt.errors import ZapoptError
 __all__ = [
     "DEFAULT_TILES",
     "PREDICTOR_MACS_PER_ACTIVATION",
+    "json_float",
     "AccuracyTargetResult",
     "Evaluation",
     "LayerCurve",
@@ -64,13 +65,14 @@ def _tile_key(tile: tuple[int, int]) -> str:
     return f"{tile[0]}x{tile[1]}"
 
 
-def _json_float(value: float) -> float | str:
+def json_float(value: float) -> float | str:
+    """Strict JSON has no infinities: write them as the strings ``"inf"``/``"-inf"``."""
     value = float(value)
     return value if math.isfinite(value) else ("inf" if value > 0 else "-inf")
 
 
 def _json_floats(values: Iterable[float]) -> list[float | str]:
-    return [_json_float(v) for v in values]
+    return [json_float(v) for v in values]
 
 
 @dataclass(frozen=True)
@@ -366,7 +368,7 @@ class Selection:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "thresholds": {k: _json_float(v) for k, v in self.thresholds.items()},
+            "thresholds": {k: json_float(v) for k, v in self.thresholds.items()},
             "macs_before": float(self.macs_before),
             "macs_after": float(self.macs_after),
             "savings": float(self.savings),
