@@ -198,6 +198,15 @@ THRESHOLD = _Threshold()
 @click.option("--pattern", default="checkerboard", show_default=True, metavar="NAME",
               help="Which activations are computed up front; the rest are predicted. One of: "
                    "checkerboard, tile5x5-60, tile5x5-40, diag3x3-33, rows-50, cols-50, all.")
+@click.option("--predictor-input", type=click.Choice(["preactivation", "activation"]), default="preactivation",
+              show_default=True,
+              help="What each predictor reads at the computed positions: the pre-activation (conv output "
+                   "before the ReLU; how far below zero a neighbour is) or, as in the ZAP paper, the "
+                   "activation after the ReLU. Same cost; the pre-activation predicts zeros better.")
+@click.option("--magnitude-weight", type=click.FloatRange(min=0, max=1e6), default=6.0, show_default=True,
+              help="Predictor training loss: each position's squared error is weighted by 1 + this * "
+                   "activation / mean positive activation, so missing a large activation costs more. "
+                   "0 = the ZAP paper's plain MSE.")
 @click.option("--threshold", type=THRESHOLD, default=None,
               help="One decision threshold for every layer (default 0.1): an activation is skipped when "
                    "its predictor score is <= the threshold. Higher = more savings, less accuracy.")
@@ -207,6 +216,10 @@ THRESHOLD = _Threshold()
 @click.option("--max-drop", type=float, default=None,
               help="Instead of --threshold: the most savings whose measured top-1 drop (with labels) or top-1 "
                    "disagreement with the original (without) on --eval data stays <= this, in percent.")
+@click.option("--sensitivity/--no-sensitivity", "sensitivity_weighting", default=True, show_default=True,
+              help="With --max-drop: first run each layer alone on up to 1,000 --eval images and weight its "
+                   "activation-mass error by its measured effect on the output, so the budget goes where it "
+                   "hurts least (one extra run per layer).")
 @click.option("--eval", "eval_data", default=None, metavar="DATA",
               help="Held-out data for --max-drop (labels from a .npz y, or embedded:fashion-mnist-test).")
 @click.option("--eval-images", type=click.IntRange(min=1), default=None, help="Use at most this many --eval images.")
@@ -228,8 +241,8 @@ THRESHOLD = _Threshold()
 @json_option
 @quiet_option
 @image_option_flags
-def optimize_command(model, output, calib, calib_images, pattern, threshold, max_error, max_drop, eval_data,
-                     eval_images, layers, exclude, epochs, seed, output_format, report_path, plot_path,
+def optimize_command(model, output, calib, calib_images, pattern, predictor_input, magnitude_weight, threshold, max_error, max_drop, sensitivity_weighting,
+                     eval_data, eval_images, layers, exclude, epochs, seed, output_format, report_path, plot_path,
                      input_shapes, as_json, quiet, image_options) -> None:
     """Train a zero activation predictor per eligible layer and rewrite MODEL.
 
@@ -245,7 +258,9 @@ def optimize_command(model, output, calib, calib_images, pattern, threshold, max
 
     config = OptimizeConfig(pattern=pattern, threshold=threshold, max_error=max_error, max_drop=max_drop,
                             layers=tuple(layers), exclude=tuple(exclude), calib_images=calib_images,
-                            eval_images=eval_images, epochs=epochs, seed=seed, output_format=output_format)
+                            eval_images=eval_images, epochs=epochs, seed=seed, output_format=output_format,
+                            predictor_input=predictor_input, magnitude_weight=magnitude_weight,
+                            sensitivity_weighting=sensitivity_weighting)
     result = optimize(model, output, calib, config=config, eval_data=eval_data, image_options=image_options,
                       input_shapes=_input_shapes(input_shapes), report_path=report_path, plot_path=plot_path,
                       progress=_progress(quiet))

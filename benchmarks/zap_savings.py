@@ -18,6 +18,7 @@ import json
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,9 @@ def main() -> None:
     parser.add_argument("--drops", nargs="+", type=float, default=[0.5, 1.5])
     parser.add_argument("--calib-images", type=int, default=1024)
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--predictor-input", default="preactivation", choices=["preactivation", "activation"])
+    parser.add_argument("--magnitude-weight", type=float, default=6.0, help="0 = the paper's plain MSE")
+    parser.add_argument("--no-sensitivity", action="store_true", help="plain (unweighted) error budget search")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
@@ -59,12 +63,13 @@ def main() -> None:
         for pattern in args.patterns:
             started = time.perf_counter()
             config = OptimizeConfig(pattern=pattern, calib_images=args.calib_images, epochs=args.epochs,
-                                    max_drop=args.drops[0])
+                                    max_drop=args.drops[0], predictor_input=args.predictor_input,
+                                    magnitude_weight=args.magnitude_weight,
+                                    sensitivity_weighting=not args.no_sensitivity)
             prepared = prepare_layers(args.model, calib, config=config, eval_data=data["select"], progress=False)
             train_s = time.perf_counter() - started
             for drop in args.drops:
-                config = OptimizeConfig(pattern=pattern, calib_images=args.calib_images, epochs=args.epochs,
-                                        max_drop=drop)
+                config = replace(config, max_drop=drop)
                 choice = choose_thresholds(prepared, config, eval_data=data["select"], progress=False)
                 result = finish(prepared, choice, config, model_name=args.model)
                 model_path = Path(tmp) / f"{pattern}-{drop}.onnx"
@@ -72,7 +77,10 @@ def main() -> None:
                 measured = {split: evaluate(model_path, data[split], reference=args.model, progress=False)
                             for split in ("heldout", "full")}
                 row = {
-                    "pattern": pattern, "max_drop": drop, "oracle_savings": result.report.oracle_savings,
+                    "pattern": pattern, "predictor_input": args.predictor_input,
+                    "magnitude_weight": args.magnitude_weight,
+                    "sensitivity_weighting": not args.no_sensitivity, "max_drop": drop,
+                    "oracle_savings": result.report.oracle_savings,
                     "expected_savings": result.report.savings, "search_drop": choice.measured_drop,
                     "zap_layers": len(result.report.zap_layers), "train_seconds": train_s,
                     **{f"{split}_{key}": value for split, r in measured.items() for key, value in (

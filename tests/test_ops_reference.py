@@ -47,19 +47,22 @@ def test_minus_inf_threshold_is_the_original_layer() -> None:
         assert np.abs(y - expected).max() <= 1e-5 * np.abs(expected).max()
 
 
-def test_semantics_against_a_literal_implementation() -> None:
+@pytest.mark.parametrize("predictor_input", ["activation", "preactivation"])
+def test_semantics_against_a_literal_implementation(predictor_input: str) -> None:
     """docs/zap_op.md's pseudo-code, written out with scipy per channel."""
     rng = np.random.default_rng(3)
     X, W, B, PW1, PB1, PW2, PB2 = _layer(rng)
     pattern, threshold = get_pattern("tile5x5-40"), 0.1
     y, computed = zap_conv_reference(
-        X, W, B, PW1, PB1, PW2, PB2, pads=(1, 1, 1, 1), pattern=pattern, threshold=threshold, return_computed=True
+        X, W, B, PW1, PB1, PW2, PB2, pads=(1, 1, 1, 1), pattern=pattern, threshold=threshold,
+        predictor_input=predictor_input, return_computed=True,
     )
-    full = np.maximum(conv2d(X, W, B, pads=(1, 1, 1, 1)), 0)
+    v = conv2d(X, W, B, pads=(1, 1, 1, 1))
+    full = np.maximum(v, 0)
     s = pattern.mask(7, 6)
     for n in range(2):
         for c in range(4):
-            p = full[n, c] * s
+            p = (v if predictor_input == "preactivation" else full)[n, c] * s
             hd = np.maximum(correlate2d(p, PW1[c, 0].astype(np.float64), mode="same") + PB1[c], 0)
             z = correlate2d(hd, PW2[c, 0].astype(np.float64), mode="same") + PB2[c]
             sure = np.abs(z - threshold) > 1e-4
@@ -129,3 +132,18 @@ def test_conv2d_chunks_large_batches_without_changing_results(monkeypatch: pytes
     whole = conv2d(X, W, B, pads=(1, 0, 1, 2), group=2)
     monkeypatch.setattr(reference, "_IM2COL_BYTES", 1)  # one sample per chunk
     np.testing.assert_allclose(conv2d(X, W, B, pads=(1, 0, 1, 2), group=2), whole, rtol=1e-13, atol=1e-13)
+
+
+def test_predictor_input_changes_the_decision_only_through_negative_pattern_values() -> None:
+    """Reading V instead of relu(V) matters exactly when a pattern position is negative."""
+    rng = np.random.default_rng(8)
+    X, W, B, PW1, PB1, PW2, PB2 = _layer(rng)
+    kwargs = dict(pads=(1, 1, 1, 1), pattern=get_pattern("checkerboard"), threshold=0.0, return_computed=True)
+    _, on_act = zap_conv_reference(X, W, B, PW1, PB1, PW2, PB2, predictor_input="activation", **kwargs)
+    _, on_pre = zap_conv_reference(X, W, B, PW1, PB1, PW2, PB2, predictor_input="preactivation", **kwargs)
+    assert (on_act != on_pre).any()
+    positive_bias = np.abs(B) + 50  # every V > 0: relu(V) == V, so both inputs agree
+    _, on_act = zap_conv_reference(X, W, positive_bias, PW1, PB1, PW2, PB2, predictor_input="activation", **kwargs)
+    _, on_pre = zap_conv_reference(X, W, positive_bias, PW1, PB1, PW2, PB2, predictor_input="preactivation",
+                                   **kwargs)
+    np.testing.assert_array_equal(on_act, on_pre)

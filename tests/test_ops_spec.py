@@ -19,7 +19,7 @@ def test_constants() -> None:
 def test_node_round_trips_its_attributes() -> None:
     attrs = ZapConvAttrs(
         pattern=get_pattern("tile5x5-60"), threshold=0.25, strides=(2, 1), pads=(1, 0, 2, 1),
-        dilations=(1, 2), group=2, clip_max=6.0,
+        dilations=(1, 2), group=2, clip_max=6.0, predictor_input="preactivation",
     )
     node = make_zap_node(name="layer", attrs=attrs, skip="S", **NAMES)
     assert is_zap_node(node) and node.domain == DOMAIN
@@ -51,6 +51,7 @@ def test_missing_required_attribute_is_named() -> None:
         dict(clip_max=0.0),
         dict(clip_max=math.nan),
         dict(threshold=math.nan),
+        dict(predictor_input="relu"),
     ],
 )
 def test_invalid_attributes_are_rejected(kwargs: dict) -> None:
@@ -67,3 +68,12 @@ def test_pattern_must_be_a_pattern() -> None:
 def test_empty_required_tensor_name_is_rejected() -> None:
     with pytest.raises(ZapoptError, match="pw1"):
         make_zap_node(name="n", attrs=ZapConvAttrs(pattern=get_pattern("all"), threshold=0.0), **{**NAMES, "pw1": ""})
+
+
+def test_absent_predictor_input_means_the_papers_activation_input() -> None:
+    node = helper.make_node(OP_TYPE, ["X"], ["Y"], domain=DOMAIN, pattern=[1, 0], pattern_shape=[1, 2],
+                            threshold=0.0)
+    assert ZapConvAttrs.from_node(node).predictor_input == "activation"
+    node = helper.make_node(OP_TYPE, ["X"], ["Y"], domain=DOMAIN, pattern=[1, 0], pattern_shape=[1, 2],
+                            threshold=0.0, predictor_input="preactivation")
+    assert ZapConvAttrs.from_node(node).predictor_input == "preactivation"

@@ -14,6 +14,7 @@ import pytest
 
 from tests.conftest import REPO_ROOT
 from zapopt.errors import ZapoptError
+from zapopt.ops.spec import ZapConvAttrs, is_zap_node
 from zapopt.evaluate import evaluate, run_model
 from zapopt.optimize import OptimizeConfig, optimize
 from zapopt.retune import retune
@@ -113,6 +114,23 @@ def test_portable_format_matches_zap_format(small_cnn: Path, optimized, tmp_path
     a = make_session(model).run(None, {"input": data})[0]
     b = make_session(prepare(onnx.load(out)).model).run(None, {"input": data})[0]
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def _predictor_inputs(path: Path) -> set[str]:
+    return {ZapConvAttrs.from_node(n).predictor_input for n in onnx.load(path).graph.node if is_zap_node(n)}
+
+
+def test_papers_activation_input_is_selectable_and_realises_its_curves(small_cnn: Path, optimized,
+                                                                       tmp_path: Path) -> None:
+    out, result = optimized
+    assert _predictor_inputs(out) == {"preactivation"} and result.report.predictor_input == "preactivation"
+    paper = tmp_path / "paper.onnx"
+    config = OptimizeConfig(calib_images=128, epochs=2, predictor_input="activation")
+    paper_result = optimize(small_cnn, paper, CALIB, config=config, progress=False)
+    assert _predictor_inputs(paper) == {"activation"}
+    assert json.loads(Path(f"{paper}.report.json").read_text())["predictor_input"] == "activation"
+    report = evaluate(paper, TEST, reference=small_cnn, limit=400, progress=False)
+    assert abs(report.savings - paper_result.report.savings) < 0.05
 
 
 def test_eval_realises_the_expected_savings(small_cnn: Path, optimized) -> None:
@@ -249,3 +267,23 @@ def test_optimize_plots_layer_curves(small_cnn: Path, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
     assert "curves.png" in result.stdout
+
+
+@pytest.mark.parametrize("weighting", [True, False])
+def test_max_drop_meets_its_limit_on_the_eval_data(small_cnn: Path, tmp_path: Path, weighting: bool) -> None:
+    out = tmp_path / "drop.onnx"
+    config = OptimizeConfig(calib_images=64, epochs=1, max_drop=1.0, eval_images=300,
+                            sensitivity_weighting=weighting)
+    result = optimize(small_cnn, out, CALIB, config=config, eval_data=TEST, progress=False)
+    assert result.report.measured_drop is not None and result.report.measured_drop <= 1.0
+    assert result.report.search and all("drop" in e for e in result.report.search)
+    sensitivities = result.report.sensitivities
+    if weighting:
+        assert {s["name"] for s in sensitivities} == {layer.name for layer in result.report.layers}
+        assert np.mean([s["weight"] for s in sensitivities]) == pytest.approx(1.0)
+        assert "error weights" in result.report.format_table()
+    else:
+        assert sensitivities == []
+    # The drop the search measured is what `zapopt eval` measures on the same images.
+    measured = evaluate(out, TEST, reference=small_cnn, limit=300, progress=False)
+    assert measured.top1_drop == pytest.approx(result.report.measured_drop, abs=1e-9)  # both in points

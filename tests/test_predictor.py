@@ -11,6 +11,7 @@ from zapopt.errors import ZapoptError
 from zapopt.ops.patterns import Pattern, get_pattern
 from zapopt.ops.reference import zap_conv_reference
 from zapopt.predictor import FoldedPredictor, depthwise_conv3x3
+from zapopt.predictor.inputs import PredictorInput
 from zapopt.predictor.model import ZapPredictor
 from zapopt.predictor.train import train_predictor
 
@@ -136,3 +137,53 @@ def test_rejects_bad_inputs(block_ofm: np.ndarray) -> None:
         FoldedPredictor(pw1[:2], pb1, pw2, pb2)
     with pytest.raises(ZapoptError, match="positive channel"):
         ZapPredictor(0)
+
+
+def _block_preactivation(seed: int = 0, n: int = 64) -> np.ndarray:
+    """Pre-activations with a blocky sign: the block ofm where it is positive, random negatives elsewhere."""
+    ofm = _block_ofm(seed, n)
+    rng = np.random.default_rng(seed + 100)
+    return np.where(ofm > 0, ofm, -(rng.random(ofm.shape) + 0.5)).astype(np.float32)
+
+
+def test_predictor_input_recovers_the_ofm() -> None:
+    v = np.array([-2.0, -0.0, 0.5, 3.0, 9.0], dtype=np.float32)
+    np.testing.assert_array_equal(PredictorInput().ofm(v), v)
+    np.testing.assert_array_equal(PredictorInput("preactivation").ofm(v), [0, 0, 0.5, 3, 9])
+    np.testing.assert_array_equal(PredictorInput("preactivation", 6.0).ofm(v), [0, 0, 0.5, 3, 6])
+    with pytest.raises(ZapoptError, match="preactivation"):
+        PredictorInput("relu")
+    with pytest.raises(ZapoptError, match="clip_max"):
+        PredictorInput("preactivation", 0.0)
+
+
+def test_preactivation_predictor_trains_on_v_and_decides_like_the_op() -> None:
+    """Trained on V, its targets come from relu(V); its decisions equal the op's with
+    predictor_input="preactivation" (identity 1x1 conv: the op's V is the stored array)."""
+    v = _block_preactivation()
+    source = PredictorInput("preactivation")
+    trained_v = train_predictor(v, get_pattern("checkerboard"), epochs=10, batch_size=8, seed=0,
+                                progress=False, predictor_input=source)
+    assert trained_v.predictor_input == source
+    held_out = _block_preactivation(seed=1, n=16)
+    t = ~trained_v.mask
+    accuracy = float(np.mean((trained_v.scores(held_out) > 0.5)[:, :, t] == (held_out > 0)[:, :, t]))
+    assert accuracy > 0.95
+    identity = np.eye(v.shape[1], dtype=np.float32)[:, :, None, None]
+    for tau in (-np.inf, 0.0, 0.2, 0.5):
+        _, computed = zap_conv_reference(
+            held_out[:4], identity, None, *trained_v.folded, pattern=get_pattern("checkerboard"),
+            threshold=float(tau), predictor_input="preactivation", return_computed=True,
+        )
+        np.testing.assert_array_equal(trained_v.computed(held_out[:4], float(tau)), computed)
+
+
+def test_preactivation_training_differs_from_training_on_its_ofm() -> None:
+    """The same layer trained on V or on relu(V) gives different predictors (the input matters)."""
+    v = _block_preactivation(n=32)
+    kwargs = dict(epochs=1, batch_size=8, seed=0, progress=False)
+    on_v = train_predictor(v, get_pattern("checkerboard"), predictor_input=PredictorInput("preactivation"), **kwargs)
+    on_ofm = train_predictor(np.maximum(v, 0), get_pattern("checkerboard"), **kwargs)
+    assert not np.array_equal(on_v.folded.pw1, on_ofm.folded.pw1)
+    with pytest.raises(TypeError, match="PredictorInput"):
+        train_predictor(v, get_pattern("checkerboard"), predictor_input="preactivation", **kwargs)  # type: ignore[arg-type]

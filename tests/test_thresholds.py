@@ -12,6 +12,7 @@ import torch
 import zapopt.thresholds as thresholds_module
 from zapopt.errors import ZapoptError
 from zapopt.ops.patterns import get_pattern
+from zapopt.predictor.inputs import PredictorInput
 from zapopt.predictor.model import ZapPredictor
 from zapopt.predictor.train import TrainedPredictor
 from zapopt.thresholds import (
@@ -61,6 +62,29 @@ def test_curve_matches_brute_force(layer) -> None:
         assert curve.error[i] == pytest.approx(1 - (y * computed).sum() / y.sum())
         expected_macs = macs * mask.mean() + 18 * c * h * w + macs * (~zero_pred).sum() / (n * c * h * w)
         assert curve.macs_after[i] == pytest.approx(expected_macs)
+
+
+def test_preactivation_curve_scores_v_and_measures_relu_v() -> None:
+    """Stored pre-activations: scores come from V, targets and errors from clip(relu(V))."""
+    rng = np.random.default_rng(4)
+    v = (rng.standard_normal((4, 5, 6, 8)) * 3).astype(np.float32)
+    mask = get_pattern("checkerboard").mask(6, 8)
+    base = _random_predictor(5, mask, seed=2)
+    source = PredictorInput("preactivation", 2.0)
+    predictor = TrainedPredictor(base.folded, mask, epochs=0, images=0, seconds=0.0, epoch_losses=(),
+                                 predictor_input=source)
+    taus = np.concatenate([[-np.inf], np.linspace(-1.0, 1.0, 9)])
+    curve = layer_curve("conv", v, predictor, macs=1000.0, taus=taus)
+    y = np.clip(v, 0, 2.0).astype(np.float64)
+    t = ~mask
+    for i, tau in enumerate(taus):
+        computed = predictor.computed(v, float(tau))  # scores of V * S
+        assert curve.error[i] == pytest.approx(1 - (y * computed).sum() / y.sum())
+        assert curve.false_zero[i] == pytest.approx((~computed[:, :, t] & (y[:, :, t] > 0)).mean())
+    assert curve.true_zero_share == pytest.approx((y[:, :, t] == 0).mean())
+    # The same stored array read as an ofm would measure something else.
+    as_ofm = layer_curve("conv", v, predictor, macs=1000.0, taus=taus, predictor_input=PredictorInput())
+    assert not np.allclose(as_ofm.error, curve.error)
 
 
 def _brute_tile_share(skip: np.ndarray, mask: np.ndarray, a: int, b: int) -> float:

@@ -57,7 +57,9 @@ def random_zap_case(rng: np.random.Generator) -> dict:
     }
     pattern = PATTERNS[str(rng.choice(sorted(PATTERNS)))]
     clip_max = math.inf if rng.random() < 0.5 else float(rng.choice([6.0, 0.5, 1.0]))
-    geometry = dict(strides=strides, pads=pads, dilations=dilations, group=group, clip_max=clip_max)
+    predictor_input = str(rng.choice(["activation", "preactivation"]))
+    geometry = dict(strides=strides, pads=pads, dilations=dilations, group=group, clip_max=clip_max,
+                    predictor_input=predictor_input)
     probe = zap_conv_trace(**_trace_inputs(arrays), attrs=ZapConvAttrs(pattern=pattern, threshold=0.0, **geometry))
     draw = rng.random()
     if draw < 0.1:

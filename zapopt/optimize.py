@@ -27,14 +27,26 @@ from zapopt.files import check_distinct_outputs, check_output_path, save_model_a
 from zapopt.graph import ConvActivation, analyze, load_model
 from zapopt.layer_selection import select_layers
 from zapopt.ops.patterns import get_pattern
+from zapopt.predictor.inputs import PREDICTOR_INPUTS, PredictorInput
 from zapopt.report import LayerReport, OptimizeReport, layer_report_from_curve, plot_layer_curves
 from zapopt.rewrite.expand import ExpandZapToOnnx
 from zapopt.rewrite.replace import ReplaceWithZap, ZapParams
-from zapopt.thresholds import LayerCurve, accuracy_target, default_taus, error_budget, layer_curve, uniform
+from zapopt.sensitivity import LayerSensitivity, layer_sensitivities, output_divergence, weight_curves
+from zapopt.thresholds import (
+    AccuracyTargetResult,
+    LayerCurve,
+    accuracy_target,
+    default_taus,
+    error_budget,
+    layer_curve,
+    uniform,
+)
 
 FORMATS = ("zap", "onnx")
 #: Threshold used when the user gives no --threshold/--max-error/--max-drop.
 DEFAULT_THRESHOLD = 0.1
+#: Held-out images each layer's sensitivity probe runs on (``--max-drop`` only).
+SENSITIVITY_IMAGES = 1000
 
 
 @dataclass(frozen=True)
@@ -57,13 +69,16 @@ class OptimizeConfig:
     train_batch_size: int = 8  # images per predictor training step
     seed: int = 0
     output_format: str = "zap"
+    predictor_input: str = "preactivation"  # "activation" = the paper's predictor input
+    magnitude_weight: float = 6.0  # 0 = the paper's plain MSE loss
+    sensitivity_weighting: bool = True  # --max-drop: weight each layer's error by its measured effect
 
     def __post_init__(self) -> None:
         get_pattern(self.pattern)
         chosen = [n for n in ("threshold", "max_error", "max_drop") if getattr(self, n) is not None]
         if len(chosen) > 1:
             raise ZapoptError("give only one of --threshold, --max-error and --max-drop")
-        for name in ("threshold", "max_error", "max_drop", "lr", "holdout"):
+        for name in ("threshold", "max_error", "max_drop", "lr", "holdout", "magnitude_weight"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, numbers.Real) or isinstance(value, bool)):
                 raise TypeError(f"{name} must be a number, got {value!r}")
@@ -73,6 +88,10 @@ class OptimizeConfig:
             raise ZapoptError(f"--max-error must be a finite number >= 0, got {self.max_error}")
         if self.max_drop is not None and not (0 <= self.max_drop <= 100):
             raise ZapoptError(f"--max-drop is in percent and must be in [0, 100], got {self.max_drop}")
+        if not isinstance(self.sensitivity_weighting, bool):
+            raise TypeError(f"sensitivity_weighting must be True or False, got {self.sensitivity_weighting!r}")
+        if not 0 <= self.magnitude_weight < math.inf:
+            raise ZapoptError(f"--magnitude-weight must be a finite number >= 0, got {self.magnitude_weight}")
         if not 0 < self.holdout < 1:
             raise ZapoptError(f"holdout must be in (0, 1), got {self.holdout}")
         for name in ("calib_images", "epochs", "batch_size", "train_batch_size"):
@@ -81,6 +100,9 @@ class OptimizeConfig:
                 raise ZapoptError(f"{name} must be a positive integer, got {value!r}")
         if self.calib_images < 8:
             raise ZapoptError("use at least 8 calibration images (more is better: 256-1024)")
+        if self.predictor_input not in PREDICTOR_INPUTS:
+            raise ZapoptError(f"unknown predictor input {self.predictor_input!r}; choose one of "
+                              f"{', '.join(PREDICTOR_INPUTS)}")
         if self.output_format not in FORMATS:
             raise ZapoptError(f"unknown format {self.output_format!r}; choose one of {', '.join(FORMATS)}")
 
@@ -128,8 +150,9 @@ def build_zap_model(original: onnx.ModelProto, trained: Mapping[str, TrainedLaye
     for name, tau in thresholds.items():
         if tau == -math.inf:
             continue  # computing everything: the original layer is cheaper
-        pw1, pb1, pw2, pb2 = trained[name].params.folded
-        params[name] = ZapParams(pw1, pb1, pw2, pb2, pattern, float(tau))
+        predictor = trained[name].params
+        pw1, pb1, pw2, pb2 = predictor.folded
+        params[name] = ZapParams(pw1, pb1, pw2, pb2, pattern, float(tau), predictor.predictor_input.kind)
     result = ReplaceWithZap(params)(original).model  # a pass works on its own copy
     meta = {p.key: p for p in result.metadata_props}
     for key, value in (("zapopt.pattern", pattern_name), ("zapopt.layers", str(len(params)))):
@@ -138,10 +161,10 @@ def build_zap_model(original: onnx.ModelProto, trained: Mapping[str, TrainedLaye
     return result
 
 
-def _ofm_sparsity(ofm: np.ndarray, batch: int = 64) -> float:
+def _ofm_sparsity(stored: np.ndarray, source: PredictorInput, batch: int = 64) -> float:
     zeros = total = 0
-    for start in range(0, ofm.shape[0], batch):
-        chunk = np.asarray(ofm[start:start + batch])
+    for start in range(0, stored.shape[0], batch):
+        chunk = source.ofm(stored[start:start + batch])
         zeros += int(chunk.size - np.count_nonzero(chunk))
         total += chunk.size
     return zeros / total if total else 0.0
@@ -164,17 +187,30 @@ def _train_layers(store: Any, selected: Sequence[ConvActivation], config: Optimi
     torch.set_num_threads(1)  # bit-reproducible training needs a fixed thread count; tiny convs gain nothing
     try:
         for conv in tqdm(selected, desc="predictors", unit="layer", file=sys.stderr, disable=not enabled):
-            ofm = store.layer_array(conv.conv)
+            stored = store.layer_array(conv.conv)  # the ofm, or the pre-activation
+            source = PredictorInput(config.predictor_input, conv.clip_max)
             started = time.perf_counter()
-            predictor = train_predictor(ofm, pattern, epochs=config.epochs, lr=config.lr,
+            predictor = train_predictor(stored, pattern, epochs=config.epochs, lr=config.lr,
                                         batch_size=config.train_batch_size, seed=config.seed,
-                                        max_images=n_train, progress=False)
-            curve = layer_curve(conv.conv, ofm[n_train:], predictor, macs=conv.macs, taus=taus)
-            trained[conv.conv] = TrainedLayer(conv, predictor, curve, _ofm_sparsity(ofm),
+                                        max_images=n_train, progress=False, predictor_input=source,
+                                        magnitude_weight=config.magnitude_weight)
+            curve = layer_curve(conv.conv, stored[n_train:], predictor, macs=conv.macs, taus=taus)
+            trained[conv.conv] = TrainedLayer(conv, predictor, curve, _ofm_sparsity(stored, source),
                                               time.perf_counter() - started)
     finally:
         torch.set_num_threads(threads)
     return trained
+
+
+def _calibration_tensors(selected: Sequence[ConvActivation], config: OptimizeConfig) -> dict[str, str]:
+    """Each layer's tensor to record: the one its predictor reads (the ofm is derived)."""
+    tensors = {}
+    for conv in selected:
+        tensor = conv.preactivation if config.predictor_input == "preactivation" else conv.output
+        if not tensor:
+            raise ZapoptError(f"layer {conv.conv!r} has no activation to calibrate ({conv.reason or 'not eligible'})")
+        tensors[conv.conv] = tensor
+    return tensors
 
 
 def _curve_grid(config: OptimizeConfig) -> np.ndarray:
@@ -188,18 +224,30 @@ def _curve_grid(config: OptimizeConfig) -> np.ndarray:
 
 
 def _accuracy_search(original: onnx.ModelProto, trained: Mapping[str, TrainedLayer], config: OptimizeConfig,
-                     eval_source: Any, image_options: ImageOptions | None, progress: bool | None):
-    dataset = open_dataset(eval_source, model_input(original), image_options, limit=config.eval_images)
-    reference = run_model(original, dataset, measure=False, progress=progress, desc="reference").outputs
-    reference = reference.reshape(len(reference), -1)
-    labels = dataset.labels
+                     eval_source: Any, image_options: ImageOptions | None, progress: bool | None
+                     ) -> tuple[AccuracyTargetResult, dict[str, LayerSensitivity]]:
+    spec = model_input(original)
+    dataset = open_dataset(eval_source, spec, image_options, limit=config.eval_images)
+
+    def outputs(thresholds: dict[str, float], data: Any, desc: str) -> np.ndarray:
+        model = build_zap_model(original, trained, thresholds, config.pattern) if thresholds else original
+        result = run_model(model, data, measure=False, progress=progress, desc=desc).outputs
+        return result.reshape(len(result), -1)
+
+    reference = outputs({}, dataset, "reference")
 
     def measure(thresholds: dict[str, float]) -> float:
-        candidate = build_zap_model(original, trained, thresholds, config.pattern)
-        logits = run_model(candidate, dataset, measure=False, progress=progress, desc="search").outputs
-        return accuracy_drop(reference, logits.reshape(len(logits), -1), labels)
+        return accuracy_drop(reference, outputs(thresholds, dataset, "search"), dataset.labels)
 
-    return accuracy_target({n: t.curve for n, t in trained.items()}, config.max_drop, measure)
+    curves = {n: t.curve for n, t in trained.items()}
+    sensitivities: dict[str, LayerSensitivity] = {}
+    if config.sensitivity_weighting:
+        probe = open_dataset(eval_source, spec, image_options, limit=min(len(dataset), SENSITIVITY_IMAGES))
+        probe_reference = reference[: len(probe)]  # the same first images, in the same order
+        sensitivities = layer_sensitivities(
+            curves, lambda thresholds: output_divergence(probe_reference, outputs(thresholds, probe, "sensitivity")))
+        curves = weight_curves(curves, sensitivities)
+    return accuracy_target(curves, config.max_drop, measure), sensitivities
 
 
 @dataclass(frozen=True)
@@ -227,6 +275,7 @@ class ThresholdChoice:
     thresholds: dict[str, float]
     search: list[dict[str, Any]]
     measured_drop: float | None
+    sensitivities: list[dict[str, Any]] = field(default_factory=list)
 
 
 def prepare_layers(model: str | os.PathLike | onnx.ModelProto, calib: Any, *,
@@ -248,8 +297,8 @@ def prepare_layers(model: str | os.PathLike | onnx.ModelProto, calib: Any, *,
         open_dataset(eval_data, spec, image_options, limit=config.eval_images)
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
-    with calibrate(original, selected, calib_set.batches(config.batch_size), total_images=len(calib_set),
-                   progress=progress) as store:
+    with calibrate(original, _calibration_tensors(selected, config), calib_set.batches(config.batch_size),
+                   total_images=len(calib_set), progress=progress) as store:
         seconds["calibrate"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         trained = _train_layers(store, selected, config, _curve_grid(config), progress)
@@ -265,9 +314,10 @@ def choose_thresholds(prepared: PreparedLayers, config: OptimizeConfig, *, eval_
     if config.max_drop is not None:
         if eval_data is None:
             raise ZapoptError("--max-drop needs held-out data to measure the drop on: add --eval DATA")
-        found = _accuracy_search(prepared.original, prepared.trained, config, eval_data, image_options, progress)
+        found, sensitivities = _accuracy_search(prepared.original, prepared.trained, config, eval_data,
+                                                image_options, progress)
         return ThresholdChoice(dict(found.selection.thresholds), [e.to_dict() for e in found.evaluations],
-                               found.drop)
+                               found.drop, [s.to_dict() for s in sensitivities.values()])
     if config.max_error is not None:
         return ThresholdChoice(dict(error_budget(curves, config.max_error).thresholds), [], None)
     thresholds = dict(uniform(curves, config.uniform_threshold).thresholds)
@@ -364,6 +414,8 @@ def finish(prepared: PreparedLayers, choice: ThresholdChoice, config: OptimizeCo
         model=model_name, output=output, pattern=config.pattern,
         selection=config.selection_text, calibration_images=prepared.calibration_images,
         curve_images=next(iter(curves.values())).images, total_macs=prepared.total_macs, layers=layers,
-        skipped=prepared.skipped, search=choice.search, measured_drop=choice.measured_drop, seconds=seconds)
+        skipped=prepared.skipped, search=choice.search, measured_drop=choice.measured_drop, seconds=seconds,
+        predictor_input=config.predictor_input, magnitude_weight=config.magnitude_weight,
+        sensitivities=choice.sensitivities)
     return OptimizeResult(rewritten, report, curves)
 

@@ -110,6 +110,9 @@ class OptimizeReport:
     search: list[dict[str, Any]] = field(default_factory=list)  # accuracy-target evaluations
     measured_drop: float | None = None
     seconds: dict[str, float] = field(default_factory=dict)
+    predictor_input: str = "activation"
+    magnitude_weight: float = 0.0
+    sensitivities: list[dict[str, Any]] = field(default_factory=list)  # --max-drop's per-layer error weights
 
     @property
     def zap_layers(self) -> list[LayerReport]:
@@ -134,6 +137,7 @@ class OptimizeReport:
     def to_dict(self) -> dict[str, Any]:
         return {
             "model": self.model, "output": self.output, "pattern": self.pattern,
+            "predictor_input": self.predictor_input, "magnitude_weight": self.magnitude_weight,
             "selection": self.selection, "calibration_images": self.calibration_images,
             "curve_images": self.curve_images, "total_macs": self.total_macs,
             # a layer left as it was costs its full MACs and saves nothing
@@ -142,12 +146,14 @@ class OptimizeReport:
             "oracle_savings": self.oracle_savings, "measured_drop_pct": self.measured_drop,
             "layers": [layer.to_dict() for layer in self.layers],
             "skipped": [{"name": n, "reason": r} for n, r in self.skipped],
-            "search": self.search, "seconds": self.seconds,
+            "search": self.search, "sensitivities": self.sensitivities, "seconds": self.seconds,
         }
 
     def format_table(self) -> str:
         lines = [f"model: {self.model}" + (f"  ->  {self.output}" if self.output else ""),
-                 f"pattern: {self.pattern}   thresholds: {self.selection}   "
+                 f"pattern: {self.pattern}   predictor: {self.predictor_input} input, "
+                 f"loss magnitude weight {self.magnitude_weight:g}   "
+                 f"thresholds: {self.selection}   "
                  f"calibration: {self.calibration_images} images (curves on {self.curve_images} held out)"]
         tiles = list(dict.fromkeys(k for layer in self.layers for k in layer.tile_shares))
         header = ("layer", "MACs", "sparsity", "tau", "pred.zero", "false0", "false!0", "error",
@@ -168,6 +174,9 @@ class OptimizeReport:
                      f"{pct(self.oracle_savings)})")
         if self.measured_drop is not None:
             lines.append(f"measured accuracy drop at the chosen thresholds: {self.measured_drop:.2f} points")
+        if self.sensitivities:
+            weights = ", ".join(f"{s['name']} {s['weight']:.2f}" for s in self.sensitivities)
+            lines.append(f"error weights from each layer's measured effect on the output (mean 1): {weights}")
         not_zap = [(l.name, l.reason) for l in self.layers if l.status != "zap"] + list(self.skipped)  # noqa: E741
         if not_zap:
             lines += ["", "not rewritten:"] + [f"  {name}: {reason}" for name, reason in not_zap]

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from zapopt.errors import ZapoptError
+from zapopt.predictor.inputs import PredictorInput
 
 __all__ = [
     "DEFAULT_TILES",
@@ -212,8 +213,13 @@ def layer_curve(
     tiles: Sequence[tuple[int, int]] = DEFAULT_TILES,
     batch_size: int = 16,
     max_images: int | None = None,
+    predictor_input: PredictorInput | None = None,
 ) -> LayerCurve:
     """Measure one layer's curve on true ofms ``[N, C, H, W]`` (array or memmap).
+
+    For a predictor that reads the pre-activation, ``ofm`` holds pre-activations and the
+    ofm is derived (``predictor_input``, default: the predictor's own attribute of that
+    name, else "activation").
 
     ``macs`` is the layer's conv MACs per image (``M``). At threshold ``tau`` an activation
     in ``T`` is predicted zero iff ``Z <= tau`` (the op computes it iff ``Z > tau``), and
@@ -264,11 +270,13 @@ def layer_curve(
     oracle_in_tiles = {_tile_key(t): 0.0 for t in tiles}
     total_mass = 0.0
     zeros_t = 0
+    source = predictor_input or getattr(predictor, "predictor_input", None) or PredictorInput()
     for start in range(0, images, batch_size):
-        y = np.asarray(ofm[start : min(start + batch_size, images)], dtype=np.float32)
-        if not np.isfinite(y).all():
+        stored = np.asarray(ofm[start : min(start + batch_size, images)], dtype=np.float32)
+        if not np.isfinite(stored).all():
             raise ZapoptError(f"layer {name!r}: the ofm contains NaN or Inf")
-        z = np.asarray(predictor.scores(y), dtype=np.float32)
+        y = source.ofm(stored)
+        z = np.asarray(predictor.scores(stored), dtype=np.float32)
         y_t, z_t = y[:, :, predicted], z[:, :, predicted]
         bins = np.searchsorted(grid32, z_t.ravel(), side="left")
         nonzero_t = (y_t > 0).ravel()

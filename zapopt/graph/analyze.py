@@ -216,6 +216,7 @@ def _conv_record(index: GraphIndex, shapes: InferredShapes, resolver: _ShapeReso
     return ConvActivation(
         conv=name, bn=node_name(chain.bn), add=node_name(chain.add), skip_input=chain.skip_input,
         act=node_name(chain.act), clip_max=chain.clip_max, output=chain.output,
+        preactivation=chain.preactivation,
         conv_input=node.input[0], input_shape=x, output_shape=y, weight_shape=w,
         strides=geometry.strides, pads=geometry.pads, dilations=geometry.dilations,
         group=geometry.group, macs=macs, eligible=not problems, reason="; ".join(problems),

@@ -42,6 +42,7 @@ class ActivationChain:
     skip_input: str | None = None
     act: int | None = None
     clip_max: float = math.inf
+    preactivation: str | None = None
     output: str | None = None
     problems: list[str] = field(default_factory=list)
 
@@ -144,6 +145,7 @@ def match_activation_chain(index: GraphIndex, shapes: InferredShapes, conv_index
     else:
         chain.problems.append(f"no ReLU after it (the output of {owner} goes to {node.op_type} {name!r})")
         return chain
+    chain.preactivation = tensor
     chain.output = node.output[0]
     return chain
 

@@ -30,7 +30,8 @@ class ConvActivation:
 
     ``add``/``skip_input``: the ResNet placement Conv[+BN] -> Add -> act; a predicted zero
     then skips this conv's work, and ``skip_input`` is the Add's other (residual) input.
-    ``output`` is the tensor the activation produces. ``reason`` is "" iff ``eligible``.
+    ``output`` is the tensor the activation produces, ``preactivation`` the one it reads
+    (conv, BN or Add output). ``reason`` is "" iff ``eligible``.
     ``first_layer``: no Conv/Gemm/MatMul runs before it (it reads the network input,
     possibly through layout or normalisation ops); the optimizer skips it by default.
     """
@@ -54,6 +55,7 @@ class ConvActivation:
     eligible: bool
     reason: str
     first_layer: bool
+    preactivation: str | None = None
 
 
 class TensorSpec(NamedTuple):

@@ -145,7 +145,7 @@ def zap_conv_trace(
     if math.isfinite(attrs.clip_max):
         Full = np.minimum(Full, np.float32(attrs.clip_max))
     S = attrs.pattern.mask(V.shape[2], V.shape[3])
-    P = Full * S.astype(np.float32)
+    P = (V if attrs.predictor_input == "preactivation" else Full) * S.astype(np.float32)
     depthwise = dict(strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1), group=c_out)
     Hd = np.maximum(conv2d(P, PW1, PB1, **depthwise).astype(np.float32), np.float32(0))
     Z = conv2d(Hd, PW2, PB2, **depthwise).astype(np.float32)
@@ -172,6 +172,7 @@ def zap_conv_reference(
     pattern: Pattern | Sequence[int],
     pattern_shape: Sequence[int] | None = None,
     threshold: float,
+    predictor_input: str = "activation",
     return_computed: bool = False,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """``Y`` (and ``Computed`` if asked) of ZapConv; ``pattern`` is a Pattern or the flat tile."""
@@ -185,7 +186,7 @@ def zap_conv_reference(
         )
     attrs = ZapConvAttrs(
         pattern=pattern, threshold=threshold, strides=strides, pads=pads,
-        dilations=dilations, group=group, clip_max=clip_max,
+        dilations=dilations, group=group, clip_max=clip_max, predictor_input=predictor_input,
     )
     trace = zap_conv_trace(X, W, B, PW1, PB1, PW2, PB2, Skip, attrs=attrs)
     return (trace.Y, trace.Computed) if return_computed else trace.Y

@@ -26,6 +26,10 @@ INPUT_NAMES = ("X", "W", "B", "PW1", "PB1", "PW2", "PB2", "Skip")
 OUTPUT_NAMES = ("Y", "Computed")
 #: Metadata key naming the rewrite rule that created a node.
 RULE_KEY = "zapopt.rule"
+#: What the predictor reads at the pattern positions: the activation ``Full`` (the
+#: paper's choice, and the default when the attribute is absent) or the pre-activation
+#: ``V``, which also says how far below zero a computed neighbour is.
+PREDICTOR_INPUTS = ("activation", "preactivation")
 
 
 def is_zap_node(node: onnx.NodeProto) -> bool:
@@ -56,6 +60,7 @@ class ZapConvAttrs:
     dilations: tuple[int, ...] = (1, 1)
     group: int = 1
     clip_max: float = math.inf
+    predictor_input: str = "activation"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "strides", _ints("strides", self.strides, 2, 1))
@@ -74,6 +79,12 @@ class ZapConvAttrs:
         if math.isnan(threshold):
             raise ZapoptError("ZapConv threshold must be a number or +-inf, got NaN")
         object.__setattr__(self, "threshold", threshold)
+        if isinstance(self.predictor_input, bytes):
+            object.__setattr__(self, "predictor_input", self.predictor_input.decode("utf-8", "replace"))
+        if self.predictor_input not in PREDICTOR_INPUTS:
+            raise ZapoptError(
+                f"ZapConv predictor_input must be one of {', '.join(PREDICTOR_INPUTS)}, got {self.predictor_input!r}"
+            )
 
     def to_onnx_attrs(self) -> dict[str, Any]:
         """Keyword attributes for :func:`onnx.helper.make_node`."""
@@ -84,6 +95,7 @@ class ZapConvAttrs:
             "group": self.group,
             "clip_max": self.clip_max,
             "threshold": self.threshold,
+            "predictor_input": self.predictor_input,
             **self.pattern.to_attrs(),
         }
 
@@ -92,7 +104,7 @@ class ZapConvAttrs:
         """Build from decoded attribute values (missing optional ones take their defaults)."""
         unknown = set(attrs) - {
             "strides", "pads", "dilations", "group", "clip_max", "threshold",
-            "pattern", "pattern_shape", "pattern_name",
+            "pattern", "pattern_shape", "pattern_name", "predictor_input",
         }
         if unknown:
             raise ZapoptError(f"ZapConv has unknown attributes {sorted(unknown)}")
@@ -108,6 +120,7 @@ class ZapConvAttrs:
             dilations=attrs.get("dilations", (1, 1)),
             group=attrs.get("group", 1),
             clip_max=attrs.get("clip_max", math.inf),
+            predictor_input=attrs.get("predictor_input", "activation"),
         )
 
     @classmethod

@@ -1,8 +1,9 @@
 """Train one layer's ZAP predictor on that layer's true ofms (label-free).
 
-Exactly the paper's recipe (see ``/work/shared/design/zap.md``): input ``P = y * S``
-with raw values, ``Z = f(P) * T``, prediction ``q = clamp(Z + S, 0, 1)``, target
-``t = 1[y > 0]`` on ``T`` (1 on ``S``), plain MSE, Adam at lr 1e-2 for a few epochs,
+The paper's recipe (see ``/work/shared/design/zap.md``): input ``P = y * S`` with raw
+values (or ``P = V * S``, the pre-activation, with ``PredictorInput("preactivation")``), ``Z = f(P) * T``, prediction ``q = clamp(Z + S, 0, 1)``, target
+``t = 1[y > 0]`` on ``T`` (1 on ``S``), MSE (plain in the paper; optionally weighted by
+activation magnitude, see ``magnitude_weight``), Adam at lr 1e-2 for a few epochs,
 then one no-grad pass in train mode to refresh the BatchNorm statistics (cumulative
 average) before folding. Minibatches are random subsets of images read from the memmap,
 so a layer never needs to fit in memory.
@@ -19,6 +20,7 @@ import torch
 
 from zapopt.errors import ZapoptError
 from zapopt.predictor.folded import FoldedPredictor, pattern_mask
+from zapopt.predictor.inputs import PredictorInput
 from zapopt.predictor.model import ZapPredictor
 
 __all__ = ["TrainedPredictor", "train_predictor"]
@@ -34,14 +36,31 @@ class TrainedPredictor:
     images: int
     seconds: float
     epoch_losses: tuple[float, ...]
+    predictor_input: PredictorInput = PredictorInput()
+    magnitude_weight: float = 0.0
 
-    def scores(self, ofm: np.ndarray) -> np.ndarray:
-        """``Z`` for a batch of true ofms ``[n, C, H, W]`` (the op's formula, numpy)."""
-        return self.folded.scores((np.asarray(ofm, dtype=np.float32) * self.mask).astype(np.float32))
+    def scores(self, stored: np.ndarray) -> np.ndarray:
+        """``Z`` for a batch ``[n, C, H, W]`` of what the predictor reads (the true ofm, or
+        the pre-activation for a "preactivation" predictor), with the op's formula."""
+        return self.folded.scores((np.asarray(stored, dtype=np.float32) * self.mask).astype(np.float32))
 
-    def computed(self, ofm: np.ndarray, threshold: float) -> np.ndarray:
+    def computed(self, stored: np.ndarray, threshold: float) -> np.ndarray:
         """What the op computes at ``threshold``: ``S | (Z > threshold)``."""
-        return self.folded.computed(np.asarray(ofm, dtype=np.float32), self.mask, threshold)
+        return self.folded.computed(np.asarray(stored, dtype=np.float32), self.mask, threshold)
+
+
+def _loss_weights(y: torch.Tensor, magnitude_weight: float) -> torch.Tensor | None:
+    """``1 + magnitude_weight * y / mean(y | y > 0)`` per position (None for plain MSE).
+
+    Why: what a wrong "zero" costs is the activation it drops (the error the thresholds are
+    chosen by is the share of activation mass lost), while plain MSE charges every miss
+    alike, so the predictor spends its few weights on small activations just above zero.
+    """
+    if magnitude_weight == 0:
+        return None
+    positive = y[y > 0]
+    scale = positive.mean() if positive.numel() else torch.ones((), dtype=y.dtype)
+    return 1.0 + magnitude_weight * y / scale
 
 
 def _check_inputs(ofm: Any, epochs: int, lr: float, batch_size: int) -> None:
@@ -95,8 +114,13 @@ def train_predictor(
     seed: int = 0,
     max_images: int | None = None,
     progress: bool | None = None,
+    predictor_input: PredictorInput = PredictorInput(),
+    magnitude_weight: float = 0.0,
 ) -> TrainedPredictor:
-    """Train a predictor for one layer from its true ofms ``[N, C, H, W]`` (array or memmap).
+    """Train a predictor for one layer from its true ofms ``[N, C, H, W]`` (array or memmap),
+    or from its pre-activations when ``predictor_input`` says so (the ofm is derived).
+    ``magnitude_weight`` > 0 weights each position's squared error by its activation
+    (see ``_loss_weights``); 0 is the paper's plain MSE.
 
     ``pattern`` is any object with ``.mask(h, w)`` (True = computed up front). Seeded:
     the same data and arguments give bit-identical folded weights (for a fixed torch
@@ -107,6 +131,12 @@ def train_predictor(
     3 of 16 15.2 %, 8 of 16 16.2 % at 2.3x the time; see benchmarks/zap_predictor_timing.py).
     """
     _check_inputs(ofm, epochs, lr, batch_size)
+    if not isinstance(predictor_input, PredictorInput):
+        raise TypeError(f"predictor_input must be a PredictorInput, got {type(predictor_input).__name__}")
+    clip_max = predictor_input.clip_max if predictor_input.preactivation else None
+    if isinstance(magnitude_weight, bool) or not isinstance(magnitude_weight, (int, float)) \
+            or not 0 <= magnitude_weight < float("inf"):
+        raise ZapoptError(f"magnitude_weight must be a finite number >= 0, got {magnitude_weight!r}")
     images = ofm.shape[0] if max_images is None else min(max_images, ofm.shape[0])
     if images < 2:
         raise ZapoptError("predictor training needs at least 2 calibration images (BatchNorm)")
@@ -138,12 +168,15 @@ def train_predictor(
             total, count = 0.0, 0
             for start in range(0, images, batch_size):
                 chunk = order[start : start + batch_size]
-                y = _read(ofm, chunk)
-                partial = y * s
+                stored = _read(ofm, chunk)
+                partial = stored * s
+                y = stored if clip_max is None else torch.clamp(stored, min=0.0, max=clip_max)
                 z = model(partial) * t_mask
                 q = torch.clamp(z + s, 0.0, 1.0)
                 target = (y > 0).to(torch.float32) * t_mask + s
-                loss = torch.mean((q - target) ** 2)
+                weights = _loss_weights(y, magnitude_weight)
+                squared = (q - target) ** 2
+                loss = torch.mean(squared if weights is None else weights * squared)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -161,4 +194,6 @@ def train_predictor(
         images=images,
         seconds=time.perf_counter() - started,
         epoch_losses=tuple(epoch_losses),
+        predictor_input=predictor_input,
+        magnitude_weight=float(magnitude_weight),
     )

@@ -117,7 +117,8 @@ class ExpandZapToOnnx(Pass):
             full = g.op("Relu", [v], "Full")
 
         s_float, s_bool = self._pattern_mask(g, attrs, out_hw, full)
-        partial = g.op("Mul", [full, s_float], "P")
+        source = v if attrs.predictor_input == "preactivation" else full
+        partial = g.op("Mul", [source, s_float], "P")
         depthwise = dict(group=c_out, kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[1, 1], dilations=[1, 1])
         hidden = g.op("Relu", [g.op("Conv", [partial, pw1, pb1], "H1", **depthwise)], "Hd")
         score = g.op("Conv", [hidden, pw2, pb2], "Z", **depthwise)

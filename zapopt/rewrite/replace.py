@@ -15,7 +15,7 @@ from onnx import helper, numpy_helper
 
 from zapopt.errors import ZapoptError
 from zapopt.ops.patterns import Pattern
-from zapopt.ops.spec import DOMAIN, VERSION, ZapConvAttrs, make_zap_node
+from zapopt.ops.spec import DOMAIN, PREDICTOR_INPUTS, VERSION, ZapConvAttrs, make_zap_node
 from zapopt.rewrite.base import Pass, PassResult
 from zapopt.rewrite.graph_edit import (
     GraphIndex,
@@ -53,6 +53,7 @@ class ZapParams:
     pb2: np.ndarray
     pattern: Pattern
     threshold: float
+    predictor_input: str = "activation"
     channels: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -66,6 +67,10 @@ class ZapParams:
         object.__setattr__(self, "pb2", _as_float32("pb2", self.pb2, (c,)))
         if not isinstance(self.pattern, Pattern):
             raise TypeError(f"ZapParams.pattern must be a Pattern, got {type(self.pattern).__name__}")
+        if self.predictor_input not in PREDICTOR_INPUTS:
+            raise ZapoptError(
+                f"ZapParams.predictor_input must be one of {', '.join(PREDICTOR_INPUTS)}, got {self.predictor_input!r}"
+            )
 
 
 class ReplaceWithZap(Pass):
@@ -127,7 +132,7 @@ class ReplaceWithZap(Pass):
         attrs = ZapConvAttrs(
             pattern=params.pattern, threshold=params.threshold, strides=geometry.strides,
             pads=geometry.pads, dilations=geometry.dilations, group=geometry.group,
-            clip_max=chain.clip_max,
+            clip_max=chain.clip_max, predictor_input=params.predictor_input,
         )
         tensors = {
             "W": w.astype(np.float32), "PW1": params.pw1, "PB1": params.pb1, "PW2": params.pw2, "PB2": params.pb2,
