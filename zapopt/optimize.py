@@ -43,8 +43,20 @@ from zapopt.thresholds import (
 )
 
 FORMATS = ("zap", "onnx")
-#: Threshold used when the user gives no --threshold/--max-error/--max-drop.
-DEFAULT_THRESHOLD = 0.1
+#: Without --threshold/--max-error/--max-drop, skip what is about this likely to be zero...
+DEFAULT_NONZERO_CHANCE = 0.1
+
+
+def default_threshold(magnitude_weight: float) -> float:
+    """The uniform threshold used when none is given: the score an MSE-trained predictor
+    gives a position that is nonzero with probability p = ``DEFAULT_NONZERO_CHANCE``.
+
+    With the paper's plain MSE that score is p itself (0.1, the paper's working point).
+    Weighting positives by 1 + w y / mean(y > 0) (mean 1 + w) moves the optimum to
+    p (1 + w) / (1 + p w), e.g. 0.4375 for w = 6, so the default keeps its meaning.
+    """
+    p = DEFAULT_NONZERO_CHANCE
+    return p * (1 + magnitude_weight) / (1 + p * magnitude_weight)
 #: Held-out images each layer's sensitivity probe runs on (``--max-drop`` only).
 SENSITIVITY_IMAGES = 1000
 
@@ -116,7 +128,7 @@ class OptimizeConfig:
 
     @property
     def uniform_threshold(self) -> float:
-        return DEFAULT_THRESHOLD if self.threshold is None else float(self.threshold)
+        return default_threshold(self.magnitude_weight) if self.threshold is None else float(self.threshold)
 
 
 @dataclass(frozen=True)
