@@ -48,6 +48,7 @@ class GradConfig:
     fmt: FPFormat | str | None
     scaling: str
     rounding: str = "nearest"
+    placement: str = "centre"
 
 
 def _configs() -> dict[str, GradConfig]:
@@ -62,6 +63,10 @@ def _configs() -> dict[str, GradConfig]:
             out[f"auto{bits}-{tag}"] = GradConfig(f"auto{bits}-{tag}", bits, "auto", scaling)
     for bits in (8, 6, 5, 4):  # amax scaling (no saturation): an extension beyond the paper
         out[f"auto{bits}-max"] = GradConfig(f"auto{bits}-max", bits, "auto", "max")
+    for bits in (8, 6, 5, 4):  # per-layer placement fitted to the |g|-weighted error, then
+        for anchor in ("max", "mean"):  # tracked from the per-call amax or mean log2|g|
+            name = f"auto{bits}-weighted-{anchor}"
+            out[name] = GradConfig(name, bits, "auto", "per-layer", placement=f"weighted-{anchor}")
     for bits in (6, 5, 4):  # unbiased rounding: does it close the gap at low precision?
         out[f"auto{bits}-scaled-sr"] = GradConfig(f"auto{bits}-scaled-sr", bits, "auto", "per-layer",
                                                   "stochastic")
@@ -99,7 +104,8 @@ def train_one(arch: str, cfg: GradConfig, args: argparse.Namespace,
         # (p - onehot) is bimodal, not lognormal, and a narrow format clips its large entry
         layer_types = (torch.nn.Conv2d,) if args.layers == "conv" else (torch.nn.Conv2d, torch.nn.Linear)
         quantizer = GradientQuantizer(model, bits=cfg.bits, fmt=cfg.fmt, scaling=cfg.scaling,
-                                      rounding=cfg.rounding, layer_types=layer_types,
+                                      placement=cfg.placement, rounding=cfg.rounding,
+                                      layer_types=layer_types,
                                       refresh_every=args.refresh_every,
                                       generator=torch.Generator().manual_seed(args.seed))
     order = torch.Generator().manual_seed(args.seed)
@@ -122,7 +128,8 @@ def train_one(arch: str, cfg: GradConfig, args: argparse.Namespace,
                 break
     row = {"arch": arch, "config": cfg.name, "bits": cfg.bits,
            "format": None if cfg.fmt is None else str(cfg.fmt), "scaling": cfg.scaling,
-           "rounding": cfg.rounding, "seed": args.seed,
+           "rounding": cfg.rounding, "placement": cfg.placement if cfg.scaling == "per-layer" else None,
+           "seed": args.seed,
            "test_accuracy": evaluate(model, *test), "final_train_loss": loss_value,
            "steps": len(step_times), "median_step_s": float(np.median(step_times[1:])),
            "train_seconds": float(sum(step_times))}
@@ -131,6 +138,10 @@ def train_one(arch: str, cfg: GradConfig, args: argparse.Namespace,
         row["layer_formats"] = {n: str(s.fmt) if s.fmt else "-" for n, s in stats.items()}
         row["mean_underflow_fraction"] = float(np.mean([s.underflow_fraction for s in stats.values()]))
         row["mean_rel_error"] = float(np.mean([s.rel_error for s in stats.values()]))
+        row["mean_saturated_fraction"] = float(np.mean([s.saturated_fraction for s in stats.values()]))
+        row["layer_scale_offsets"] = {  # final target minus the format's centre, per layer
+            n: round(s.mean_target - s.fmt.log2_centre, 2) for n, s in stats.items()
+            if s.fmt is not None and math.isfinite(s.mean_target)}
         print(quantizer.summary(), flush=True)
         quantizer.remove()
     return row

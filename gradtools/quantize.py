@@ -9,9 +9,31 @@ it to zero. This is the paper's 2^-round(mu2) plus a fixed per-format shift (c =
 default-bias saturating formats, 1 for E5M2), which ``best_format`` assumes too.
 ``scaling="max"`` (beyond the paper, the usual FP8 "amax" recipe) instead maps the
 largest |g| just under max_normal: the few largest entries dominate a weight gradient's
-sum, and mean-centring saturates them for wide layers (see docs/gradtools_fp.md). Why a per-layer format: with the spread sigma2 (std of
-log2|g|) measured, ``best_format`` picks the exponent/mantissa split that minimizes the
-expected relative error for that spread (wide layers need range, narrow ones precision).
+sum, and mean-centring saturates them for wide layers (see docs/gradtools_fp.md).
+
+Why a per-layer format: with the spread sigma2 (std of log2|g|) measured, ``best_format``
+picks the exponent/mantissa split that minimizes the expected relative error for that
+spread (wide layers need range, narrow ones precision).
+
+``placement="weighted-max"`` / ``"weighted-mean"`` keep one power-of-two scale per layer
+from its log2|g| statistics but fit where it puts the distribution instead of fixing
+the mean at c: at each refresh, ``weighted_scale_exponent`` picks the power of two that
+minimizes the |g|-weighted error sum|q - g| / sum|g| of the layer's measured gradient.
+Between refreshes the fitted placement follows the gradient through a per-call
+statistic: as an offset from the amax exponent ("weighted-max", recommended) or as the
+target the per-call mean log2|g| is moved to ("weighted-mean", the paper's mean
+tracking). Why that criterion: the layer consumes g linearly (weight gradient sum g*x,
+input gradient conv_transpose(g, W)), so by the triangle inequality their error is
+bounded by sum|q - g| times the largest multiplicand, while the relative error behind c
+counts a clipped giant like an underflowed dwarf. Why fitted on the data and not on the
+lognormal: the |g|-weighted optimum depends on the top tail of log2|g|, and on measured
+conv gradients that tail stops at 1.6-3.4 sigma2 above the mean where a lognormal of
+10^5-10^6 entries reaches about 4.8 sigma2, so the model's optimum leaves octaves of the
+range unused. Why anchored at the max: the fitted optimum sat at the amax placement or
+one octave above it on every layer and step measured, while max - mean of log2|g| grew
+by about 3 octaves in the first 40 steps, so a target carried by the mean went stale
+between refreshes and clipped the top again (docs/gradtools_fp.md,
+benchmarks/gradfp_placement.py).
 
 Composition with ``GradientPruner``: transforms attached to the same module run in attach
 order, so create the pruner FIRST (prune, then quantize). That order is right because
@@ -34,12 +56,15 @@ from torch import nn
 from gradtools._hooks import DEFAULT_LAYER_TYPES, ModuleFilter, attach_output_grad_transform, select_modules
 from gradtools.fp import FPFormat, Rounding, best_format, check_bits, quantize_fp_unchecked
 
-__all__ = ["GradientQuantizer", "QuantLayerStats", "log2_moments", "log2_mean", "max_scale_exponent"]
+__all__ = ["GradientQuantizer", "QuantLayerStats", "log2_moments", "log2_mean", "max_scale_exponent",
+           "weighted_scale_exponent"]
 
 Scaling = Literal["per-layer", "max", "none"]
+Placement = Literal["centre", "weighted-max", "weighted-mean"]
 FormatSpec = Union[FPFormat, str]
 
 _SCALINGS = ("per-layer", "max", "none")
+_PLACEMENTS = ("centre", "weighted-max", "weighted-mean")
 _ROUNDINGS = ("nearest", "stochastic")
 _SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 _MAX_SCALE_EXP = 120
@@ -83,6 +108,39 @@ def max_scale_exponent(g: torch.Tensor, fmt: FPFormat) -> torch.Tensor:
     return torch.where(amax > 0, k, torch.zeros_like(k))
 
 
+def weighted_scale_exponent(g: torch.Tensor, fmt: FPFormat) -> int:
+    """The integer k whose scale 2^k minimizes sum|q - g| over the finite entries of ``g``,
+    q = ``quantize_fp(g, fmt, scale=2^k)`` (round to nearest): the |g|-weighted error.
+
+    Candidates: every k from 2 below to 2 above the span between the mean-centring
+    exponent round(fmt.log2_centre - mu2) and the amax exponent ``max_scale_exponent``
+    (the optimum lies there: below amax nothing saturates and only the smallest entries
+    are lost, above the centre the top of the distribution is clipped); ties go to the
+    smaller k (more headroom). One quantization per candidate; synchronizes with the
+    host. Without a finite nonzero entry there is nothing to fit: the mean-centring
+    exponent (mu2 taken as 0) is returned.
+    """
+    if not isinstance(fmt, FPFormat):
+        raise TypeError(f"fmt must be an FPFormat, got {type(fmt).__name__}")
+    mu2, _sigma2, count = log2_moments(g)
+    k_centre = int(torch.round(fmt.log2_centre - mu2))
+    if float(count) == 0:
+        return k_centre
+    k_max = int(max_scale_exponent(g, fmt))
+    lo = max(min(k_centre, k_max) - 2, -_MAX_SCALE_EXP)
+    hi = min(max(k_centre, k_max) + 2, _MAX_SCALE_EXP)
+    work = g.detach()
+    finite = torch.isfinite(work)
+    work = torch.where(finite, work, torch.zeros_like(work))
+    best_k, best_err = k_centre, math.inf
+    for k in range(lo, hi + 1):
+        q = quantize_fp_unchecked(work, fmt, stochastic=False, scale=math.ldexp(1.0, k), generator=None)
+        err = float((q - work).abs().sum(dtype=torch.float64))
+        if err < best_err:
+            best_k, best_err = k, err
+    return best_k
+
+
 @dataclass(frozen=True)
 class QuantLayerStats:
     """One layer's quantization state, measured on the most recent refresh call.
@@ -91,7 +149,9 @@ class QuantLayerStats:
     k of the last applied scale 2^k (0 without scaling); ``mu2``/``sigma2`` mean and std of
     log2|g| over nonzeros; ``zero_fraction`` exact zeros in the incoming gradient;
     ``underflow_fraction`` nonzeros that became 0; ``saturated_fraction`` finite entries
-    that reached +-max_normal or beyond; ``rel_error`` mean |q - g| / |g| over nonzeros.
+    that reached +-max_normal or beyond; ``rel_error`` mean |q - g| / |g| over nonzeros;
+    ``mean_target`` the log2 position t that per-layer scaling moved mu2 to on that call
+    (``fmt.log2_centre`` with placement="centre", fitted with "weighted-*"; NaN otherwise).
     """
 
     name: str
@@ -105,6 +165,7 @@ class QuantLayerStats:
     underflow_fraction: float
     saturated_fraction: float
     rel_error: float
+    mean_target: float = math.nan
 
 
 class _LayerState:
@@ -122,11 +183,13 @@ class _LayerState:
         self.underflow_fraction = math.nan
         self.saturated_fraction = math.nan
         self.rel_error = math.nan
+        self.mean_target = math.nan
+        self.top_offset = 0  # "weighted-max": fitted exponent minus the amax exponent
 
     def snapshot(self) -> QuantLayerStats:
         return QuantLayerStats(self.name, self.calls, self.refreshes, self.fmt, self.scale_exp,
                                self.mu2, self.sigma2, self.zero_fraction, self.underflow_fraction,
-                               self.saturated_fraction, self.rel_error)
+                               self.saturated_fraction, self.rel_error, self.mean_target)
 
 
 def _resolve_format(fmt: object, bits: object) -> FPFormat | None:
@@ -155,16 +218,22 @@ class GradientQuantizer:
 
     ``fmt="auto"`` picks ``best_format(sigma2, bits)`` per layer from the measured spread;
     an FPFormat (or a name such as "e5m2") fixes the format (its width must equal
-    ``bits``). ``scaling``: "per-layer" (mean log2|g| to the format's centre, the paper's),
-    "max" (largest |g| just under max_normal) or "none". ``refresh_every``: calls per
-    layer between re-measuring sigma2 (and
-    re-choosing the format) and updating ``stats()``; the scale is recomputed on every call
-    without host synchronization. ``generator`` seeds stochastic rounding (same device as
-    the gradients).
+    ``bits``). ``scaling``: "per-layer" (one power of two per layer from log2|g|
+    statistics, the paper's), "max" (largest |g| just under max_normal) or "none".
+    ``placement`` (per-layer scaling only): "centre" (the paper's: mean log2|g| to
+    ``fmt.log2_centre``), or the placement refitted per layer at each refresh to minimize
+    the |g|-weighted error (``weighted_scale_exponent``; round-to-nearest, no generator
+    draws), followed between refreshes as an offset from the per-call amax exponent
+    ("weighted-max") or as a target for the per-call mean ("weighted-mean").
+    ``refresh_every``: calls per layer between re-measuring sigma2 (and
+    re-choosing the format, and refitting a weighted placement) and updating ``stats()``;
+    the scale is recomputed on every call without host synchronization. ``generator``
+    seeds stochastic rounding (same device as the gradients).
     """
 
     def __init__(self, model: nn.Module, bits: int = 8, fmt: FormatSpec = "auto", *,
-                 scaling: Scaling = "per-layer", rounding: Rounding = "nearest",
+                 scaling: Scaling = "per-layer", placement: Placement = "centre",
+                 rounding: Rounding = "nearest",
                  layer_types: Iterable[type[nn.Module]] = DEFAULT_LAYER_TYPES,
                  include: str | ModuleFilter | None = None, refresh_every: int = 100,
                  generator: torch.Generator | None = None) -> None:
@@ -172,6 +241,10 @@ class GradientQuantizer:
         self.bits = bits
         if scaling not in _SCALINGS:
             raise ValueError(f"scaling must be one of {_SCALINGS}, got {scaling!r}")
+        if placement not in _PLACEMENTS:
+            raise ValueError(f"placement must be one of {_PLACEMENTS}, got {placement!r}")
+        if placement != "centre" and scaling != "per-layer":
+            raise ValueError(f"placement={placement!r} needs scaling='per-layer', got {scaling!r}")
         if rounding not in _ROUNDINGS:
             raise ValueError(f"rounding must be one of {_ROUNDINGS}, got {rounding!r}")
         if isinstance(refresh_every, bool) or not isinstance(refresh_every, int):
@@ -181,6 +254,7 @@ class GradientQuantizer:
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
         self.scaling = scaling
+        self.placement = placement
         self.rounding = rounding
         self.refresh_every = refresh_every
         self.generator = generator
@@ -212,10 +286,20 @@ class GradientQuantizer:
             return grad
         scale = None
         if self.scaling != "none":
-            if self.scaling == "per-layer":  # mean log2|g| -> within 0.5 of the format's centre
-                if not refresh:
-                    mu2 = log2_mean(grad)
-                scale_exp = torch.round(fmt.log2_centre - mu2)
+            if self.scaling == "per-layer":  # mean log2|g| -> within 0.5 of the target
+                if refresh:
+                    if self.placement == "centre" or float(count) == 0:  # nothing to fit
+                        state.mean_target, state.top_offset = fmt.log2_centre, 0
+                    else:  # fitted on this gradient, then tracked through a per-call statistic
+                        k_fit = weighted_scale_exponent(grad, fmt)
+                        state.mean_target = k_fit + state.mu2
+                        state.top_offset = k_fit - int(max_scale_exponent(grad, fmt))
+                if self.placement == "weighted-max":  # the fitted offset from amax
+                    scale_exp = max_scale_exponent(grad, fmt) + state.top_offset
+                else:
+                    if not refresh:
+                        mu2 = log2_mean(grad)
+                    scale_exp = torch.round(state.mean_target - mu2)
             else:  # "max": the largest finite |g| lands in the top binade, never above max
                 scale_exp = max_scale_exponent(grad, fmt)
             # clamped so that the scale and its inverse stay float32 normals
@@ -254,13 +338,14 @@ class GradientQuantizer:
     def summary(self) -> str:
         """A fixed-width table of ``stats()`` for logs."""
         fmt = "auto" if self.fixed_format is None else str(self.fixed_format)
-        header = (f"GradientQuantizer: bits={self.bits} fmt={fmt} scaling={self.scaling} "
+        placement = f" placement={self.placement}" if self.scaling == "per-layer" else ""
+        header = (f"GradientQuantizer: bits={self.bits} fmt={fmt} scaling={self.scaling}{placement} "
                   f"rounding={self.rounding} refresh_every={self.refresh_every}")
-        rows = [("layer", "calls", "format", "scale", "mu2", "sigma2", "zeros_in", "underflow",
-                 "saturated", "rel_err")]
+        rows = [("layer", "calls", "format", "scale", "mu2", "target", "sigma2", "zeros_in",
+                 "underflow", "saturated", "rel_err")]
         for s in self.stats().values():
             rows.append((s.name, str(s.calls), str(s.fmt) if s.fmt else "-", f"2^{s.scale_exp}",
-                         f"{s.mu2:.2f}", f"{s.sigma2:.2f}", f"{s.zero_fraction:.3f}",
+                         f"{s.mu2:.2f}", f"{s.mean_target:.2f}", f"{s.sigma2:.2f}", f"{s.zero_fraction:.3f}",
                          f"{s.underflow_fraction:.4f}", f"{s.saturated_fraction:.4f}",
                          f"{s.rel_error:.4f}"))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
