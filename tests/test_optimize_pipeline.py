@@ -87,6 +87,12 @@ def test_optimize_writes_zap_model_and_report(optimized) -> None:
     report = json.loads(Path(f"{out}.report.json").read_text())
     assert report["layers"] and "curves" in report
     assert 0 < report["savings"] < report["oracle_savings"] + 0.2
+    # A perfect predictor at its real cost: the free oracle minus 18 MACs per activation, where it pays.
+    at_cost = sum(max(0.0, l["macs"] - l["oracle_macs_after"] - l["predictor_macs"])  # noqa: E741
+                  for l in report["layers"]) / report["total_macs"]  # noqa: E741
+    assert report["oracle_savings_with_predictor"] == pytest.approx(at_cost)
+    assert 0 < at_cost < report["oracle_savings"]
+    assert all(l["predictor_macs"] > 0 for l in report["layers"])  # noqa: E741
     # the first conv is skipped with a reason
     assert any("first conv" in s["reason"] or "predictor would cost" in s["reason"] for s in report["skipped"])
 

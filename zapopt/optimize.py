@@ -405,7 +405,8 @@ def finish(prepared: PreparedLayers, choice: ThresholdChoice, config: OptimizeCo
                 why = "leaving it exact fits the accuracy/error budget better"
             layers.append(LayerReport(name, "skipped", why, int(layer.curve.macs), layer.ofm_sparsity,
                                       oracle_macs_after=float(layer.curve.oracle_macs_after),
-                                      train_seconds=layer.seconds))
+                                      train_seconds=layer.seconds,
+                                      predictor_macs=float(layer.curve.predictor_macs)))
         else:
             layers.append(layer_report_from_curve(layer.curve, tau, ofm_sparsity=layer.ofm_sparsity,
                                                   train_seconds=layer.seconds))
