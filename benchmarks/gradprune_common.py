@@ -38,10 +38,11 @@ def load_fashion(split: str, limit: int | None = None, seed: int = 0) -> tuple[t
     return x, torch.from_numpy(labels.astype(np.int64))
 
 
-def make_model(arch: str, width: int, seed: int, **kwargs: object) -> torch.nn.Module:
-    """A reference CNN at native 28x28 resolution, deterministic in ``seed``."""
+def make_model(arch: str, width: int, seed: int, upsample_to: int | None = None,
+               **kwargs: object) -> torch.nn.Module:
+    """A reference CNN, deterministic in ``seed``; native 28x28 unless ``upsample_to``."""
     torch.manual_seed(seed)
-    return build_model(arch, width=width, upsample_to=None, **kwargs)
+    return build_model(arch, width=width, upsample_to=upsample_to, **kwargs)
 
 
 def write_json(name: str, payload: dict) -> Path:

@@ -1,4 +1,4 @@
-"""Train the reference CNNs on Fashion-MNIST with pruned neural gradients.
+r"""Train the reference CNNs on Fashion-MNIST with pruned neural gradients.
 
 Every run uses the same seed, data subset, order and schedule; only the pruning of the
 gradients entering each Conv2d output (--layers conv+linear adds Linear) differs: none, the stochastic (unbiased)
@@ -13,13 +13,25 @@ Sized for a shared 2-core CPU (native 28x28, narrow models, a train subset, 2 ep
 ~25 and ~35 min on this busy shared machine. Fewer --sparsities or an empty --baselines is shorter.
 
 Finished runs are kept in the JSON file and skipped when the script is rerun with the same
-settings, so an interrupted sweep resumes.
+settings, so an interrupted sweep resumes. Each file records its command.
+
+Every run also reports ``overall_sparsity``: the zeros in the gradient each conv's backward
+really receives (counted after the pruner, over the steps after the warm-up),
+element-weighted over all convs, unpruned ones included; ``layer_sparsity`` per conv.
+Recipe B of docs/gradtools_pruning.md (half-epoch warm-up, VGG's last block unpruned, the
+target raised so that 85 % is measured), one seed per file, paired with
+benchmarks/gradprune_report.py:
+
+    python benchmarks/gradprune_train.py --archs vgg16 --seed 0 --sparsities 0.875 --baselines \
+        --warmup 39 --exclude 'features\.(34|37|40)$' --out gradprune_train_vgg16_recipe_seed0.json
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import re
+import shlex
 import sys
 import time
 
@@ -58,12 +70,28 @@ def train_once(arch: str, method: str, sparsity: float, data: dict, args: argpar
     model = make_model(arch, args.width, seed=args.seed, **ARCH_KWARGS[arch])
     peak = PEAK_LR[arch] if args.lr is None else args.lr
     opt = torch.optim.SGD(model.parameters(), lr=peak, momentum=0.9, weight_decay=5e-4, nesterov=True)
-    pruner = None
+    pruners: list[GradientPruner] = []
     if method != "none":
-        pruner = GradientPruner(model, sparsity, method=method, warmup_steps=args.warmup,
-                                layer_types=LAYER_TYPES[args.layers],
-                                refresh_every=args.refresh_every,
-                                generator=torch.Generator().manual_seed(args.seed))
+        exclude = re.compile(args.exclude) if args.exclude else None
+        overrides = [(re.compile(pattern), value) for pattern, value in parse_overrides(args.layer_sparsity)]
+
+        def chosen(pattern: re.Pattern | None):
+            """Layers of one pruner: not excluded; the override's own, or none of the overrides'."""
+            def keep(name: str, _m: nn.Module) -> bool:
+                if exclude is not None and exclude.search(name):
+                    return False
+                if pattern is not None:
+                    return pattern.search(name) is not None
+                return not any(p.search(name) for p, _v in overrides)
+            return keep
+
+        for i, (pattern, value) in enumerate([(None, sparsity), *overrides]):
+            pruners.append(GradientPruner(model, value, method=method, warmup_steps=args.warmup,
+                                          layer_types=LAYER_TYPES[args.layers], include=chosen(pattern),
+                                          refresh_every=args.refresh_every,
+                                          generator=torch.Generator().manual_seed(args.seed + 1000 * i)))
+    # attached after the pruner, so it sees the gradient the conv's backward really gets
+    counter = ZeroCounter(model, LAYER_TYPES[args.layers], skip_steps=args.warmup)
     x, y = data["train"]
     steps_per_epoch = len(y) // args.batch
     total = steps_per_epoch * args.epochs
@@ -82,31 +110,84 @@ def train_once(arch: str, method: str, sparsity: float, data: dict, args: argpar
             losses.append(float(loss.detach()))
             step += 1
     train_s = time.perf_counter() - start
-    if pruner is not None:
+    for pruner in pruners:
         pruner.remove()
+    counter.remove()
     result = {
         "arch": arch, "method": method, "sparsity": sparsity,
         "test_accuracy": accuracy(model, *data["test"]),
         "final_train_loss": sum(losses[-20:]) / len(losses[-20:]),
         "train_seconds": train_s, "steps": total,
     }
-    if pruner is not None:
-        stats = pruner.stats()
+    if pruners:
+        stats = {name: st for pruner in pruners for name, st in pruner.stats().items()}
         result["layers"] = {name: {"mean_sparsity": s.mean_sparsity, "zero_fraction_in": s.zero_fraction,
                                    "sigma": s.sigma, "mu": s.mu, "fits": s.fits}
                             for name, s in stats.items()}
         sizes = [s.mean_sparsity for s in stats.values()]
         result["mean_layer_sparsity"] = sum(sizes) / len(sizes)
-        result["summary"] = pruner.summary()
+        result["summary"] = "\n".join(pruner.summary() for pruner in pruners)
     else:
         result["mean_layer_sparsity"] = 0.0
+    result.update(counter.report())
     return result
+
+
+def parse_overrides(items: list[str] | None) -> list[tuple[str, float]]:
+    """``REGEX=SPARSITY`` items of --layer-sparsity as (regex, sparsity) pairs."""
+    pairs = []
+    for item in items or []:
+        pattern, sep, value = item.rpartition("=")
+        if not sep or not pattern:
+            raise ValueError(f"--layer-sparsity expects REGEX=SPARSITY, got {item!r}")
+        pairs.append((pattern, float(value)))
+    return pairs
+
+
+class ZeroCounter:
+    """Exact zeros in the gradient entering each selected layer's output, after any pruning,
+    over the steps after the warm-up: per layer and element-weighted over all of them
+    (unpruned layers included), i.e. the share of the backward convolutions' input that is 0."""
+
+    def __init__(self, model: nn.Module, layer_types: tuple, skip_steps: int) -> None:
+        self.zeros: dict[str, int] = {}
+        self.elements: dict[str, int] = {}
+        self.calls: dict[str, int] = {}
+        self.skip = skip_steps
+        self.handles = [m.register_forward_hook(self._hook(n)) for n, m in model.named_modules()
+                        if isinstance(m, layer_types)]
+
+    def _hook(self, name: str):
+        def count(grad: torch.Tensor) -> None:
+            self.calls[name] = self.calls.get(name, 0) + 1
+            if self.calls[name] > self.skip:
+                self.zeros[name] = self.zeros.get(name, 0) + int(grad.numel() - torch.count_nonzero(grad))
+                self.elements[name] = self.elements.get(name, 0) + grad.numel()
+
+        def forward_hook(_m: nn.Module, _i: tuple, out: torch.Tensor) -> None:
+            if out.requires_grad:
+                out.register_hook(count)
+        return forward_hook
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+    def report(self) -> dict:
+        total = sum(self.elements.values())
+        if not total:
+            return {}
+        return {"overall_sparsity": sum(self.zeros.values()) / total,
+                "layer_sparsity": {n: self.zeros[n] / self.elements[n] for n in self.elements},
+                "layer_elements_per_step": {n: self.elements[n] // max(1, self.calls[n] - self.skip)
+                                            for n in self.elements}}
 
 
 def planned_runs(args: argparse.Namespace) -> list[tuple[str, str, float]]:
     runs = []
     for arch in args.archs:
-        runs.append((arch, "none", 0.0))
+        if not args.no_unpruned:
+            runs.append((arch, "none", 0.0))
         runs += [(arch, "stochastic", s) for s in args.sparsities]
         runs += [(arch, m, s) for m in args.baselines for s in args.baseline_sparsities]
     return runs
@@ -114,7 +195,12 @@ def planned_runs(args: argparse.Namespace) -> list[tuple[str, str, float]]:
 
 def settings_key(args: argparse.Namespace) -> dict:
     keys = ("layers", "width", "train_size", "epochs", "batch", "seed", "warmup", "refresh_every", "lr", "lr_warmup")
-    return {k: getattr(args, k) for k in keys}
+    settings = {k: getattr(args, k) for k in keys}
+    if args.exclude:  # only when set, so older result files still resume
+        settings["exclude"] = args.exclude
+    if args.layer_sparsity:
+        settings["layer_sparsity"] = args.layer_sparsity
+    return settings
 
 
 def main() -> None:
@@ -134,6 +220,13 @@ def main() -> None:
     parser.add_argument("--baseline-sparsities", nargs="*", type=float, default=[0.85, 0.9, 0.95])
     parser.add_argument("--layers", choices=sorted(LAYER_TYPES), default="conv",
                         help="layers whose output gradient is pruned")
+    parser.add_argument("--exclude", default=None,
+                        help="regex on layer names left unpruned (their zeros still count in overall_sparsity)")
+    parser.add_argument("--layer-sparsity", nargs="*", default=None, metavar="REGEX=SPARSITY",
+                        help="per-layer-group targets (a separate pruner each) instead of --sparsities "
+                             "for the layers whose name matches")
+    parser.add_argument("--no-unpruned", action="store_true",
+                        help="skip the unpruned reference run (it is the same in every file of a seed)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="gradprune_train.json", help="file name under benchmarks/results/")
     args = parser.parse_args()
@@ -141,7 +234,11 @@ def main() -> None:
 
     path = RESULTS_DIR / args.out
     previous = json.loads(path.read_text()) if path.exists() else {}
-    runs = previous.get("runs", []) if previous.get("settings") == settings_key(args) else []
+    same = previous.get("settings") == settings_key(args)
+    runs = previous.get("runs", []) if same else []
+    command = "python benchmarks/gradprune_train.py " + shlex.join(sys.argv[1:])
+    commands = [c for c in previous.get("commands", [previous.get("command")]) if c] if same else []
+    commands += [] if command in commands else [command]
     done = {(r["arch"], r["method"], r["sparsity"]) for r in runs}
     data = {"train": load_fashion("train", limit=args.train_size, seed=args.seed), "test": load_fashion("test")}
     for arch, method, sparsity in planned_runs(args):
@@ -149,9 +246,11 @@ def main() -> None:
             continue
         result = train_once(arch, method, sparsity, data, args)
         runs.append(result)
-        write_json(args.out, {"settings": settings_key(args), "runs": runs})
+        write_json(args.out, {"settings": settings_key(args), "command": command, "commands": commands,
+                              "runs": runs})
         print(f"{arch} {method} {sparsity}: acc {result['test_accuracy']:.4f} "
-              f"sparsity {result['mean_layer_sparsity']:.3f} ({result['train_seconds']:.0f} s)",
+              f"sparsity {result['mean_layer_sparsity']:.3f} overall {result.get('overall_sparsity', 0):.3f} "
+              f"({result['train_seconds']:.0f} s)",
               file=sys.stderr, flush=True)
     print(report(runs, args))
 
@@ -173,7 +272,7 @@ def report(runs: list[dict], args: argparse.Namespace) -> str:
                 cells.append(f"{100 * r['test_accuracy']:.2f}{delta} @ {100 * r['mean_layer_sparsity']:.1f} %")
             rows.append(cells)
     table = markdown_table(["model", "target sparsity", "stochastic (ours)", "magnitude", "top-k"], rows)
-    cmd = "python benchmarks/gradprune_train.py " + " ".join(sys.argv[1:])
+    cmd = "python benchmarks/gradprune_train.py " + shlex.join(sys.argv[1:])
     return (f"{table}\n\nTest accuracy % on the 10k test set (difference to unpruned) @ achieved "
             f"gradient sparsity averaged over layers.\nreproduce: {cmd}")
 
