@@ -187,3 +187,18 @@ def test_preactivation_training_differs_from_training_on_its_ofm() -> None:
     assert not np.array_equal(on_v.folded.pw1, on_ofm.folded.pw1)
     with pytest.raises(TypeError, match="PredictorInput"):
         train_predictor(v, get_pattern("checkerboard"), predictor_input="preactivation", **kwargs)  # type: ignore[arg-type]
+
+
+def test_magnitude_weight_changes_training_and_is_validated(block_ofm: np.ndarray) -> None:
+    """Weighted by activation, the loss is another function: other weights, recorded."""
+    kwargs = dict(epochs=1, batch_size=16, seed=0, progress=False)
+    plain = train_predictor(block_ofm, get_pattern("checkerboard"), **kwargs)
+    weighted = train_predictor(block_ofm, get_pattern("checkerboard"), magnitude_weight=6.0, **kwargs)
+    assert plain.magnitude_weight == 0.0 and weighted.magnitude_weight == 6.0
+    assert not np.array_equal(plain.folded.pw1, weighted.folded.pw1)
+    # Weighting positives raises the scores (the optimum moves towards "nonzero").
+    t = ~plain.mask
+    assert weighted.scores(block_ofm[:8])[:, :, t].mean() > plain.scores(block_ofm[:8])[:, :, t].mean()
+    for bad in (-1.0, float("inf"), float("nan"), True):
+        with pytest.raises(ZapoptError, match="magnitude_weight"):
+            train_predictor(block_ofm, get_pattern("checkerboard"), magnitude_weight=bad, **kwargs)

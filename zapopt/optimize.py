@@ -43,8 +43,11 @@ from zapopt.thresholds import (
 )
 
 FORMATS = ("zap", "onnx")
-#: Without --threshold/--max-error/--max-drop, skip what is about this likely to be zero...
+#: Without --threshold/--max-error/--max-drop, a position this likely to be nonzero sits at
+#: the threshold (see :func:`default_threshold`).
 DEFAULT_NONZERO_CHANCE = 0.1
+#: Held-out images each layer's sensitivity probe runs on (``--max-drop`` only).
+SENSITIVITY_IMAGES = 1000
 
 
 def default_threshold(magnitude_weight: float) -> float:
@@ -57,8 +60,6 @@ def default_threshold(magnitude_weight: float) -> float:
     """
     p = DEFAULT_NONZERO_CHANCE
     return p * (1 + magnitude_weight) / (1 + p * magnitude_weight)
-#: Held-out images each layer's sensitivity probe runs on (``--max-drop`` only).
-SENSITIVITY_IMAGES = 1000
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """Train one layer's ZAP predictor on that layer's true ofms (label-free).
 
 The paper's recipe (see ``/work/shared/design/zap.md``): input ``P = y * S`` with raw
-values (or ``P = V * S``, the pre-activation, with ``PredictorInput("preactivation")``), ``Z = f(P) * T``, prediction ``q = clamp(Z + S, 0, 1)``, target
-``t = 1[y > 0]`` on ``T`` (1 on ``S``), MSE (plain in the paper; optionally weighted by
+values (or ``P = V * S``, the pre-activation, with ``PredictorInput("preactivation")``),
+``Z = f(P) * T``, prediction ``q = clamp(Z + S, 0, 1)``, target ``t = 1[y > 0]`` on
+``T`` (1 on ``S``), MSE (plain in the paper; optionally weighted by
 activation magnitude, see ``magnitude_weight``), Adam at lr 1e-2 for a few epochs,
 then one no-grad pass in train mode to refresh the BatchNorm statistics (cumulative
 average) before folding. Minibatches are random subsets of images read from the memmap,
