@@ -264,3 +264,34 @@ def test_compute_curves_reads_every_layer_from_a_store(layer) -> None:
     np.testing.assert_array_equal(curves["a"].error, curve.error)
     with pytest.raises(ZapoptError, match="no MAC count"):
         thresholds_module.compute_curves(Store(), {"a": predictor}, {}, progress=False)
+
+
+def test_accuracy_target_interpolates_close_to_the_limit() -> None:
+    """A smooth drop (here convex in the budget) is met to within a few % of the limit in
+    few evaluations, where halving a log-scale bracket spanning decades would not be."""
+    rng = np.random.default_rng(8)
+    curves = {f"l{i}": _synthetic_curve(f"l{i}", rng, points=40) for i in range(8)}
+
+    def evaluate(thresholds: dict[str, float]) -> float:
+        error = uniform_error(curves, thresholds)
+        return 30.0 * error + 300.0 * error**2
+
+    result = accuracy_target(curves, 1.5, evaluate, max_evaluations=8)
+    assert result.drop is not None and result.drop <= 1.5
+    # The best point of the frontier that fits, found by brute force over budgets:
+    budgets = np.linspace(0.0, 0.2, 4001)
+    fits = [error_budget(curves, b) for b in budgets]
+    best = max(sel.savings for sel in fits if evaluate(dict(sel.thresholds)) <= 1.5)
+    assert result.selection.savings >= best - 0.02 * abs(best)
+    assert len(result.evaluations) <= 8
+
+
+def test_next_budget_interpolates_inside_the_bracket() -> None:
+    step = thresholds_module._next_budget
+    assert step(0.0, 0.0, 1.0, 2.0, 1.0, 1e-6) == pytest.approx(0.5)  # linear: the crossing itself
+    assert step(0.0, 0.0, 10.0, 100.0, 1.0, 1e-6) == pytest.approx(1.0)  # at most 10x down per step
+    assert step(1.0, 0.9, 2.0, 50.0, 1.0, 1e-6) == pytest.approx(1.1)  # at least 10 % into the bracket
+    assert step(1.0, 0.2, 2.0, 1.01, 1.0, 1e-6) == pytest.approx(1.9)  # at most 90 %
+    assert step(1.0, 0.5, 2.0, 0.4, 1.0, 1e-6) == pytest.approx(1.5)  # noisy, no slope: halve
+    assert step(0.0, 0.0, 1e-7, 5.0, 1.0, 1e-6) is None  # nothing worth measuring below the floor
+    assert step(0.0, 0.0, 1e-3, 5.0, 1.0, 1e-3 * 0.5) == pytest.approx(5e-4)  # never below the floor

@@ -509,6 +509,25 @@ class AccuracyTargetResult:
         }
 
 
+def _next_budget(low: float, low_drop: float, high: float, high_drop: float, max_drop: float,
+                 floor: float) -> float | None:
+    """Where the measured drop should cross ``max_drop`` between two bracketing budgets.
+
+    The drop grows about linearly with the summed error budget over a bracket, so the
+    crossing is interpolated (regula falsi), kept 10 %-90 % of the way into the bracket
+    so noisy drops cannot stall it at one end (the bracket shrinks by 10 % or more per
+    step, and by up to 10x while the fitting end is still budget 0). ``floor`` (the
+    smallest error any layer makes) is the least budget worth measuring; None when the
+    bracket is already below it.
+    """
+    if high <= floor:
+        return None
+    slope = (high_drop - low_drop) / (high - low)
+    guess = low + (max_drop - low_drop) / slope if slope > 0 else 0.5 * (low + high)
+    width = high - low
+    return float(max(floor, min(max(guess, low + 0.1 * width), high - 0.1 * width)))
+
+
 def accuracy_target(
     curves: Mapping[str, LayerCurve],
     max_drop: float,
@@ -522,9 +541,10 @@ def accuracy_target(
     ``evaluate(thresholds)`` runs the model rewritten with those thresholds on held-out
     data and returns the top-1 drop in % (labels) or the top-1 disagreement with the
     original in % (no labels). The search walks the :func:`error_budget` frontier: it
-    tries the largest useful budget first, then bisects the budget on a log scale
-    between the smallest and largest layer errors, keeping the best point measured to
-    meet the target. A budget whose thresholds were already measured is not re-measured.
+    tries the largest useful budget first, then narrows a bracket (a budget that fits,
+    at first budget 0, and one that does not) by interpolating where the measured drop
+    reaches ``max_drop`` (:func:`_next_budget`), keeping the best point measured to meet
+    the target. A budget whose thresholds were already measured is not re-measured.
     """
     _check_curves(curves)
     if not (isinstance(max_drop, (int, float)) and max_drop >= 0):
@@ -555,25 +575,28 @@ def accuracy_target(
     best: Evaluation | None = None
     if positive.size:
         high = float(sum(c.error.max() for c in curves.values()))
-        low = float(positive.min())
         top = measure(high)
         if top is not None and top.feasible:
             best = top
-        else:
-            # Invariant: budgets <= low are assumed fine, budgets >= high failed.
+        elif top is not None:
+            # Invariant: ``low`` fits (measured, or budget 0 = the original model), ``high`` does not.
+            low, low_drop, high_drop = 0.0, 0.0, top.drop
+            floor = float(positive.min())
             for _ in range(4 * max_evaluations):
-                if high / low <= 1 + relative_tolerance or len(measured) >= max_evaluations:
+                if len(measured) >= max_evaluations or (low > 0 and high / low <= 1 + relative_tolerance):
                     break
-                middle = math.sqrt(low * high)
-                record = measure(middle)
+                budget = _next_budget(low, low_drop, high, high_drop, max_drop, floor)
+                if budget is None:
+                    break
+                record = measure(budget)
                 if record is None:
                     break
                 if record.feasible:
-                    low = middle
+                    low, low_drop = budget, record.drop
                     if best is None or record.selection.savings > best.selection.savings:
                         best = record
                 else:
-                    high = middle
+                    high, high_drop = budget, record.drop
     if best is None:
         zero = measure(0.0)
         if zero is not None and zero.feasible:
