@@ -238,8 +238,9 @@ def test_accuracy_target_falls_back_to_the_original_model() -> None:
 
 def test_default_taus() -> None:
     taus = default_taus()
-    assert taus[0] == -np.inf and taus[1] == 0.0 and taus[-1] == pytest.approx(0.95)
-    assert np.all(np.diff(taus) > 0)
+    assert taus[0] == -np.inf and taus[1] == -1.0 and taus[-1] == pytest.approx(1.5)
+    assert {0.0, 0.1, 0.5, 0.99, -0.05} <= set(taus.tolist())
+    assert np.all(np.diff(taus) > 0) and np.all(np.diff(taus.astype(np.float32)) > 0)
 
 
 def test_accuracy_target_takes_everything_when_everything_fits() -> None:

@@ -58,8 +58,18 @@ class ScoredPredictor(Protocol):
 
 
 def default_taus() -> np.ndarray:
-    """``-inf`` (compute everything) then 0 ... 0.95 in steps of 0.01."""
-    return np.concatenate([[-np.inf], np.round(np.linspace(0.0, 0.95, 96), 6)])
+    """``-inf`` (compute everything), -1 ... -0.05 in steps of 0.05, 0 ... 0.99 in steps of
+    0.01, then 1 ... 1.5 in steps of 0.05.
+
+    Why beyond [0, 1): a predictor's scores are not probabilities. In deep layers with
+    tiny maps, skipping every position scored <= 0 already loses more than a strict budget
+    allows, so the small-error end of the curve lies at negative thresholds; a predictor
+    trained with the magnitude-weighted loss scores higher, so its large-savings end lies
+    near and above 1.
+    """
+    return np.round(np.concatenate([
+        [-np.inf], np.linspace(-1.0, -0.05, 20), np.linspace(0.0, 0.99, 100), np.linspace(1.0, 1.5, 11),
+    ]), 6)
 
 
 def _tile_key(tile: tuple[int, int]) -> str:
