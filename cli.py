@@ -251,7 +251,7 @@ def optimize_command(model, output, calib, calib_images, pattern, predictor_inpu
     the first conv and layers where a predictor cannot pay for itself are skipped, with the
     reason in the report. Example:
 
-        zapopt optimize model.onnx -o model.zap.onnx --calib images/ --threshold 0.1
+        zapopt optimize model.onnx -o model.zap.onnx --calib images/ --threshold 0.5
     """
     import json
 
