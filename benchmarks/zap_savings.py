@@ -54,6 +54,7 @@ def main() -> None:
     parser.add_argument("--predictor-input", default="preactivation", choices=["preactivation", "activation"])
     parser.add_argument("--magnitude-weight", type=float, default=6.0, help="0 = the paper's plain MSE")
     parser.add_argument("--no-sensitivity", action="store_true", help="plain (unweighted) error budget search")
+    parser.add_argument("--drop-margin", type=float, default=0.0, help="standard errors added to the search's drop")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
@@ -68,7 +69,7 @@ def main() -> None:
             config = OptimizeConfig(pattern=pattern, calib_images=args.calib_images, epochs=args.epochs,
                                     max_drop=args.drops[0], predictor_input=args.predictor_input,
                                     magnitude_weight=args.magnitude_weight,
-                                    sensitivity_weighting=not args.no_sensitivity)
+                                    sensitivity_weighting=not args.no_sensitivity, drop_margin=args.drop_margin)
             prepared = prepare_layers(args.model, calib, config=config, eval_data=data["select"], progress=False)
             train_s = time.perf_counter() - started
             for drop in args.drops:
@@ -82,7 +83,8 @@ def main() -> None:
                 row = {
                     "pattern": pattern, "predictor_input": args.predictor_input,
                     "magnitude_weight": args.magnitude_weight,
-                    "sensitivity_weighting": not args.no_sensitivity, "max_drop": drop,
+                    "sensitivity_weighting": not args.no_sensitivity, "drop_margin": args.drop_margin,
+                    "max_drop": drop,
                     "oracle_savings": result.report.oracle_savings,
                     "oracle_savings_with_predictor": result.report.oracle_savings_with_predictor,
                     "expected_savings": result.report.savings, "search_drop": choice.measured_drop,

@@ -293,3 +293,17 @@ def test_max_drop_meets_its_limit_on_the_eval_data(small_cnn: Path, tmp_path: Pa
     # The drop the search measured is what `zapopt eval` measures on the same images.
     measured = evaluate(out, TEST, reference=small_cnn, limit=300, progress=False)
     assert measured.top1_drop == pytest.approx(result.report.measured_drop, abs=1e-9)  # both in points
+
+
+def test_drop_margin_makes_the_search_conservative(small_cnn: Path, tmp_path: Path) -> None:
+    base = dict(calib_images=64, epochs=1, max_drop=1.0, eval_images=300)
+    plain = optimize(small_cnn, tmp_path / "plain.onnx", CALIB, config=OptimizeConfig(**base), eval_data=TEST,
+                     progress=False).report
+    careful = optimize(small_cnn, tmp_path / "careful.onnx", CALIB, config=OptimizeConfig(**base, drop_margin=2.0),
+                       eval_data=TEST, progress=False).report
+    assert careful.savings <= plain.savings + 1e-12
+    # Every point the careful search accepted had drop + 2 standard errors within the limit.
+    for entry in careful.search:
+        assert entry["drop"] >= entry["measured_drop"] - 1e-12
+        assert entry["feasible"] == (entry["drop"] <= 1.0)
+    assert careful.measured_drop is not None and careful.measured_drop <= 1.0

@@ -96,3 +96,19 @@ def test_bad_divergence_and_arguments_are_errors() -> None:
         weight_curves(curves, {})
     uniform = layer_sensitivities(curves, lambda th: 0.0)  # nothing measurable: unweighted
     assert all(s.weight == 1.0 for s in uniform.values())
+
+
+def test_drop_standard_error_matches_the_paired_and_binomial_formulas() -> None:
+    from zapopt.evaluate import accuracy_drop, accuracy_drop_standard_error
+
+    labels = np.array([0, 1, 2, 0, 1, 2, 0, 1])
+    eye = np.eye(3)
+    reference = eye[[0, 1, 2, 0, 1, 2, 1, 0]]  # 6 of 8 right
+    candidate = eye[[0, 1, 0, 0, 1, 2, 0, 0]]  # one broken (image 2), one fixed (image 6)
+    diff = np.array([0, 0, 1, 0, 0, 0, -1, 0], dtype=float)
+    assert accuracy_drop(reference, candidate, labels) == pytest.approx(100 * diff.mean())
+    assert accuracy_drop_standard_error(reference, candidate, labels) == pytest.approx(
+        100 * diff.std(ddof=1) / np.sqrt(8))
+    p = 2 / 8  # two predictions changed
+    assert accuracy_drop_standard_error(reference, candidate, None) == pytest.approx(100 * np.sqrt(p * (1 - p) / 8))
+    assert accuracy_drop_standard_error(reference, reference, labels) == 0.0

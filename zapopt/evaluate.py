@@ -243,3 +243,22 @@ def accuracy_drop(reference_logits: np.ndarray, logits: np.ndarray, labels: np.n
     if labels is not None:
         return 100.0 * (top_k_accuracy(reference_logits, labels, 1) - top_k_accuracy(logits, labels, 1))
     return 100.0 * float(np.mean(np.argmax(reference_logits, 1) != np.argmax(logits, 1)))
+
+
+def accuracy_drop_standard_error(reference_logits: np.ndarray, logits: np.ndarray,
+                                 labels: np.ndarray | None) -> float:
+    """Standard error (points) of :func:`accuracy_drop` as an estimate of the drop on more data.
+
+    With labels the drop is the mean of per-image differences in correctness (-1, 0, 1),
+    so its error is their standard deviation over sqrt(N); without labels it is a
+    binomial proportion. Images whose prediction did not change contribute no noise, so
+    the error grows with the number of changed predictions, not with N alone.
+    """
+    n = len(logits)
+    if n < 2:
+        return 0.0
+    if labels is not None:
+        diff = (np.argmax(reference_logits, 1) == labels).astype(np.float64) - (np.argmax(logits, 1) == labels)
+        return 100.0 * float(np.std(diff, ddof=1) / np.sqrt(n))
+    p = float(np.mean(np.argmax(reference_logits, 1) != np.argmax(logits, 1)))
+    return 100.0 * float(np.sqrt(p * (1 - p) / n))

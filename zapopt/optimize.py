@@ -22,7 +22,7 @@ from tqdm import tqdm
 from zapopt.calibrate import calibrate
 from zapopt.data import ImageOptions, model_input, open_dataset
 from zapopt.errors import ZapoptError
-from zapopt.evaluate import accuracy_drop, run_model
+from zapopt.evaluate import accuracy_drop, accuracy_drop_standard_error, run_model
 from zapopt.files import check_distinct_outputs, check_output_path, save_model_atomically, write_text_atomically
 from zapopt.graph import ConvActivation, analyze, load_model
 from zapopt.layer_selection import select_layers
@@ -85,13 +85,14 @@ class OptimizeConfig:
     predictor_input: str = "preactivation"  # "activation" = the paper's predictor input
     magnitude_weight: float = 6.0  # 0 = the paper's plain MSE loss
     sensitivity_weighting: bool = True  # --max-drop: weight each layer's error by its measured effect
+    drop_margin: float = 0.0  # --max-drop: standard errors added to the measured drop before comparing
 
     def __post_init__(self) -> None:
         get_pattern(self.pattern)
         chosen = [n for n in ("threshold", "max_error", "max_drop") if getattr(self, n) is not None]
         if len(chosen) > 1:
             raise ZapoptError("give only one of --threshold, --max-error and --max-drop")
-        for name in ("threshold", "max_error", "max_drop", "lr", "holdout", "magnitude_weight"):
+        for name in ("threshold", "max_error", "max_drop", "lr", "holdout", "magnitude_weight", "drop_margin"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, numbers.Real) or isinstance(value, bool)):
                 raise TypeError(f"{name} must be a number, got {value!r}")
@@ -103,6 +104,8 @@ class OptimizeConfig:
             raise ZapoptError(f"--max-drop is in percent and must be in [0, 100], got {self.max_drop}")
         if not isinstance(self.sensitivity_weighting, bool):
             raise TypeError(f"sensitivity_weighting must be True or False, got {self.sensitivity_weighting!r}")
+        if not 0 <= self.drop_margin < math.inf:
+            raise ZapoptError(f"--drop-margin must be a finite number >= 0 (standard errors), got {self.drop_margin}")
         if not 0 <= self.magnitude_weight < math.inf:
             raise ZapoptError(f"--magnitude-weight must be a finite number >= 0, got {self.magnitude_weight}")
         if not 0 < self.holdout < 1:
@@ -238,7 +241,9 @@ def _curve_grid(config: OptimizeConfig) -> np.ndarray:
 
 def _accuracy_search(original: onnx.ModelProto, trained: Mapping[str, TrainedLayer], config: OptimizeConfig,
                      eval_source: Any, image_options: ImageOptions | None, progress: bool | None
-                     ) -> tuple[AccuracyTargetResult, dict[str, LayerSensitivity]]:
+                     ) -> tuple[AccuracyTargetResult, dict[str, LayerSensitivity], dict[tuple, float]]:
+    """The --max-drop search; also returns each measured point's plain drop (the search
+    compares the drop plus ``config.drop_margin`` standard errors)."""
     spec = model_input(original)
     dataset = open_dataset(eval_source, spec, image_options, limit=config.eval_images)
 
@@ -249,8 +254,15 @@ def _accuracy_search(original: onnx.ModelProto, trained: Mapping[str, TrainedLay
 
     reference = outputs({}, dataset, "reference")
 
+    plain_drops: dict[tuple, float] = {}
+
     def measure(thresholds: dict[str, float]) -> float:
-        return accuracy_drop(reference, outputs(thresholds, dataset, "search"), dataset.labels)
+        logits = outputs(thresholds, dataset, "search")
+        drop = accuracy_drop(reference, logits, dataset.labels)
+        plain_drops[tuple(sorted(thresholds.items()))] = drop
+        if config.drop_margin == 0:
+            return drop
+        return drop + config.drop_margin * accuracy_drop_standard_error(reference, logits, dataset.labels)
 
     curves = {n: t.curve for n, t in trained.items()}
     sensitivities: dict[str, LayerSensitivity] = {}
@@ -260,7 +272,7 @@ def _accuracy_search(original: onnx.ModelProto, trained: Mapping[str, TrainedLay
         sensitivities = layer_sensitivities(
             curves, lambda thresholds: output_divergence(probe_reference, outputs(thresholds, probe, "sensitivity")))
         curves = weight_curves(curves, sensitivities)
-    return accuracy_target(curves, config.max_drop, measure), sensitivities
+    return accuracy_target(curves, config.max_drop, measure), sensitivities, plain_drops
 
 
 @dataclass(frozen=True)
@@ -327,10 +339,17 @@ def choose_thresholds(prepared: PreparedLayers, config: OptimizeConfig, *, eval_
     if config.max_drop is not None:
         if eval_data is None:
             raise ZapoptError("--max-drop needs held-out data to measure the drop on: add --eval DATA")
-        found, sensitivities = _accuracy_search(prepared.original, prepared.trained, config, eval_data,
-                                                image_options, progress)
-        return ThresholdChoice(dict(found.selection.thresholds), [e.to_dict() for e in found.evaluations],
-                               found.drop, [s.to_dict() for s in sensitivities.values()])
+        found, sensitivities, plain = _accuracy_search(prepared.original, prepared.trained, config, eval_data,
+                                                       image_options, progress)
+        search = []
+        for evaluation in found.evaluations:
+            entry = evaluation.to_dict()
+            entry["measured_drop"] = plain.get(tuple(sorted(evaluation.selection.thresholds.items())), entry["drop"])
+            search.append(entry)
+        chosen = None if found.drop is None else plain.get(tuple(sorted(found.selection.thresholds.items())),
+                                                             found.drop)
+        return ThresholdChoice(dict(found.selection.thresholds), search, chosen,
+                               [s.to_dict() for s in sensitivities.values()])
     if config.max_error is not None:
         return ThresholdChoice(dict(error_budget(curves, config.max_error).thresholds), [], None)
     thresholds = dict(uniform(curves, config.uniform_threshold).thresholds)
