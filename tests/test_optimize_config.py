@@ -33,6 +33,7 @@ def test_default_threshold_is_the_weighted_mse_optimum_of_a_10_percent_position(
         (dict(magnitude_weight="6"), TypeError),
         (dict(sensitivity_weighting="yes"), TypeError),
         (dict(drop_margin=-0.5), ZapoptError),
+        (dict(drop_margin=1.0), ZapoptError),  # without --max-drop it would do nothing
         (dict(threshold=0.1, max_drop=1.0), ZapoptError),
     ],
 )

@@ -106,6 +106,8 @@ class OptimizeConfig:
             raise TypeError(f"sensitivity_weighting must be True or False, got {self.sensitivity_weighting!r}")
         if not 0 <= self.drop_margin < math.inf:
             raise ZapoptError(f"--drop-margin must be a finite number >= 0 (standard errors), got {self.drop_margin}")
+        if self.drop_margin > 0 and self.max_drop is None:
+            raise ZapoptError("--drop-margin only applies to the --max-drop search; add --max-drop X --eval DATA")
         if not 0 <= self.magnitude_weight < math.inf:
             raise ZapoptError(f"--magnitude-weight must be a finite number >= 0, got {self.magnitude_weight}")
         if not 0 < self.holdout < 1:
