@@ -247,8 +247,9 @@ THRESHOLD = _Threshold()
 @json_option
 @quiet_option
 @image_option_flags
-def optimize_command(model, output, calib, calib_images, pattern, predictor_input, magnitude_weight, threshold, max_error, max_drop, sensitivity_weighting,
-                     drop_margin, eval_data, eval_images, layers, exclude, epochs, seed, output_format, report_path, plot_path,
+def optimize_command(model, output, calib, calib_images, pattern, predictor_input, magnitude_weight, threshold,
+                     max_error, max_drop, sensitivity_weighting, drop_margin, eval_data, eval_images, layers,
+                     exclude, epochs, seed, output_format, report_path, plot_path,
                      input_shapes, as_json, quiet, image_options) -> None:
     """Train a zero activation predictor per eligible layer and rewrite MODEL.
 
@@ -372,7 +373,8 @@ def retune_command(model, output, threshold, layer_thresholds, max_error, report
               show_default=True, help="Folder for the optimized model, reports and plots.")
 @click.option("--model", type=click.Path(dir_okay=False, path_type=str), default=None,
               help="Another Fashion-MNIST model to run the demo on (default: models/vgg16/vgg16.onnx).")
-@click.option("--threshold", type=THRESHOLD, default=None, help="Uniform threshold (default 0.4375: see `zapopt optimize --help`).")
+@click.option("--threshold", type=THRESHOLD, default=None,
+              help="Uniform threshold (default 0.4375: see `zapopt optimize --help`).")
 @quiet_option
 def demo_command(out_dir, model, threshold, quiet) -> None:
     """Run info -> optimize -> eval -> sweep on the embedded VGG-16-style model and data.

@@ -186,7 +186,8 @@ def test_preactivation_training_differs_from_training_on_its_ofm() -> None:
     on_ofm = train_predictor(np.maximum(v, 0), get_pattern("checkerboard"), **kwargs)
     assert not np.array_equal(on_v.folded.pw1, on_ofm.folded.pw1)
     with pytest.raises(TypeError, match="PredictorInput"):
-        train_predictor(v, get_pattern("checkerboard"), predictor_input="preactivation", **kwargs)  # type: ignore[arg-type]
+        train_predictor(v, get_pattern("checkerboard"), predictor_input="preactivation",  # type: ignore[arg-type]
+                        **kwargs)
 
 
 def test_magnitude_weight_changes_training_and_is_validated(block_ofm: np.ndarray) -> None:

@@ -80,7 +80,8 @@ class LayerReport:
             "macs_after": self.macs if self.macs_after is None else self.macs_after,
             "savings": 0.0 if self.savings is None else self.savings,
             "oracle_macs_after": self.oracle_macs_after, "oracle_savings": self.oracle_savings,
-            "predictor_macs": self.predictor_macs, "tile_shares": dict(self.tile_shares), "train_seconds": self.train_seconds,
+            "predictor_macs": self.predictor_macs, "tile_shares": dict(self.tile_shares),
+            "train_seconds": self.train_seconds,
         }
         return out
 
