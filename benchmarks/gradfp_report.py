@@ -21,7 +21,8 @@ def main() -> None:
         payload = json.loads(path.read_text())
         for r in payload["runs"]:
             seed = r.get("seed", payload["settings"].get("seed", 0))
-            runs[(r["arch"], r["config"], seed)] = r
+            arch = r["arch"] + ("-bn" if payload["settings"].get("bn") else "")  # a different network
+            runs[(arch, r["config"], seed)] = r
     by_config: dict[tuple[str, str], dict[int, dict]] = defaultdict(dict)
     for (arch, config, seed), r in runs.items():
         by_config[(arch, config)][seed] = r
