@@ -10,7 +10,6 @@ is the number to watch. Prints a markdown table and the command; writes JSON if 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -23,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from zapopt.data import model_input  # noqa: E402
 from zapopt.runtime import make_session, prepare  # noqa: E402
+from zap_common import save_results  # noqa: E402
 
 
 def time_interleaved(sessions: dict, feed: dict, repeats: int, warmup: int = 3) -> dict[str, float]:
@@ -66,9 +66,7 @@ def main() -> None:
     print("| batch | model | median ms | time / stock |\n|---:|---|---:|---:|")
     for r in rows:
         print(f"| {r['batch']} | {r['model']} | {r['median_ms']:.2f} | {r['ratio_vs_stock']:.2f} |")
-    print("\ncommand: python " + " ".join(sys.argv))
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=1))
+    save_results(rows, args.json)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from zapopt.data import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from zapopt.data.embedded import photo_arrays  # noqa: E402
 from zapopt.evaluate import evaluate  # noqa: E402
 from zapopt.optimize import OptimizeConfig, choose_thresholds, finish, prepare_layers  # noqa: E402
+from zap_common import save_results  # noqa: E402
 
 MODEL = Path(__file__).resolve().parent.parent / "models" / "mobilenet_v2" / "mobilenet_v2.onnx"
 
@@ -77,9 +78,7 @@ def main() -> None:
     for r in rows:
         print(f"| {r['threshold']} | {r['zap_layers']} | {100 * r['savings']:.1f} % | {100 * r['oracle_savings']:.1f} % "
               f"| {100 * r['agreement']:.1f} % | {r['output_rel_error']:.3f} |")
-    print("\ncommand: python " + " ".join(sys.argv))
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=1))
+    save_results(rows, args.json)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from zapopt.ops.patterns import get_pattern  # noqa: E402
 from zapopt.predictor.inputs import PredictorInput  # noqa: E402
 from zapopt.predictor.train import train_predictor  # noqa: E402
 from zapopt.thresholds import layer_curve  # noqa: E402
+from zap_common import save_results  # noqa: E402
 
 #: (label, predictor input, magnitude weight)
 VARIANTS = (("paper", "activation", 0.0), ("preact", "preactivation", 0.0), ("preact+weighted", "preactivation", 6.0))
@@ -83,9 +84,7 @@ def main() -> None:
     for r in rows:
         cells = " | ".join(f"{r[label][f'{e:g}']:.3f}" for label, _, _ in VARIANTS for e in ERRORS)
         print(f"| {r['layer']} | {'x'.join(map(str, r['shape']))} | {cells} |")
-    print("\ncommand: python " + " ".join(sys.argv))
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=1))
+    save_results(rows, args.json)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from zapopt.data import load_fashion_mnist  # noqa: E402
 from zapopt.evaluate import evaluate  # noqa: E402
 from zapopt.optimize import OptimizeConfig, choose_thresholds, finish, prepare_layers  # noqa: E402
+from zap_common import save_results  # noqa: E402
 
 
 def write_split(directory: Path) -> dict[str, str]:
@@ -105,9 +106,7 @@ def main() -> None:
               f"{100 * r['oracle_savings_with_predictor']:.1f} % | {100 * r['full_savings']:.1f} % | "
               f"{100 * r['share_of_oracle']:.0f} % / {100 * r['share_of_oracle_with_predictor']:.0f} % | "
               f"{r['full_drop']:.2f} | {r['heldout_drop']:.2f} |")
-    print("\ncommand: python " + " ".join(sys.argv))
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=1))
+    save_results(rows, args.json)
 
 
 if __name__ == "__main__":

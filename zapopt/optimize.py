@@ -27,7 +27,7 @@ from zapopt.files import check_distinct_outputs, check_output_path, save_model_a
 from zapopt.graph import ConvActivation, analyze, load_model
 from zapopt.layer_selection import select_layers
 from zapopt.ops.patterns import get_pattern
-from zapopt.predictor.inputs import PREDICTOR_INPUTS, PredictorInput
+from zapopt.predictor.inputs import PredictorInput
 from zapopt.report import LayerReport, OptimizeReport, layer_report_from_curve, plot_layer_curves
 from zapopt.rewrite.expand import ExpandZapToOnnx
 from zapopt.rewrite.replace import ReplaceWithZap, ZapParams
@@ -118,9 +118,7 @@ class OptimizeConfig:
                 raise ZapoptError(f"{name} must be a positive integer, got {value!r}")
         if self.calib_images < 8:
             raise ZapoptError("use at least 8 calibration images (more is better: 256-1024)")
-        if self.predictor_input not in PREDICTOR_INPUTS:
-            raise ZapoptError(f"unknown predictor input {self.predictor_input!r}; choose one of "
-                              f"{', '.join(PREDICTOR_INPUTS)}")
+        PredictorInput(self.predictor_input)  # validates the name
         if self.output_format not in FORMATS:
             raise ZapoptError(f"unknown format {self.output_format!r}; choose one of {', '.join(FORMATS)}")
 
