@@ -224,8 +224,8 @@ THRESHOLD = _Threshold()
 @click.option("--drop-margin", type=click.FloatRange(min=0, max=100), default=0.0, show_default=True,
               metavar="SE",
               help="With --max-drop: compare the measured drop plus this many standard errors with the limit. "
-                   "The search keeps the best of several noisy measurements, so on other data its drop tends "
-                   "to come out higher; 1 makes exceeding --max-drop there unlikely, at some savings.")
+                   "The search's pick is still a noisy measurement on --eval, so on other data its drop can "
+                   "come out higher; 1 makes exceeding --max-drop there unlikely, at some savings.")
 @click.option("--eval", "eval_data", default=None, metavar="DATA",
               help="Held-out data for --max-drop (labels from a .npz y, or embedded:fashion-mnist-test).")
 @click.option("--eval-images", type=click.IntRange(min=1), default=None, help="Use at most this many --eval images.")
@@ -234,7 +234,11 @@ THRESHOLD = _Threshold()
                    "the first conv, which is skipped by default.")
 @click.option("--exclude", multiple=True, metavar="NAME|REGEX", help="Leave these Conv layers alone (repeatable).")
 @click.option("--epochs", type=click.IntRange(min=1), default=3, show_default=True,
-              help="Predictor training epochs over the calibration images.")
+              help="Predictor training epochs over the calibration images, on the layer with the largest "
+                   "feature map; layers with smaller maps get proportionally more (see --max-epoch-scale).")
+@click.option("--max-epoch-scale", type=click.IntRange(min=1), default=8, show_default=True,
+              help="At most this many times --epochs for a small layer (their epochs are cheap and their "
+                   "predictors are the ones still learning). 1 trains every layer for --epochs.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for predictor training.")
 @click.option("--format", "output_format", type=click.Choice(["zap", "onnx"]), default="zap", show_default=True,
               help="zap: one ai.zapopt::ZapConv node per layer (thresholds retunable). onnx: standard ONNX "
@@ -249,7 +253,7 @@ THRESHOLD = _Threshold()
 @image_option_flags
 def optimize_command(model, output, calib, calib_images, pattern, predictor_input, magnitude_weight, threshold,
                      max_error, max_drop, sensitivity_weighting, drop_margin, eval_data, eval_images, layers,
-                     exclude, epochs, seed, output_format, report_path, plot_path,
+                     exclude, epochs, max_epoch_scale, seed, output_format, report_path, plot_path,
                      input_shapes, as_json, quiet, image_options) -> None:
     """Train a zero activation predictor per eligible layer and rewrite MODEL.
 
@@ -265,7 +269,8 @@ def optimize_command(model, output, calib, calib_images, pattern, predictor_inpu
 
     config = OptimizeConfig(pattern=pattern, threshold=threshold, max_error=max_error, max_drop=max_drop,
                             layers=tuple(layers), exclude=tuple(exclude), calib_images=calib_images,
-                            eval_images=eval_images, epochs=epochs, seed=seed, output_format=output_format,
+                            eval_images=eval_images, epochs=epochs, max_epoch_scale=max_epoch_scale, seed=seed,
+                            output_format=output_format,
                             predictor_input=predictor_input, magnitude_weight=magnitude_weight,
                             sensitivity_weighting=sensitivity_weighting, drop_margin=drop_margin)
     result = optimize(model, output, calib, config=config, eval_data=eval_data, image_options=image_options,

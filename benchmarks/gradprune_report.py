@@ -41,7 +41,8 @@ def load(paths: list[Path]) -> tuple[dict, dict]:
             layer_groups = settings.get("exclude") or "-"
             if settings.get("layer_sparsity"):
                 layer_groups += "; " + "; ".join(settings["layer_sparsity"])
-            recipe = (run["arch"], settings.get("epochs"), settings.get("warmup"), settings.get("refresh_every"),
+            recipe = (run["arch"], settings.get("train_size"), settings.get("epochs"), settings.get("warmup"),
+                      settings.get("refresh_every"),
                       layer_groups, settings.get("layers"), run["method"], run["sparsity"])
             groups[recipe].append({**run, "train_key": (run["arch"], *train_key), "file": path.name})
     return unpruned, groups
@@ -80,7 +81,7 @@ def mac_weighted_sparsity(run: dict, width: int) -> float:
 def summarize(unpruned: dict, groups: dict) -> list[list[str]]:
     rows = []
     for recipe in sorted(groups, key=lambda r: tuple(str(x) for x in r)):
-        arch, epochs, warmup, refresh, exclude, layers, method, sparsity = recipe
+        arch, train_size, epochs, warmup, refresh, exclude, layers, method, sparsity = recipe
         runs = [r for r in groups[recipe] if r["train_key"] in unpruned]
         if not runs:
             continue
@@ -90,7 +91,7 @@ def summarize(unpruned: dict, groups: dict) -> list[list[str]]:
         macs = [mac_weighted_sparsity(r, r["train_key"][1]) for r in runs]
         se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else float("nan")
         seeds = ",".join(str(r["train_key"][5]) for r in runs)
-        rows.append([arch, f"{epochs}", f"{warmup}", f"{refresh}", exclude, f"{method} {100 * sparsity:.1f} %",
+        rows.append([arch, f"{train_size}", f"{epochs}", f"{warmup}", f"{refresh}", exclude, f"{method} {100 * sparsity:.1f} %",
                      f"{100 * statistics.mean(overall):.1f} %", f"{100 * statistics.mean(macs):.1f} %", seeds,
                      f"{statistics.mean(bases):.2f}", f"{statistics.mean(bases) + statistics.mean(diffs):.2f}",
                      f"{statistics.mean(diffs):+.2f} ± {se:.2f}", f"{min(diffs):+.2f} / {max(diffs):+.2f}"])
@@ -103,7 +104,7 @@ def main() -> None:
     args = parser.parse_args()
     files = args.files or sorted(RESULTS_DIR.glob("gradprune_train_*.json"))
     unpruned, groups = load(files)
-    header = ["model", "epochs", "warm-up", "refresh", "unpruned layers; other targets", "target", "achieved (all convs)",
+    header = ["model", "train images", "epochs", "warm-up", "refresh", "unpruned layers; other targets", "target", "achieved (all convs)",
               "MAC-weighted", "seeds", "unpruned %", "pruned %", "paired diff ± SE", "min / max diff"]
     print(markdown_table(header, summarize(unpruned, groups)))
     print("\nachieved: zeros in the gradient entering every conv's backward (unpruned layers included),"

@@ -93,6 +93,8 @@ def test_optimize_writes_zap_model_and_report(optimized) -> None:
     assert report["oracle_savings_with_predictor"] == pytest.approx(at_cost)
     assert 0 < at_cost < report["oracle_savings"]
     assert all(l["predictor_macs"] > 0 for l in report["layers"])  # noqa: E741
+    # 16x28x28 trains for --epochs, the residual layer's 16x14x14 map for 4x as many
+    assert sorted(l["train_epochs"] for l in report["layers"]) == [2, 8]  # noqa: E741
     # the first conv is skipped with a reason
     assert any("first conv" in s["reason"] or "predictor would cost" in s["reason"] for s in report["skipped"])
 

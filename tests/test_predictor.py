@@ -13,7 +13,7 @@ from zapopt.ops.reference import zap_conv_reference
 from zapopt.predictor import FoldedPredictor, depthwise_conv3x3
 from zapopt.predictor.inputs import PredictorInput
 from zapopt.predictor.model import ZapPredictor
-from zapopt.predictor.train import train_predictor
+from zapopt.predictor.train import scaled_epochs, train_predictor
 
 
 def _block_ofm(seed: int = 0, n: int = 64, c: int = 8, side: int = 16, block: int = 4) -> np.ndarray:
@@ -203,3 +203,15 @@ def test_magnitude_weight_changes_training_and_is_validated(block_ofm: np.ndarra
     for bad in (-1.0, float("inf"), float("nan"), True):
         with pytest.raises(ZapoptError, match="magnitude_weight"):
             train_predictor(block_ofm, get_pattern("checkerboard"), magnitude_weight=bad, **kwargs)
+
+
+def test_scaled_epochs_gives_small_maps_more_passes() -> None:
+    largest = 16 * 32 * 32
+    assert scaled_epochs(3, largest, largest) == 3
+    assert scaled_epochs(3, largest // 4, largest) == 12
+    assert scaled_epochs(3, 128 * 2 * 2, largest) == 24  # 32x the activations, capped at 8x
+    assert scaled_epochs(3, 128 * 2 * 2, largest, max_scale=1) == 3
+    assert scaled_epochs(2, largest * 2, largest) == 2  # never fewer than asked
+    for bad in ({"epochs": 0}, {"activations": -1}, {"max_scale": 0}, {"largest": True}):
+        with pytest.raises(ZapoptError, match="positive integer"):
+            scaled_epochs(**{"epochs": 3, "activations": 10, "largest": 10, **bad})

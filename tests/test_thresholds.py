@@ -4,6 +4,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -296,3 +297,28 @@ def test_next_budget_interpolates_inside_the_bracket() -> None:
     assert step(1.0, 0.5, 2.0, 0.4, 1.0, 1e-6) == pytest.approx(1.5)  # noisy, no slope: halve
     assert step(0.0, 0.0, 1e-7, 5.0, 1.0, 1e-6) is None  # nothing worth measuring below the floor
     assert step(0.0, 0.0, 1e-3, 5.0, 1.0, 1e-3 * 0.5) == pytest.approx(5e-4)  # never below the floor
+
+
+def test_monotone_fit_pools_violators() -> None:
+    fit = thresholds_module.monotone_fit
+    assert fit([0.0, 1.0, 2.0]) == [0.0, 1.0, 2.0]
+    assert fit([0.0, 1.6, 1.2, 2.0]) == pytest.approx([0.0, 1.4, 1.4, 2.0])
+    assert fit([0.0, 3.0, 1.0, 1.0]) == pytest.approx([0.0, 5 / 3, 5 / 3, 5 / 3])
+    assert fit([]) == []
+
+
+def test_accuracy_target_does_not_take_a_lucky_draw() -> None:
+    """A larger budget that measures below the limit right after a smaller one measured
+    above it is noise: the pick falls back to the largest point that fits the monotone fit."""
+    rng = np.random.default_rng(9)
+    curves = {f"l{i}": _synthetic_curve(f"l{i}", rng, points=30) for i in range(6)}
+    drops = {0.01: 0.5, 0.02: 1.2, 0.025: 0.95, 0.03: 1.8}
+    evaluations = [thresholds_module.Evaluation(b, error_budget(curves, b), d, d <= 1.0) for b, d in drops.items()]
+    assert evaluations[2].selection.savings > evaluations[0].selection.savings
+    annotated, best = thresholds_module._pick_monotone(evaluations, 1.0)
+    assert best is not None and best.budget == 0.01
+    assert [e.monotone_drop for e in annotated] == pytest.approx([0.5, 1.075, 1.075, 1.8])
+    # Without the violation the largest raw fit wins.
+    clean = [replace(e, drop=d, feasible=d <= 1.0) for e, d in zip(evaluations, (0.5, 0.8, 0.95, 1.8))]
+    assert thresholds_module._pick_monotone(clean, 1.0)[1].budget == 0.025
+    json.dumps(thresholds_module.accuracy_target(curves, 1.0, lambda t: 40.0 * uniform_error(curves, t)).to_dict())

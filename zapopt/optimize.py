@@ -76,7 +76,8 @@ class OptimizeConfig:
     calib_images: int = 1024
     holdout: float = 0.25  # share of calibration images kept out of training, for the curves
     eval_images: int | None = None
-    epochs: int = 3
+    epochs: int = 3  # on the largest layer; smaller maps get more, see max_epoch_scale
+    max_epoch_scale: int = 8  # 1 = every layer trains for ``epochs``
     lr: float = 1e-2
     batch_size: int = 32  # images per onnxruntime batch (calibration)
     train_batch_size: int = 8  # images per predictor training step
@@ -112,7 +113,7 @@ class OptimizeConfig:
             raise ZapoptError(f"--magnitude-weight must be a finite number >= 0, got {self.magnitude_weight}")
         if not 0 < self.holdout < 1:
             raise ZapoptError(f"holdout must be in (0, 1), got {self.holdout}")
-        for name in ("calib_images", "epochs", "batch_size", "train_batch_size"):
+        for name in ("calib_images", "epochs", "max_epoch_scale", "batch_size", "train_batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ZapoptError(f"{name} must be a positive integer, got {value!r}")
@@ -190,9 +191,11 @@ def _train_layers(store: Any, selected: Sequence[ConvActivation], config: Optimi
                   taus: np.ndarray, progress: bool | None) -> dict[str, TrainedLayer]:
     import torch
 
-    from zapopt.predictor.train import train_predictor
+    from zapopt.predictor.train import scaled_epochs, train_predictor
 
     pattern = get_pattern(config.pattern)
+    activations = {conv.conv: int(np.prod(store.layer_array(conv.conv).shape[1:])) for conv in selected}
+    largest = max(activations.values())
     n = store.num_images
     n_train = max(2, int(round(n * (1 - config.holdout))))
     if n - n_train < 1:
@@ -206,7 +209,8 @@ def _train_layers(store: Any, selected: Sequence[ConvActivation], config: Optimi
             stored = store.layer_array(conv.conv)  # the ofm, or the pre-activation
             source = PredictorInput(config.predictor_input, conv.clip_max)
             started = time.perf_counter()
-            predictor = train_predictor(stored, pattern, epochs=config.epochs, lr=config.lr,
+            epochs = scaled_epochs(config.epochs, activations[conv.conv], largest, config.max_epoch_scale)
+            predictor = train_predictor(stored, pattern, epochs=epochs, lr=config.lr,
                                         batch_size=config.train_batch_size, seed=config.seed,
                                         max_images=n_train, progress=False, predictor_input=source,
                                         magnitude_weight=config.magnitude_weight)
@@ -426,10 +430,11 @@ def finish(prepared: PreparedLayers, choice: ThresholdChoice, config: OptimizeCo
             layers.append(LayerReport(name, "skipped", why, int(layer.curve.macs), layer.ofm_sparsity,
                                       oracle_macs_after=float(layer.curve.oracle_macs_after),
                                       train_seconds=layer.seconds,
-                                      predictor_macs=float(layer.curve.predictor_macs)))
+                                      predictor_macs=float(layer.curve.predictor_macs),
+                                      train_epochs=layer.params.epochs))
         else:
             layers.append(layer_report_from_curve(layer.curve, tau, ofm_sparsity=layer.ofm_sparsity,
-                                                  train_seconds=layer.seconds))
+                                                  train_seconds=layer.seconds, train_epochs=layer.params.epochs))
     if not any(l.status == "zap" for l in layers):  # noqa: E741
         if choice.search:
             best = min(e["drop"] for e in choice.search)

@@ -52,6 +52,7 @@ class LayerReport:
     tile_shares: dict[str, float] = field(default_factory=dict)
     train_seconds: float | None = None
     predictor_macs: float | None = None  # what this layer's predictor costs per image
+    train_epochs: int | None = None  # passes over the calibration images (more on small maps)
 
     @property
     def savings(self) -> float | None:
@@ -81,13 +82,14 @@ class LayerReport:
             "savings": 0.0 if self.savings is None else self.savings,
             "oracle_macs_after": self.oracle_macs_after, "oracle_savings": self.oracle_savings,
             "predictor_macs": self.predictor_macs, "tile_shares": dict(self.tile_shares),
-            "train_seconds": self.train_seconds,
+            "train_seconds": self.train_seconds, "train_epochs": self.train_epochs,
         }
         return out
 
 
 def layer_report_from_curve(curve: LayerCurve, threshold: float, *, ofm_sparsity: float,
-                            train_seconds: float | None, status: str = "zap", reason: str = "") -> LayerReport:
+                            train_seconds: float | None, train_epochs: int | None = None, status: str = "zap",
+                            reason: str = "") -> LayerReport:
     """Read a layer's numbers at ``threshold`` off its measured curve."""
     hits = np.flatnonzero(curve.taus == threshold)
     if hits.size == 0:
@@ -100,7 +102,7 @@ def layer_report_from_curve(curve: LayerCurve, threshold: float, *, ofm_sparsity
         error=float(curve.error[i]), macs_after=float(curve.macs_after[i]),
         oracle_macs_after=float(curve.oracle_macs_after),
         tile_shares={k: float(v[i]) for k, v in curve.tile_shares.items()},
-        train_seconds=train_seconds, predictor_macs=float(curve.predictor_macs),
+        train_seconds=train_seconds, predictor_macs=float(curve.predictor_macs), train_epochs=train_epochs,
     )
 
 

@@ -8,7 +8,8 @@ curves on calibration (or held-out) ofms, then picks thresholds three ways:
 - :func:`error_budget`: the paper's per-layer optimization, most MAC savings with the sum
   of layer errors <= E (exact Pareto-frontier dynamic programming over measured points);
 - :func:`accuracy_target`: most savings whose *measured* top-1 drop stays <= X %, by
-  bisection over E with a caller-supplied evaluation of the rewritten model.
+  a bracketed search over E with a caller-supplied evaluation of the rewritten model,
+  picking from a monotone fit of the measured drops so one lucky draw cannot win.
 
 Threshold ``-inf`` in a selection means "leave this layer as the original conv": it saves
 nothing and costs nothing (no predictor), so it is every layer's fallback option.
@@ -19,7 +20,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -491,10 +492,12 @@ class Evaluation:
     selection: Selection
     drop: float
     feasible: bool
+    #: The drop on the non-decreasing fit over every measured budget (set on the result).
+    monotone_drop: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"budget": float(self.budget), "drop": float(self.drop), "feasible": self.feasible,
-                **self.selection.to_dict()}
+                "monotone_drop": self.monotone_drop, **self.selection.to_dict()}
 
 
 @dataclass(frozen=True)
@@ -517,6 +520,41 @@ class AccuracyTargetResult:
             "evaluations": [e.to_dict() for e in self.evaluations],
             "seconds": self.seconds,
         }
+
+
+def monotone_fit(values: Sequence[float]) -> list[float]:
+    """Least-squares non-decreasing fit of ``values`` (pool adjacent violators).
+
+    Along the :func:`error_budget` frontier a larger budget never saves less and should
+    never cost less accuracy; a measured drop that falls as the budget grows is
+    sampling noise of the evaluation set, and pooling it with its neighbours averages
+    that noise out instead of rewarding it.
+    """
+    blocks: list[list[float]] = []  # [mean, weight, count]
+    for value in values:
+        blocks.append([float(value), 1.0, 1])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            mean, weight, count = blocks.pop()
+            previous = blocks[-1]
+            total = previous[1] + weight
+            previous[0] = (previous[0] * previous[1] + mean * weight) / total
+            previous[1], previous[2] = total, previous[2] + count
+    return [mean for mean, _, count in blocks for _ in range(count)]
+
+
+def _pick_monotone(evaluations: Sequence[Evaluation], max_drop: float) -> tuple[list[Evaluation], Evaluation | None]:
+    """Every evaluation with its ``monotone_drop``, and the most saving one whose measured
+    *and* fitted drops are both within ``max_drop``. The original model (budget 0, drop
+    0 by definition) anchors the fit; repeated budgets are fitted once."""
+    by_budget = {e.budget: e for e in evaluations}
+    budgets = sorted(b for b in by_budget if b > 0)
+    fitted = monotone_fit([0.0] + [by_budget[b].drop for b in budgets])[1:]
+    fit_of = dict(zip(budgets, fitted))
+    if 0.0 in by_budget:
+        fit_of[0.0] = monotone_fit([0.0, by_budget[0.0].drop])[1]
+    annotated = [replace(e, monotone_drop=float(fit_of[e.budget])) for e in evaluations]
+    candidates = [e for e in annotated if e.feasible and e.monotone_drop <= max_drop]
+    return annotated, max(candidates, key=lambda e: e.selection.savings, default=None)
 
 
 def _next_budget(low: float, low_drop: float, high: float, high_drop: float, max_drop: float,
@@ -553,8 +591,11 @@ def accuracy_target(
     original in % (no labels). The search walks the :func:`error_budget` frontier: it
     tries the largest useful budget first, then narrows a bracket (a budget that fits,
     at first budget 0, and one that does not) by interpolating where the measured drop
-    reaches ``max_drop`` (:func:`_next_budget`), keeping the best point measured to meet
-    the target. A budget whose thresholds were already measured is not re-measured.
+    reaches ``max_drop`` (:func:`_next_budget`). The answer is the most saving point
+    whose measured drop *and* whose drop on a non-decreasing fit over all measured points
+    (:func:`monotone_fit`) meet the target: on a few thousand images a drop is only known
+    to about +-0.2 points, and taking the best raw point would pick the luckiest draw.
+    A budget whose thresholds were already measured is not re-measured.
     """
     _check_curves(curves)
     if not (isinstance(max_drop, (int, float)) and max_drop >= 0):
@@ -582,13 +623,10 @@ def accuracy_target(
         return record
 
     positive = np.concatenate([c.error[c.error > 0] for c in curves.values()])
-    best: Evaluation | None = None
     if positive.size:
         high = float(sum(c.error.max() for c in curves.values()))
         top = measure(high)
-        if top is not None and top.feasible:
-            best = top
-        elif top is not None:
+        if top is not None and not top.feasible:
             # Invariant: ``low`` fits (measured, or budget 0 = the original model), ``high`` does not.
             low, low_drop, high_drop = 0.0, 0.0, top.drop
             floor = float(positive.min())
@@ -603,15 +641,13 @@ def accuracy_target(
                     break
                 if record.feasible:
                     low, low_drop = budget, record.drop
-                    if best is None or record.selection.savings > best.selection.savings:
-                        best = record
                 else:
                     high, high_drop = budget, record.drop
+    annotated, best = _pick_monotone(evaluations, max_drop)
     if best is None:
-        zero = measure(0.0)
-        if zero is not None and zero.feasible:
-            best = zero
+        measure(0.0)
+        annotated, best = _pick_monotone(evaluations, max_drop)
     if best is None:
         original = _summarize(curves, {name: -math.inf for name in curves})
-        return AccuracyTargetResult(original, None, tuple(evaluations), time.perf_counter() - started)
-    return AccuracyTargetResult(best.selection, best.drop, tuple(evaluations), time.perf_counter() - started)
+        return AccuracyTargetResult(original, None, tuple(annotated), time.perf_counter() - started)
+    return AccuracyTargetResult(best.selection, best.drop, tuple(annotated), time.perf_counter() - started)

@@ -105,6 +105,23 @@ def _refresh_batchnorm(
     model.eval()
 
 
+def scaled_epochs(epochs: int, activations: int, largest: int, max_scale: int = 8) -> int:
+    """Epochs for a layer with ``activations`` ofm elements per image when the largest
+    layer being trained has ``largest``: ``epochs`` there, proportionally more on smaller
+    maps (at most ``max_scale`` times as many), so every layer trains on about as many
+    activations. An epoch of a small deep layer costs a fraction of one of the first
+    layer, and its predictor is the one still learning: on the VGG-style model, 1,024
+    images, 3 epochs at the 32x32 layers and up to 24 at the 2x2 ones skip 1.2 points
+    more of the model's MACs at the same activation-mass error (0.5 %), about what
+    3 epochs over 8x the images give (benchmarks/zap_predictor_variants.py).
+    """
+    for name, value in (("epochs", epochs), ("activations", activations), ("largest", largest),
+                        ("max_scale", max_scale)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ZapoptError(f"{name} must be a positive integer, got {value!r}")
+    return int(min(epochs * max_scale, max(epochs, round(epochs * largest / activations))))
+
+
 def train_predictor(
     ofm: np.ndarray,
     pattern: Any,
