@@ -110,10 +110,10 @@ def scaled_epochs(epochs: int, activations: int, largest: int, max_scale: int = 
     layer being trained has ``largest``: ``epochs`` there, proportionally more on smaller
     maps (at most ``max_scale`` times as many), so every layer trains on about as many
     activations. An epoch of a small deep layer costs a fraction of one of the first
-    layer, and its predictor is the one still learning: on the VGG-style model, 1,024
-    images, 3 epochs at the 32x32 layers and up to 24 at the 2x2 ones skip 1.2 points
-    more of the model's MACs at the same activation-mass error (0.5 %), about what
-    3 epochs over 8x the images give (benchmarks/zap_predictor_variants.py).
+    layer, and its predictor is the one still learning: on the VGG-style model with
+    1,024 images, 3 epochs at the 32x32 layer and up to 24 at the 2x2 ones skip 17.6 %
+    of the model's MACs at 0.5 % activation-mass error per layer instead of 15.7 %;
+    3 epochs over 8x the images give 18.1 % (benchmarks/zap_predictor_training.py).
     """
     for name, value in (("epochs", epochs), ("activations", activations), ("largest", largest),
                         ("max_scale", max_scale)):
