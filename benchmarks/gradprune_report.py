@@ -41,6 +41,8 @@ def load(paths: list[Path]) -> tuple[dict, dict]:
             layer_groups = settings.get("exclude") or "-"
             if settings.get("layer_sparsity"):
                 layer_groups += "; " + "; ".join(settings["layer_sparsity"])
+            if settings.get("min_cosine") is not None:
+                layer_groups += f"; cosine >= {settings['min_cosine']:g}"
             recipe = (run["arch"], settings.get("train_size"), settings.get("epochs"), settings.get("warmup"),
                       settings.get("refresh_every"),
                       layer_groups, settings.get("layers"), run["method"], run["sparsity"])

@@ -89,6 +89,7 @@ def train_once(arch: str, method: str, sparsity: float, data: dict, args: argpar
             pruners.append(GradientPruner(model, value, method=method, warmup_steps=args.warmup,
                                           layer_types=LAYER_TYPES[args.layers], include=chosen(pattern),
                                           refresh_every=args.refresh_every,
+                                          min_cosine=args.min_cosine if method == "stochastic" else None,
                                           generator=torch.Generator().manual_seed(args.seed + 1000 * i)))
     # attached after the pruner, so it sees the gradient the conv's backward really gets
     counter = ZeroCounter(model, LAYER_TYPES[args.layers], skip_steps=args.warmup)
@@ -200,6 +201,8 @@ def settings_key(args: argparse.Namespace) -> dict:
         settings["exclude"] = args.exclude
     if args.layer_sparsity:
         settings["layer_sparsity"] = args.layer_sparsity
+    if args.min_cosine is not None:
+        settings["min_cosine"] = args.min_cosine
     return settings
 
 
@@ -227,6 +230,8 @@ def main() -> None:
                              "for the layers whose name matches")
     parser.add_argument("--no-unpruned", action="store_true",
                         help="skip the unpruned reference run (it is the same in every file of a seed)")
+    parser.add_argument("--min-cosine", type=float, default=None,
+                        help="stochastic pruner's per-layer noise floor (GradientPruner min_cosine)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="gradprune_train.json", help="file name under benchmarks/results/")
     args = parser.parse_args()

@@ -127,6 +127,43 @@ def _magnitude_alpha(target: float, sigma: float) -> float:
     return math.exp(max(sigma, 0.0) * float(ndtri(target)))
 
 
+def added_noise_ratio(g: torch.Tensor, tau: float) -> float:
+    """Variance the stochastic rule at ``tau`` adds to ``g``, as a share of its energy:
+    sum over |g| < tau of (tau |g| - g^2), divided by sum g^2. The expected cosine
+    similarity of the pruned gradient with ``g`` is about 1 / sqrt(1 + this)."""
+    a = g.detach().abs().to(torch.float64).flatten()
+    a = a[torch.isfinite(a)]
+    energy = float((a * a).sum())
+    if energy == 0.0:
+        return 0.0
+    below = a[a < tau]
+    return float((tau * below - below * below).sum()) / energy
+
+
+def _noise_capped_tau(g: torch.Tensor, tau: float, max_ratio: float) -> float:
+    """The largest threshold <= ``tau`` whose :func:`added_noise_ratio` on ``g`` is at most
+    ``max_ratio`` (exact: the ratio is piecewise linear and increasing in tau between the
+    sorted magnitudes)."""
+    a = torch.sort(g.detach().abs().to(torch.float64).flatten()).values
+    a = a[torch.isfinite(a) & (a > 0)]
+    if a.numel() == 0:
+        return tau
+    squares = a * a
+    energy = float(squares.sum())
+    budget = max_ratio * energy
+    prefix_abs = torch.cumsum(a, 0)
+    prefix_sq = torch.cumsum(squares, 0)
+    # Threshold exactly at a[k]: the entries a[0..k-1] are below it.
+    noise_at = torch.cat([torch.zeros(1, dtype=torch.float64), a[1:] * prefix_abs[:-1] - prefix_sq[:-1]])
+    k = int(torch.searchsorted(noise_at, torch.tensor([budget], dtype=torch.float64), right=True)[0]) - 1
+    k = max(k, 0)
+    # Between a[k] and a[k+1] the entries a[0..k] are below: noise = t * S1 - S2 = budget.
+    capped = (budget + float(prefix_sq[k])) / float(prefix_abs[k])
+    if k + 1 < a.numel():
+        capped = min(capped, float(a[k + 1]))
+    return min(tau, capped)
+
+
 # --------------------------------------------------------------------------- the transforms
 
 
@@ -207,6 +244,10 @@ class PrunerConfig:
     passes per layer between lognormal fits; the threshold tau is reused in between, which
     costs no host synchronization but drifts off target as the gradient scale moves.
     1 (default) refits every call (docs/gradtools_pruning.md measures both).
+    ``min_cosine``: at each fit, lower a layer's threshold where needed so that the
+    pruned gradient's expected cosine similarity with the exact one stays >= this (the
+    added variance <= 1/min_cosine^2 - 1 of the gradient's energy, measured on the
+    tensor itself); that layer then prunes less than ``sparsity``. None: no floor.
     """
 
     sparsity: float = 0.85
@@ -214,9 +255,17 @@ class PrunerConfig:
     refresh_every: int = 1
     method: PruningMethod = "stochastic"
     enabled: bool = True
+    min_cosine: float | None = None
 
     def __post_init__(self) -> None:
         _check_sparsity(self.sparsity)
+        if self.min_cosine is not None:
+            if isinstance(self.min_cosine, bool) or not isinstance(self.min_cosine, (int, float)):
+                raise TypeError(f"min_cosine must be a number or None, got {type(self.min_cosine).__name__}")
+            if not 0.0 < self.min_cosine < 1.0:
+                raise ValueError(f"min_cosine must be in (0, 1), e.g. 0.95, got {self.min_cosine}")
+            if self.method != "stochastic":
+                raise ValueError("min_cosine bounds the noise of the stochastic rule; use method='stochastic'")
         for name in ("warmup_steps", "refresh_every"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
@@ -313,9 +362,11 @@ class GradientPruner:
                  include: str | ModuleFilter | None = None,
                  warmup_steps: int = 0, refresh_every: int = 1,
                  method: PruningMethod = "stochastic", enabled: bool = True,
+                 min_cosine: float | None = None,
                  generator: torch.Generator | None = None) -> None:
         self.config = PrunerConfig(sparsity=sparsity, warmup_steps=warmup_steps,
-                                   refresh_every=refresh_every, method=method, enabled=enabled)
+                                   refresh_every=refresh_every, method=method, enabled=enabled,
+                                   min_cosine=min_cosine)
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
         self.generator = generator
@@ -376,6 +427,9 @@ class GradientPruner:
         else:
             state.alpha = _magnitude_alpha(target, fit.sigma)
         state.tau = state.alpha * math.exp(fit.mu)
+        if self.config.min_cosine is not None:
+            state.tau = _noise_capped_tau(grad, state.tau, self.config.min_cosine ** -2 - 1.0)
+            state.alpha = state.tau / math.exp(fit.mu)
         return True
 
     # ---- lifecycle

@@ -7,7 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from gradtools import GradientPruner, LayerStats, PrunerConfig, fit_lognormal, pruning_threshold, stochastic_prune
+from gradtools import (GradientPruner, LayerStats, PrunerConfig, added_noise_ratio, fit_lognormal, pruning_threshold,
+                       stochastic_prune)
+from gradtools.prune import _noise_capped_tau
 from gradtools._hooks import attach_output_grad_transform
 
 SIGMAS = (0.5, 1.0, 2.0, 4.0)
@@ -315,7 +317,8 @@ def test_summary_is_a_table_of_every_layer() -> None:
     ({"sparsity": 1.0}, ValueError), ({"sparsity": "high"}, TypeError),
     ({"warmup_steps": -1}, ValueError), ({"refresh_every": 0}, ValueError),
     ({"refresh_every": 1.5}, TypeError), ({"method": "random"}, ValueError),
-    ({"enabled": "yes"}, TypeError),
+    ({"enabled": "yes"}, TypeError), ({"min_cosine": 1.0}, ValueError), ({"min_cosine": "0.9"}, TypeError),
+    ({"min_cosine": 0.9, "method": "magnitude"}, ValueError),
 ])
 def test_config_validation(kwargs: dict, error: type[Exception]) -> None:
     with pytest.raises(error):
@@ -330,3 +333,39 @@ def test_config_is_frozen_and_selection_errors_are_clear() -> None:
         config.sparsity = 0.5  # type: ignore[misc]
     with pytest.raises(ValueError, match="matched"):
         GradientPruner(make_model(), include="no_such_layer")
+
+
+def test_noise_capped_threshold_meets_the_ratio_exactly() -> None:
+    gen = torch.Generator().manual_seed(3)
+    g = torch.randn(20000, generator=gen).mul(2).exp() * torch.randn(20000, generator=gen).sign()
+    g[:500] = 0.0
+    for ratio in (0.001, 0.05, 0.2):
+        tau = _noise_capped_tau(g, 1e12, ratio)
+        assert added_noise_ratio(g, tau) == pytest.approx(ratio, rel=1e-6)
+        assert added_noise_ratio(g, tau * 1.01) > ratio
+    assert _noise_capped_tau(g, 1e-6, 0.2) == 1e-6  # never raised above the sparsity's threshold
+    # The ratio is what a stochastic prune at tau really adds, on average:
+    tau = _noise_capped_tau(g, 1e12, 0.1)
+    draws = torch.stack([_stochastic_draw(g, tau, seed) for seed in range(200)])
+    added = float(((draws - g) ** 2).sum(dim=1).mean() / (g * g).sum())
+    assert added == pytest.approx(0.1, rel=0.05)
+
+
+def _stochastic_draw(g: torch.Tensor, tau: float, seed: int) -> torch.Tensor:
+    from gradtools.prune import _apply_stochastic
+    return _apply_stochastic(g.double(), tau, torch.Generator().manual_seed(seed))
+
+
+def test_min_cosine_floor_caps_each_layers_noise() -> None:
+    exact: dict[str, torch.Tensor] = {}
+    plain = make_model()
+    attach_output_grad_transform(plain.conv2, lambda g: exact.__setitem__("conv2", g.clone()))
+    weight_grads(plain)  # conv2's incoming gradient does not depend on pruning conv2 itself
+    model = make_model()
+    floor = GradientPruner(model, 0.95, layer_types=(nn.Conv2d,), min_cosine=0.99,
+                           generator=torch.Generator().manual_seed(0))
+    weight_grads(model)
+    stats = floor.stats()["conv2"]
+    assert added_noise_ratio(exact["conv2"], stats.threshold) <= (0.99 ** -2 - 1) * (1 + 1e-9)
+    assert stats.last_sparsity < 0.9, "a floor this tight must prune less than the target"
+    assert stats.alpha == pytest.approx(stats.threshold / math.exp(stats.mu))
