@@ -66,31 +66,37 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 10
     return correct / len(y)
 
 
+def build_pruners(model: nn.Module, method: str, sparsity: float, args: argparse.Namespace) -> list[GradientPruner]:
+    """One pruner for the layers at ``sparsity`` (with ``--min-cosine`` if given) and one per
+    ``--layer-sparsity`` override (a plain target); ``--exclude``d layers get none."""
+    if method == "none":
+        return []
+    exclude = re.compile(args.exclude) if args.exclude else None
+    overrides = [(re.compile(pattern), value) for pattern, value in parse_overrides(args.layer_sparsity)]
+
+    def chosen(pattern: re.Pattern | None):
+        """Layers of one pruner: not excluded; the override's own, or none of the overrides'."""
+        def keep(name: str, _m: nn.Module) -> bool:
+            if exclude is not None and exclude.search(name):
+                return False
+            if pattern is not None:
+                return pattern.search(name) is not None
+            return not any(p.search(name) for p, _v in overrides)
+        return keep
+
+    return [GradientPruner(model, value, method=method, warmup_steps=args.warmup,
+                           layer_types=LAYER_TYPES[args.layers], include=chosen(pattern),
+                           refresh_every=args.refresh_every,
+                           min_cosine=args.min_cosine if method == "stochastic" and pattern is None else None,
+                           generator=torch.Generator().manual_seed(args.seed + 1000 * i))
+            for i, (pattern, value) in enumerate([(None, sparsity), *overrides])]
+
+
 def train_once(arch: str, method: str, sparsity: float, data: dict, args: argparse.Namespace) -> dict:
     model = make_model(arch, args.width, seed=args.seed, **ARCH_KWARGS[arch])
     peak = PEAK_LR[arch] if args.lr is None else args.lr
     opt = torch.optim.SGD(model.parameters(), lr=peak, momentum=0.9, weight_decay=5e-4, nesterov=True)
-    pruners: list[GradientPruner] = []
-    if method != "none":
-        exclude = re.compile(args.exclude) if args.exclude else None
-        overrides = [(re.compile(pattern), value) for pattern, value in parse_overrides(args.layer_sparsity)]
-
-        def chosen(pattern: re.Pattern | None):
-            """Layers of one pruner: not excluded; the override's own, or none of the overrides'."""
-            def keep(name: str, _m: nn.Module) -> bool:
-                if exclude is not None and exclude.search(name):
-                    return False
-                if pattern is not None:
-                    return pattern.search(name) is not None
-                return not any(p.search(name) for p, _v in overrides)
-            return keep
-
-        for i, (pattern, value) in enumerate([(None, sparsity), *overrides]):
-            pruners.append(GradientPruner(model, value, method=method, warmup_steps=args.warmup,
-                                          layer_types=LAYER_TYPES[args.layers], include=chosen(pattern),
-                                          refresh_every=args.refresh_every,
-                                          min_cosine=args.min_cosine if method == "stochastic" else None,
-                                          generator=torch.Generator().manual_seed(args.seed + 1000 * i)))
+    pruners = build_pruners(model, method, sparsity, args)
     # attached after the pruner, so it sees the gradient the conv's backward really gets
     counter = ZeroCounter(model, LAYER_TYPES[args.layers], skip_steps=args.warmup)
     x, y = data["train"]
@@ -231,7 +237,8 @@ def main() -> None:
     parser.add_argument("--no-unpruned", action="store_true",
                         help="skip the unpruned reference run (it is the same in every file of a seed)")
     parser.add_argument("--min-cosine", type=float, default=None,
-                        help="stochastic pruner's per-layer noise floor (GradientPruner min_cosine)")
+                        help="stochastic pruner's per-layer noise floor (GradientPruner min_cosine) for the "
+                             "layers without a --layer-sparsity override; overridden layers keep a plain target")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="gradprune_train.json", help="file name under benchmarks/results/")
     args = parser.parse_args()

@@ -3,6 +3,7 @@ receives (benchmarks/gradprune_train.py ZeroCounter) and the multiply-add weight
 paired report (benchmarks/gradprune_report.py)."""
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -15,7 +16,7 @@ if str(BENCH) not in sys.path:
     sys.path.insert(0, str(BENCH))
 
 from gradprune_report import backward_macs  # noqa: E402
-from gradprune_train import ZeroCounter, parse_overrides  # noqa: E402
+from gradprune_train import ZeroCounter, build_pruners, parse_overrides  # noqa: E402
 
 from gradtools import GradientPruner  # noqa: E402
 
@@ -94,3 +95,15 @@ def test_layer_sparsity_overrides_parse_and_reject_garbage() -> None:
     for bad in ("0.95", "=0.95", "conv=high"):
         with pytest.raises(ValueError):
             parse_overrides([bad])
+
+
+def test_noise_floor_applies_to_the_base_group_only() -> None:
+    args = argparse.Namespace(exclude="^6$", layer_sparsity=["^0$=0.9"], warmup=0, layers="conv",
+                              refresh_every=1, min_cosine=0.92, seed=0)
+    base, override = build_pruners(small_cnn(), "stochastic", 0.95, args)
+    assert list(base.stats()) == ["3"] and list(override.stats()) == ["0"]
+    assert base.config.min_cosine == 0.92 and base.config.sparsity == 0.95
+    assert override.config.min_cosine is None and override.config.sparsity == 0.9
+    assert build_pruners(small_cnn(), "none", 0.95, args) == []
+    magnitude = build_pruners(small_cnn(), "magnitude", 0.85, args)
+    assert all(p.config.min_cosine is None for p in magnitude)
