@@ -8,9 +8,10 @@ Fashion-MNIST *train* images), then for each accuracy budget X the thresholds ar
 with ``--max-drop X`` measured on (``--select``) the full official test set (10k images,
 what the targets are stated on: the drop reported there is in-sample), and on each half
 of it (5,000 images) with the result measured on the other half, which the search never
-saw: a two-fold check of how far a search's drop carries to new images. Savings are *realised* MACs counted from the activations the model really
-computes (whole model, every layer included), next to the *oracle* (a perfect predictor
-with the same pattern on the same layers, from the held-out calibration curves), both
+saw: a two-fold check of how far a search's drop carries to new images. Savings are
+*realised* MACs counted from the activations the model really computes (whole model,
+every layer included), next to the *oracle* (a perfect predictor with the same pattern
+on the same layers, from the held-out calibration curves), both
 free (every true zero in the predicted positions skipped at no cost) and at its real
 cost (18 MACs per activation, only on layers where it pays): the savings are net of the
 predictors, so the second is the like-for-like bound.
