@@ -84,9 +84,9 @@ def main() -> None:
             prepared = prepare_layers(args.model, calib, config=config, eval_data=data["full"], progress=False)
             train_s = time.perf_counter() - started
             for drop in args.drops:
+                config = replace(config, max_drop=drop)
                 for select in args.select:
                     search_split, unseen_split = SELECTIONS[select]
-                    config = replace(config, max_drop=drop)
                     choice = choose_thresholds(prepared, config, eval_data=data[search_split], progress=False)
                     result = finish(prepared, choice, config, model_name=args.model)
                     model_path = Path(tmp) / f"{pattern}-{drop}-{select}.onnx"

@@ -427,8 +427,9 @@ class GradientPruner:
         else:
             state.alpha = _magnitude_alpha(target, fit.sigma)
         state.tau = state.alpha * math.exp(fit.mu)
-        if self.config.min_cosine is not None:
-            state.tau = _noise_capped_tau(grad, state.tau, self.config.min_cosine ** -2 - 1.0)
+        max_ratio = None if self.config.min_cosine is None else self.config.min_cosine ** -2 - 1.0
+        if max_ratio is not None and added_noise_ratio(grad, state.tau) > max_ratio:  # sort only when it binds
+            state.tau = _noise_capped_tau(grad, state.tau, max_ratio)
             state.alpha = state.tau / math.exp(fit.mu)
         return True
 

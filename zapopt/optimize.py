@@ -243,6 +243,11 @@ def _curve_grid(config: OptimizeConfig) -> np.ndarray:
     return grid
 
 
+def _thresholds_key(thresholds: Mapping[str, float]) -> tuple[tuple[str, float], ...]:
+    """A hashable, order-free key for one set of per-layer thresholds."""
+    return tuple(sorted(thresholds.items()))
+
+
 def _accuracy_search(original: onnx.ModelProto, trained: Mapping[str, TrainedLayer], config: OptimizeConfig,
                      eval_source: Any, image_options: ImageOptions | None, progress: bool | None
                      ) -> tuple[AccuracyTargetResult, dict[str, LayerSensitivity], dict[tuple, float]]:
@@ -263,7 +268,7 @@ def _accuracy_search(original: onnx.ModelProto, trained: Mapping[str, TrainedLay
     def measure(thresholds: dict[str, float]) -> float:
         logits = outputs(thresholds, dataset, "search")
         drop = accuracy_drop(reference, logits, dataset.labels)
-        plain_drops[tuple(sorted(thresholds.items()))] = drop
+        plain_drops[_thresholds_key(thresholds)] = drop
         if config.drop_margin == 0:
             return drop
         return drop + config.drop_margin * accuracy_drop_standard_error(reference, logits, dataset.labels)
@@ -348,10 +353,9 @@ def choose_thresholds(prepared: PreparedLayers, config: OptimizeConfig, *, eval_
         search = []
         for evaluation in found.evaluations:
             entry = evaluation.to_dict()
-            entry["measured_drop"] = plain.get(tuple(sorted(evaluation.selection.thresholds.items())), entry["drop"])
+            entry["measured_drop"] = plain.get(_thresholds_key(evaluation.selection.thresholds), entry["drop"])
             search.append(entry)
-        chosen = None if found.drop is None else plain.get(tuple(sorted(found.selection.thresholds.items())),
-                                                             found.drop)
+        chosen = None if found.drop is None else plain.get(_thresholds_key(found.selection.thresholds), found.drop)
         return ThresholdChoice(dict(found.selection.thresholds), search, chosen,
                                [s.to_dict() for s in sensitivities.values()])
     if config.max_error is not None:

@@ -544,14 +544,11 @@ def monotone_fit(values: Sequence[float]) -> list[float]:
 
 def _pick_monotone(evaluations: Sequence[Evaluation], max_drop: float) -> tuple[list[Evaluation], Evaluation | None]:
     """Every evaluation with its ``monotone_drop``, and the most saving one whose measured
-    *and* fitted drops are both within ``max_drop``. The original model (budget 0, drop
-    0 by definition) anchors the fit; repeated budgets are fitted once."""
+    *and* fitted drops are both within ``max_drop``. The original model (drop 0 by
+    definition) anchors the fit; repeated budgets are fitted once."""
     by_budget = {e.budget: e for e in evaluations}
-    budgets = sorted(b for b in by_budget if b > 0)
-    fitted = monotone_fit([0.0] + [by_budget[b].drop for b in budgets])[1:]
-    fit_of = dict(zip(budgets, fitted))
-    if 0.0 in by_budget:
-        fit_of[0.0] = monotone_fit([0.0, by_budget[0.0].drop])[1]
+    budgets = sorted(by_budget)
+    fit_of = dict(zip(budgets, monotone_fit([0.0] + [by_budget[b].drop for b in budgets])[1:]))
     annotated = [replace(e, monotone_drop=float(fit_of[e.budget])) for e in evaluations]
     candidates = [e for e in annotated if e.feasible and e.monotone_drop <= max_drop]
     return annotated, max(candidates, key=lambda e: e.selection.savings, default=None)
