@@ -197,7 +197,10 @@ THRESHOLD = _Threshold()
               help="Use at most this many calibration images (a quarter is held out to measure the curves).")
 @click.option("--pattern", default="checkerboard", show_default=True, metavar="NAME",
               help="Which activations are computed up front; the rest are predicted. One of: "
-                   "checkerboard, tile5x5-60, tile5x5-40, diag3x3-33, rows-50, cols-50, all.")
+                   "checkerboard, tile5x5-60, tile5x5-40, diag3x3-33, rows-50, cols-50, all. "
+                   "A comma-separated list, or 'auto' (the paper's four), trains a predictor per pattern "
+                   "and lets --max-error/--max-drop pick each layer's pattern (training takes that many "
+                   "times longer).")
 @click.option("--predictor-input", type=click.Choice(["preactivation", "activation"]), default="preactivation",
               show_default=True,
               help="What each predictor reads at the computed positions: the pre-activation (conv output "

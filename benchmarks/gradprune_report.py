@@ -43,7 +43,13 @@ def load(paths: list[Path]) -> tuple[dict, dict]:
                 layer_groups += "; " + "; ".join(settings["layer_sparsity"])
             if settings.get("min_cosine") is not None:
                 layer_groups += f"; cosine >= {settings['min_cosine']:g}"
-            recipe = (run["arch"], settings.get("train_size"), settings.get("epochs"), settings.get("warmup"),
+                if settings.get("floor"):
+                    layer_groups += f" on {settings['floor']}"
+            if settings.get("global_budget"):
+                layer_groups += f"; global budget (max {settings['max_sparsity']:g})"
+            width = settings.get("width", 8)
+            model = run["arch"] if width == 8 else f"{run['arch']} width {width}"
+            recipe = (model, settings.get("train_size"), settings.get("epochs"), settings.get("warmup"),
                       settings.get("refresh_every"),
                       layer_groups, settings.get("layers"), run["method"], run["sparsity"])
             groups[recipe].append({**run, "train_key": (run["arch"], *train_key), "file": path.name})

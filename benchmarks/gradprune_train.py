@@ -84,10 +84,16 @@ def build_pruners(model: nn.Module, method: str, sparsity: float, args: argparse
             return not any(p.search(name) for p, _v in overrides)
         return keep
 
+    def options(pattern: re.Pattern | None) -> dict:
+        """The noise floor and the global budget belong to the base pruner (stochastic only)."""
+        if method != "stochastic" or pattern is not None:
+            return {}
+        return {"min_cosine": args.min_cosine, "floor": args.floor, "global_budget": args.global_budget,
+                "max_sparsity": max(args.max_sparsity, sparsity)}
+
     return [GradientPruner(model, value, method=method, warmup_steps=args.warmup,
                            layer_types=LAYER_TYPES[args.layers], include=chosen(pattern),
-                           refresh_every=args.refresh_every,
-                           min_cosine=args.min_cosine if method == "stochastic" and pattern is None else None,
+                           refresh_every=args.refresh_every, **options(pattern),
                            generator=torch.Generator().manual_seed(args.seed + 1000 * i))
             for i, (pattern, value) in enumerate([(None, sparsity), *overrides])]
 
@@ -209,6 +215,11 @@ def settings_key(args: argparse.Namespace) -> dict:
         settings["layer_sparsity"] = args.layer_sparsity
     if args.min_cosine is not None:
         settings["min_cosine"] = args.min_cosine
+    if args.floor is not None:
+        settings["floor"] = args.floor
+    if args.global_budget:
+        settings["global_budget"] = True
+        settings["max_sparsity"] = args.max_sparsity
     return settings
 
 
@@ -239,6 +250,13 @@ def main() -> None:
     parser.add_argument("--min-cosine", type=float, default=None,
                         help="stochastic pruner's per-layer noise floor (GradientPruner min_cosine) for the "
                              "layers without a --layer-sparsity override; overridden layers keep a plain target")
+    parser.add_argument("--floor", default=None, metavar="REGEX",
+                        help="with --min-cosine: the layers the floor applies to (default: all of the base pruner's)")
+    parser.add_argument("--global-budget", action="store_true",
+                        help="the base pruner's target is for its layers together: the layers without the floor "
+                             "take up what the floor holds back (GradientPruner global_budget)")
+    parser.add_argument("--max-sparsity", type=float, default=0.95,
+                        help="with --global-budget: no layer is aimed above this")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="gradprune_train.json", help="file name under benchmarks/results/")
     args = parser.parse_args()

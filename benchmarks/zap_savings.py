@@ -56,7 +56,9 @@ SELECTIONS = {"full": ("full", None), "first-half": ("first-half", "second-half"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model")
-    parser.add_argument("--patterns", nargs="+", default=["checkerboard"])
+    parser.add_argument("--patterns", nargs="+", default=["checkerboard"],
+                        help="each run separately; 'auto' or a comma-separated list lets the budget pick "
+                             "each layer's pattern")
     parser.add_argument("--drops", nargs="+", type=float, default=[0.5, 1.5])
     parser.add_argument("--calib-images", type=int, default=1024)
     parser.add_argument("--epochs", type=int, default=3)
@@ -105,6 +107,7 @@ def main() -> None:
                         "search": [{"savings": e["savings"], "drop": e["drop"], "monotone_drop": e["monotone_drop"]}
                                    for e in choice.search],
                         "zap_layers": len(result.report.zap_layers), "train_seconds": train_s,
+                        "layer_patterns": {layer.name: layer.pattern for layer in result.report.zap_layers},
                         **{f"{split}_{key}": value for split, r in measured.items() for key, value in (
                             ("savings", r.savings), ("drop", r.top1_drop), ("top1", r.top1),
                             ("reference_top1", r.reference_top1), ("agreement", r.agreement))},

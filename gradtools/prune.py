@@ -248,6 +248,12 @@ class PrunerConfig:
     pruned gradient's expected cosine similarity with the exact one stays >= this (the
     added variance <= 1/min_cosine^2 - 1 of the gradient's energy, measured on the
     tensor itself); that layer then prunes less than ``sparsity``. None: no floor.
+    ``global_budget``: ``sparsity`` is the target of all the pruner's layers together
+    (counted in gradient elements), as in the reference: the layers without the floor
+    are re-targeted at each fit so that, with the zeros the floor layers produced at
+    their last call, the total reaches ``sparsity``; no layer is aimed above
+    ``max_sparsity``. The floor layers should be the deep ones (they run first in the
+    backward pass, so their zeros are the current pass's).
     """
 
     sparsity: float = 0.85
@@ -256,9 +262,18 @@ class PrunerConfig:
     method: PruningMethod = "stochastic"
     enabled: bool = True
     min_cosine: float | None = None
+    global_budget: bool = False
+    max_sparsity: float = 0.95
 
     def __post_init__(self) -> None:
         _check_sparsity(self.sparsity)
+        _check_sparsity(self.max_sparsity)
+        if self.max_sparsity < self.sparsity:
+            raise ValueError(f"max_sparsity ({self.max_sparsity}) must be >= sparsity ({self.sparsity})")
+        if not isinstance(self.global_budget, bool):
+            raise TypeError(f"global_budget must be a bool, got {type(self.global_budget).__name__}")
+        if self.global_budget and self.method != "stochastic":
+            raise ValueError("global_budget re-targets the stochastic rule's fits; use method='stochastic'")
         if self.min_cosine is not None:
             if isinstance(self.min_cosine, bool) or not isinstance(self.min_cosine, (int, float)):
                 raise TypeError(f"min_cosine must be a number or None, got {type(self.min_cosine).__name__}")
@@ -288,7 +303,9 @@ class LayerStats:
     fraction of exact zeros in the incoming gradient at the last fit; ``last_sparsity`` and
     ``mean_sparsity`` are the achieved output sparsity of the last pruned call and the
     running average over all pruned calls. ``threshold`` is NaN when the zeros already
-    present met the target (nothing pruned until the next fit).
+    present met the target (nothing pruned until the next fit). ``target`` is the
+    sparsity the last fit aimed at (``sparsity``, or its global-budget share);
+    ``floor`` says whether the ``min_cosine`` floor applies to the layer.
     """
 
     name: str
@@ -302,14 +319,19 @@ class LayerStats:
     zero_fraction: float
     last_sparsity: float
     mean_sparsity: float
+    target: float = math.nan
+    floor: bool = False
 
 
 class _LayerState:
     """Mutable per-layer bookkeeping behind one hook. Counters stay on the device as
     tensors so that recording the achieved sparsity never forces a host sync."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, floor: bool = False) -> None:
         self.name = name
+        self.floor = floor
+        self.numel = 0  # elements of the last gradient seen (the global budget's weights)
+        self.target = math.nan
         self.calls = 0
         self.pruned_calls = 0
         self.fits = 0
@@ -337,12 +359,12 @@ class _LayerState:
             mu=fit.mu if fit else math.nan, sigma=fit.sigma if fit else math.nan,
             alpha=self.alpha, threshold=self.tau if self.tau is not None else math.nan,
             zero_fraction=fit.zero_fraction if fit else math.nan,
-            last_sparsity=last, mean_sparsity=mean,
+            last_sparsity=last, mean_sparsity=mean, target=self.target, floor=self.floor,
         )
 
 
 class GradientPruner:
-    """Prune the neural gradients entering the selected layers' outputs during backward.
+    r"""Prune the neural gradients entering the selected layers' outputs during backward.
 
     Usage (no extra line in the training loop: steps are counted per layer as backward
     passes through it)::
@@ -355,6 +377,13 @@ class GradientPruner:
     Or keep it as an object and call ``pruner.remove()`` to restore exact gradients.
     Forward passes under ``torch.no_grad()`` are untouched. A module called several times
     per forward counts one step per call.
+
+    ``min_cosine`` applies to every selected layer, or with ``floor`` (a regex on the
+    qualified name or a predicate, like ``include``) to those layers only; with
+    ``global_budget=True`` the other layers take up what the floor holds back (see
+    :class:`PrunerConfig`), e.g. the reference's ResNet-18 recipe::
+
+        GradientPruner(model, 0.85, min_cosine=0.92, floor=r"^layers\.[23]\.", global_budget=True)
     """
 
     def __init__(self, model: nn.Module, sparsity: float = 0.85, *,
@@ -363,19 +392,33 @@ class GradientPruner:
                  warmup_steps: int = 0, refresh_every: int = 1,
                  method: PruningMethod = "stochastic", enabled: bool = True,
                  min_cosine: float | None = None,
+                 floor: str | ModuleFilter | None = None,
+                 global_budget: bool = False, max_sparsity: float = 0.95,
                  generator: torch.Generator | None = None) -> None:
         self.config = PrunerConfig(sparsity=sparsity, warmup_steps=warmup_steps,
                                    refresh_every=refresh_every, method=method, enabled=enabled,
-                                   min_cosine=min_cosine)
+                                   min_cosine=min_cosine, global_budget=global_budget,
+                                   max_sparsity=max_sparsity)
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+        if floor is not None and min_cosine is None:
+            raise ValueError("floor chooses the layers min_cosine applies to; give min_cosine too")
         self.generator = generator
         #: Switch pruning off/on without removing the hooks (steps are not counted while off).
         self.enabled = enabled
         self._states: dict[str, _LayerState] = {}
         self._handles: list[RemovableHandle] = []
-        for name, module in select_modules(model, layer_types, include):
-            state = _LayerState(name or type(module).__name__)
+        selected = select_modules(model, layer_types, include)
+        if min_cosine is None:
+            floored: set[int] = set()
+        elif floor is None:
+            floored = {id(module) for _, module in selected}
+        else:
+            floored = {id(m) for _, m in select_modules(model, layer_types, floor)} & {id(m) for _, m in selected}
+            if not floored:
+                raise ValueError(f"the floor selection {floor!r} matched none of the pruned layers")
+        for name, module in selected:
+            state = _LayerState(name or type(module).__name__, floor=id(module) in floored)
             self._states[state.name] = state
             self._handles.append(attach_output_grad_transform(module, self._transform_for(state)))
 
@@ -392,6 +435,7 @@ class GradientPruner:
         cfg = self.config
         step = state.calls
         state.calls += 1
+        state.numel = grad.numel()
         if step < cfg.warmup_steps or grad.dtype not in _SUPPORTED_DTYPES:
             return None
         _check_generator(self.generator, grad.device)
@@ -418,7 +462,8 @@ class GradientPruner:
         if fit is None:
             return False
         state.fit, state.fits = fit, state.fits + 1
-        target = _nonzero_target(self.config.sparsity, fit.zero_fraction)
+        state.target = self._sparsity_for(state)
+        target = _nonzero_target(state.target, fit.zero_fraction)
         if target is None:
             state.alpha, state.tau = math.nan, None
             return True
@@ -427,11 +472,28 @@ class GradientPruner:
         else:
             state.alpha = _magnitude_alpha(target, fit.sigma)
         state.tau = state.alpha * math.exp(fit.mu)
-        max_ratio = None if self.config.min_cosine is None else self.config.min_cosine ** -2 - 1.0
+        max_ratio = self.config.min_cosine ** -2 - 1.0 if state.floor else None
         if max_ratio is not None and added_noise_ratio(grad, state.tau) > max_ratio:  # sort only when it binds
             state.tau = _noise_capped_tau(grad, state.tau, max_ratio)
             state.alpha = state.tau / math.exp(fit.mu)
         return True
+
+    def _sparsity_for(self, state: _LayerState) -> float:
+        """The layer's sparsity target: ``sparsity``, or under the global budget, for a layer
+        without the floor, its share of what the floor layers left (capped at
+        ``max_sparsity``); ``sparsity`` until every layer has been seen once."""
+        cfg = self.config
+        if not cfg.global_budget or state.floor:
+            return cfg.sparsity
+        states = list(self._states.values())
+        if any(s.numel == 0 for s in states):
+            return cfg.sparsity
+        total = sum(s.numel for s in states)
+        free = sum(s.numel for s in states if not s.floor)
+        # A floor layer not pruned yet (warm-up) is assumed to meet the target.
+        floor_zeros = sum(float(s.last_zeros) if s.last_zeros is not None else cfg.sparsity * s.numel
+                          for s in states if s.floor)
+        return min((cfg.sparsity * total - floor_zeros) / free, cfg.max_sparsity)
 
     # ---- lifecycle
 
@@ -462,9 +524,14 @@ class GradientPruner:
         cfg = self.config
         header = (f"GradientPruner: method={cfg.method} target={cfg.sparsity:.3f} "
                   f"warmup={cfg.warmup_steps} refresh_every={cfg.refresh_every}")
-        rows = [("layer", "calls", "pruned", "mu", "sigma", "alpha", "tau", "zeros_in", "last", "mean")]
+        if cfg.min_cosine is not None:
+            header += f" min_cosine={cfg.min_cosine:g} (floor layers marked *)"
+        if cfg.global_budget:
+            header += f" global_budget (max {cfg.max_sparsity:g})"
+        rows = [("layer", "calls", "pruned", "target", "mu", "sigma", "alpha", "tau", "zeros_in", "last", "mean")]
         for s in self.stats().values():
-            rows.append((s.name, str(s.calls), str(s.pruned_calls), f"{s.mu:.3f}", f"{s.sigma:.3f}",
+            rows.append((s.name + (" *" if s.floor else ""), str(s.calls), str(s.pruned_calls), f"{s.target:.3f}",
+                         f"{s.mu:.3f}", f"{s.sigma:.3f}",
                          f"{s.alpha:.4g}", f"{s.threshold:.3e}", f"{s.zero_fraction:.3f}",
                          f"{s.last_sparsity:.3f}", f"{s.mean_sparsity:.3f}"))
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]

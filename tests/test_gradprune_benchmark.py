@@ -99,7 +99,8 @@ def test_layer_sparsity_overrides_parse_and_reject_garbage() -> None:
 
 def test_noise_floor_applies_to_the_base_group_only() -> None:
     args = argparse.Namespace(exclude="^6$", layer_sparsity=["^0$=0.9"], warmup=0, layers="conv",
-                              refresh_every=1, min_cosine=0.92, seed=0)
+                              refresh_every=1, min_cosine=0.92, seed=0, floor=None, global_budget=False,
+                              max_sparsity=0.95)
     base, override = build_pruners(small_cnn(), "stochastic", 0.95, args)
     assert list(base.stats()) == ["3"] and list(override.stats()) == ["0"]
     assert base.config.min_cosine == 0.92 and base.config.sparsity == 0.95
@@ -107,3 +108,11 @@ def test_noise_floor_applies_to_the_base_group_only() -> None:
     assert build_pruners(small_cnn(), "none", 0.95, args) == []
     magnitude = build_pruners(small_cnn(), "magnitude", 0.85, args)
     assert all(p.config.min_cosine is None for p in magnitude)
+
+
+def test_global_budget_pruner_has_the_floor_on_the_chosen_layers() -> None:
+    args = argparse.Namespace(exclude=None, layer_sparsity=None, warmup=0, layers="conv", refresh_every=1,
+                              min_cosine=0.92, seed=0, floor="^3$", global_budget=True, max_sparsity=0.95)
+    (pruner,) = build_pruners(small_cnn(), "stochastic", 0.85, args)
+    assert pruner.config.global_budget and pruner.config.max_sparsity == 0.95
+    assert {name: s.floor for name, s in pruner.stats().items()} == {"0": False, "3": True, "6": False}

@@ -319,6 +319,8 @@ def test_summary_is_a_table_of_every_layer() -> None:
     ({"refresh_every": 1.5}, TypeError), ({"method": "random"}, ValueError),
     ({"enabled": "yes"}, TypeError), ({"min_cosine": 1.0}, ValueError), ({"min_cosine": "0.9"}, TypeError),
     ({"min_cosine": 0.9, "method": "magnitude"}, ValueError),
+    ({"global_budget": 1}, TypeError), ({"global_budget": True, "method": "topk"}, ValueError),
+    ({"max_sparsity": 0.8}, ValueError), ({"max_sparsity": 1.0}, ValueError),
 ])
 def test_config_validation(kwargs: dict, error: type[Exception]) -> None:
     with pytest.raises(error):
@@ -369,3 +371,55 @@ def test_min_cosine_floor_caps_each_layers_noise() -> None:
     assert added_noise_ratio(exact["conv2"], stats.threshold) <= (0.99 ** -2 - 1) * (1 + 1e-9)
     assert stats.last_sparsity < 0.9, "a floor this tight must prune less than the target"
     assert stats.alpha == pytest.approx(stats.threshold / math.exp(stats.mu))
+
+
+def test_floor_applies_only_to_the_chosen_layers() -> None:
+    model = make_model()
+    pruner = GradientPruner(model, 0.95, layer_types=(nn.Conv2d,), min_cosine=0.99, floor=r"conv2$",
+                            generator=torch.Generator().manual_seed(0))
+    weight_grads(model)
+    stats = pruner.stats()
+    assert stats["conv2"].floor and not stats["conv1"].floor
+    assert stats["conv2"].last_sparsity < 0.9, "the floor binds on conv2"
+    assert stats["conv1"].last_sparsity > 0.9, "conv1 has no floor and prunes to its target"
+    assert "conv2 *" in pruner.summary()
+    with pytest.raises(ValueError, match="give min_cosine"):
+        GradientPruner(make_model(), 0.9, floor="conv2")
+    with pytest.raises(ValueError, match="matched none of the pruned"):
+        GradientPruner(make_model(), 0.9, layer_types=(nn.Conv2d,), include="conv1", min_cosine=0.9, floor="conv2")
+
+
+def test_global_budget_hands_the_floors_share_to_the_other_layers() -> None:
+    """conv2 runs first in backward and is held back by a tight floor; conv1 is re-targeted
+    so that both together reach the target (counted in elements, both are 8x16x16)."""
+    model = make_model()
+    pruner = GradientPruner(model, 0.8, layer_types=(nn.Conv2d,), min_cosine=0.995, floor=r"conv2$",
+                            global_budget=True, max_sparsity=0.97, generator=torch.Generator().manual_seed(0))
+    zeros = {}
+    for name in ("conv1", "conv2"):
+        attach_output_grad_transform(getattr(model, name), lambda g, n=name: zeros.__setitem__(n, sparsity_of(g)))
+    for _ in range(3):
+        weight_grads(model)
+    stats = pruner.stats()
+    held_back = stats["conv2"].last_sparsity
+    assert held_back < 0.7, "the floor must bind for this test to mean anything"
+    expected = min(2 * 0.8 - held_back, 0.97)
+    assert stats["conv1"].target == pytest.approx(expected, abs=1e-6)
+    assert stats["conv2"].target == pytest.approx(0.8)
+    assert zeros["conv1"] == pytest.approx(expected, abs=0.05)
+    # Without the budget conv1 stays at the plain target.
+    plain = make_model()
+    fixed = GradientPruner(plain, 0.8, layer_types=(nn.Conv2d,), min_cosine=0.995, floor=r"conv2$",
+                           generator=torch.Generator().manual_seed(0))
+    for _ in range(3):
+        weight_grads(plain)
+    assert fixed.stats()["conv1"].target == pytest.approx(0.8)
+
+
+def test_global_budget_never_aims_above_max_sparsity() -> None:
+    model = make_model()
+    pruner = GradientPruner(model, 0.9, layer_types=(nn.Conv2d,), min_cosine=0.9999, floor=r"conv2$",
+                            global_budget=True, max_sparsity=0.92, generator=torch.Generator().manual_seed(0))
+    for _ in range(2):
+        weight_grads(model)
+    assert pruner.stats()["conv1"].target == pytest.approx(0.92)

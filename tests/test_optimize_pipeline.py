@@ -309,3 +309,31 @@ def test_drop_margin_makes_the_search_conservative(small_cnn: Path, tmp_path: Pa
         assert entry["drop"] >= entry["measured_drop"] - 1e-12
         assert entry["feasible"] == (entry["drop"] <= 1.0)
     assert careful.measured_drop is not None and careful.measured_drop <= 1.0
+
+
+def test_pattern_chosen_per_layer_is_written_and_reported(small_cnn: Path, tmp_path: Path) -> None:
+    from zapopt.optimize import choose_thresholds, finish, prepare_layers
+    from zapopt.thresholds import error_budget
+
+    config = OptimizeConfig(pattern="checkerboard,diag3x3-33", calib_images=96, epochs=1, max_error=0.05)
+    prepared = prepare_layers(small_cnn, CALIB, config=config, progress=False)
+    assert set(prepared.by_pattern) == {"checkerboard", "diag3x3-33"}
+    choice = choose_thresholds(prepared, config)
+    result = finish(prepared, choice, config, model_name=str(small_cnn))
+    zap = {layer.name: layer for layer in result.report.zap_layers}
+    assert zap and set(choice.patterns) == set(zap)
+    nodes = {n.name: ZapConvAttrs.from_node(n) for n in result.model.graph.node if is_zap_node(n)}
+    assert {name: attrs.pattern.name for name, attrs in nodes.items()} == {n: l.pattern for n, l in zap.items()}
+    # real thresholds, on the chosen pattern's curve, within the budget
+    error = 0.0
+    for name, layer in zap.items():
+        curve = prepared.by_pattern[layer.pattern][name].curve
+        assert layer.threshold in curve.taus
+        error += layer.error
+    assert error <= 0.05 + 1e-9
+    # at least as much as either pattern alone at the same budget
+    for pattern, layers in prepared.by_pattern.items():
+        alone = error_budget({n: t.curve for n, t in layers.items()}, 0.05)
+        saved = result.report.total_macs - result.report.macs_after
+        assert saved >= alone.macs_before - alone.macs_after - 1e-6
+    onnx.checker.check_model(result.model)

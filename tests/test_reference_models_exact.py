@@ -33,7 +33,7 @@ def test_compute_everything_matches_original(name: str, tmp_path: Path) -> None:
     config = OptimizeConfig(calib_images=8, epochs=1, holdout=0.25)
     prepared = prepare_layers(original, str(tmp_path / "calib.npy"), config=config, progress=False)
     # A finite threshold below any score: every layer becomes a ZapConv that computes everything.
-    zap = build_zap_model(original, prepared.trained, {n: -1e30 for n in prepared.trained}, config.pattern)
+    zap = build_zap_model(original, prepared.trained, {n: -1e30 for n in prepared.trained})
     assert len(read_zap_layers(zap)) == len(prepared.trained) > 0
     onnx.checker.check_model(zap)
     x = rng.random([4, *shape[1:]], dtype=np.float32)

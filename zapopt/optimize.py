@@ -11,7 +11,7 @@ import numbers
 import os
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +27,7 @@ from zapopt.files import check_distinct_outputs, check_output_path, save_model_a
 from zapopt.graph import ConvActivation, analyze, load_model
 from zapopt.layer_selection import select_layers
 from zapopt.ops.patterns import get_pattern
+from zapopt.pattern_choice import MergedCurves, merge_curves, parse_patterns
 from zapopt.predictor.inputs import PredictorInput
 from zapopt.report import LayerReport, OptimizeReport, layer_report_from_curve, plot_layer_curves
 from zapopt.rewrite.expand import ExpandZapToOnnx
@@ -38,6 +39,7 @@ from zapopt.thresholds import (
     accuracy_target,
     default_taus,
     error_budget,
+    json_float,
     layer_curve,
     uniform,
 )
@@ -66,7 +68,7 @@ def default_threshold(magnitude_weight: float) -> float:
 class OptimizeConfig:
     """Every knob of ``zapopt optimize`` (validated on construction)."""
 
-    pattern: str = "checkerboard"
+    pattern: str = "checkerboard"  # a name, a comma-separated list or "auto": chosen per layer
     threshold: float | None = None  # uniform threshold
     max_error: float | None = None  # per-layer thresholds under a summed error budget
     max_drop: float | None = None  # per-layer thresholds under a measured accuracy drop (%)
@@ -89,10 +91,13 @@ class OptimizeConfig:
     drop_margin: float = 0.0  # --max-drop: standard errors added to the measured drop before comparing
 
     def __post_init__(self) -> None:
-        get_pattern(self.pattern)
+        patterns = parse_patterns(self.pattern)
         chosen = [n for n in ("threshold", "max_error", "max_drop") if getattr(self, n) is not None]
         if len(chosen) > 1:
             raise ZapoptError("give only one of --threshold, --max-error and --max-drop")
+        if len(patterns) > 1 and self.max_error is None and self.max_drop is None:
+            raise ZapoptError(f"choosing the pattern per layer ({self.pattern!r}) needs a per-layer budget: add "
+                              "--max-error E or --max-drop X --eval DATA, or give a single --pattern")
         for name in ("threshold", "max_error", "max_drop", "lr", "holdout", "magnitude_weight", "drop_margin"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, numbers.Real) or isinstance(value, bool)):
@@ -124,6 +129,11 @@ class OptimizeConfig:
             raise ZapoptError(f"unknown format {self.output_format!r}; choose one of {', '.join(FORMATS)}")
 
     @property
+    def patterns(self) -> tuple[str, ...]:
+        """The candidate patterns (one, or several to choose from per layer)."""
+        return parse_patterns(self.pattern)
+
+    @property
     def selection_text(self) -> str:
         if self.max_drop is not None:
             return f"max accuracy drop {self.max_drop}%"
@@ -145,6 +155,7 @@ class TrainedLayer:
     curve: LayerCurve
     ofm_sparsity: float
     seconds: float
+    pattern: str
 
 
 @dataclass(frozen=True)
@@ -160,19 +171,21 @@ class OptimizeResult:
 
 
 def build_zap_model(original: onnx.ModelProto, trained: Mapping[str, TrainedLayer],
-                    thresholds: Mapping[str, float], pattern_name: str) -> onnx.ModelProto:
-    """The original model with every layer that has a finite threshold replaced by ZapConv."""
-    pattern = get_pattern(pattern_name)
+                    thresholds: Mapping[str, float]) -> onnx.ModelProto:
+    """The original model with every layer that has a finite threshold replaced by ZapConv
+    (with that layer's trained predictor and pattern)."""
     params = {}
     for name, tau in thresholds.items():
         if tau == -math.inf:
             continue  # computing everything: the original layer is cheaper
-        predictor = trained[name].params
-        pw1, pb1, pw2, pb2 = predictor.folded
-        params[name] = ZapParams(pw1, pb1, pw2, pb2, pattern, float(tau), predictor.predictor_input.kind)
+        layer = trained[name]
+        pw1, pb1, pw2, pb2 = layer.params.folded
+        params[name] = ZapParams(pw1, pb1, pw2, pb2, get_pattern(layer.pattern), float(tau),
+                                 layer.params.predictor_input.kind)
     result = ReplaceWithZap(params)(original).model  # a pass works on its own copy
     meta = {p.key: p for p in result.metadata_props}
-    for key, value in (("zapopt.pattern", pattern_name), ("zapopt.layers", str(len(params)))):
+    used = ",".join(dict.fromkeys(trained[name].pattern for name in params))
+    for key, value in (("zapopt.pattern", used), ("zapopt.layers", str(len(params)))):
         entry = meta.get(key) or result.metadata_props.add()
         entry.key, entry.value = key, value
     return result
@@ -188,12 +201,12 @@ def _ofm_sparsity(stored: np.ndarray, source: PredictorInput, batch: int = 64) -
 
 
 def _train_layers(store: Any, selected: Sequence[ConvActivation], config: OptimizeConfig,
-                  taus: np.ndarray, progress: bool | None) -> dict[str, TrainedLayer]:
+                  taus: np.ndarray, progress: bool | None) -> dict[str, dict[str, TrainedLayer]]:
+    """``{pattern: {layer: TrainedLayer}}`` for every candidate pattern."""
     import torch
 
     from zapopt.predictor.train import scaled_epochs, train_predictor
 
-    pattern = get_pattern(config.pattern)
     activations = {conv.conv: int(np.prod(store.layer_array(conv.conv).shape[1:])) for conv in selected}
     largest = max(activations.values())
     n = store.num_images
@@ -201,11 +214,13 @@ def _train_layers(store: Any, selected: Sequence[ConvActivation], config: Optimi
     if n - n_train < 1:
         raise ZapoptError(f"{n} calibration images are too few to hold some out for the curves; use more")
     enabled = sys.stderr.isatty() if progress is None else progress
-    trained: dict[str, TrainedLayer] = {}
+    trained: dict[str, dict[str, TrainedLayer]] = {name: {} for name in config.patterns}
+    jobs = [(name, conv) for name in config.patterns for conv in selected]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # bit-reproducible training needs a fixed thread count; tiny convs gain nothing
     try:
-        for conv in tqdm(selected, desc="predictors", unit="layer", file=sys.stderr, disable=not enabled):
+        for pattern_name, conv in tqdm(jobs, desc="predictors", unit="layer", file=sys.stderr, disable=not enabled):
+            pattern = get_pattern(pattern_name)
             stored = store.layer_array(conv.conv)  # the ofm, or the pre-activation
             source = PredictorInput(config.predictor_input, conv.clip_max)
             started = time.perf_counter()
@@ -215,8 +230,8 @@ def _train_layers(store: Any, selected: Sequence[ConvActivation], config: Optimi
                                         max_images=n_train, progress=False, predictor_input=source,
                                         magnitude_weight=config.magnitude_weight)
             curve = layer_curve(conv.conv, stored[n_train:], predictor, macs=conv.macs, taus=taus)
-            trained[conv.conv] = TrainedLayer(conv, predictor, curve, _ofm_sparsity(stored, source),
-                                              time.perf_counter() - started)
+            trained[pattern_name][conv.conv] = TrainedLayer(conv, predictor, curve, _ofm_sparsity(stored, source),
+                                                            time.perf_counter() - started, pattern_name)
     finally:
         torch.set_num_threads(threads)
     return trained
@@ -248,16 +263,18 @@ def _thresholds_key(thresholds: Mapping[str, float]) -> tuple[tuple[str, float],
     return tuple(sorted(thresholds.items()))
 
 
-def _accuracy_search(original: onnx.ModelProto, trained: Mapping[str, TrainedLayer], config: OptimizeConfig,
+def _accuracy_search(original: onnx.ModelProto, curves: Mapping[str, LayerCurve],
+                     build: Callable[[dict[str, float]], onnx.ModelProto], config: OptimizeConfig,
                      eval_source: Any, image_options: ImageOptions | None, progress: bool | None
                      ) -> tuple[AccuracyTargetResult, dict[str, LayerSensitivity], dict[tuple, float]]:
-    """The --max-drop search; also returns each measured point's plain drop (the search
-    compares the drop plus ``config.drop_margin`` standard errors)."""
+    """The --max-drop search over ``curves`` (``build(thresholds)`` makes the model to
+    measure); also returns each measured point's plain drop (the search compares the drop
+    plus ``config.drop_margin`` standard errors)."""
     spec = model_input(original)
     dataset = open_dataset(eval_source, spec, image_options, limit=config.eval_images)
 
     def outputs(thresholds: dict[str, float], data: Any, desc: str) -> np.ndarray:
-        model = build_zap_model(original, trained, thresholds, config.pattern) if thresholds else original
+        model = build(thresholds) if thresholds else original
         result = run_model(model, data, measure=False, progress=progress, desc=desc).outputs
         return result.reshape(len(result), -1)
 
@@ -273,7 +290,6 @@ def _accuracy_search(original: onnx.ModelProto, trained: Mapping[str, TrainedLay
             return drop
         return drop + config.drop_margin * accuracy_drop_standard_error(reference, logits, dataset.labels)
 
-    curves = {n: t.curve for n, t in trained.items()}
     sensitivities: dict[str, LayerSensitivity] = {}
     if config.sensitivity_weighting:
         probe = open_dataset(eval_source, spec, image_options, limit=min(len(dataset), SENSITIVITY_IMAGES))
@@ -294,14 +310,30 @@ class PreparedLayers:
 
     original: onnx.ModelProto
     total_macs: int
-    trained: dict[str, TrainedLayer]
+    by_pattern: dict[str, dict[str, TrainedLayer]]  # {pattern: {layer: ...}}, one entry per candidate
     skipped: list[tuple[str, str]]
     calibration_images: int
     seconds: dict[str, float]
 
     @property
+    def trained(self) -> dict[str, TrainedLayer]:
+        """The first candidate pattern's layers (the only ones with a single --pattern)."""
+        return next(iter(self.by_pattern.values()))
+
+    @property
     def curves(self) -> dict[str, LayerCurve]:
         return {name: t.curve for name, t in self.trained.items()}
+
+    def merged(self) -> MergedCurves:
+        """Every candidate's curves merged per layer (see ``zapopt.pattern_choice``)."""
+        return merge_curves({p: {n: t.curve for n, t in layers.items()} for p, layers in self.by_pattern.items()},
+                            tuple(self.by_pattern))
+
+    def chosen(self, patterns: Mapping[str, str | None]) -> dict[str, TrainedLayer]:
+        """Each layer's trained predictor for its chosen pattern (the first candidate where
+        none was chosen, i.e. for layers left as they were)."""
+        return {name: self.by_pattern[patterns.get(name) or next(iter(self.by_pattern))][name]
+                for name in self.trained}
 
 
 @dataclass(frozen=True)
@@ -310,6 +342,8 @@ class ThresholdChoice:
     search: list[dict[str, Any]]
     measured_drop: float | None
     sensitivities: list[dict[str, Any]] = field(default_factory=list)
+    #: Each rewritten layer's pattern when several were candidates (empty: the one --pattern).
+    patterns: dict[str, str] = field(default_factory=dict)
 
 
 def prepare_layers(model: str | os.PathLike | onnx.ModelProto, calib: Any, *,
@@ -335,31 +369,56 @@ def prepare_layers(model: str | os.PathLike | onnx.ModelProto, calib: Any, *,
                    total_images=len(calib_set), progress=progress) as store:
         seconds["calibrate"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        trained = _train_layers(store, selected, config, _curve_grid(config), progress)
+        by_pattern = _train_layers(store, selected, config, _curve_grid(config), progress)
         seconds["train"] = time.perf_counter() - t0
         n_images = store.num_images
-    return PreparedLayers(original, info.total_macs, trained, skipped, n_images, seconds)
+    return PreparedLayers(original, info.total_macs, by_pattern, skipped, n_images, seconds)
 
 
 def choose_thresholds(prepared: PreparedLayers, config: OptimizeConfig, *, eval_data: Any = None,
                       image_options: ImageOptions | None = None, progress: bool | None = None) -> ThresholdChoice:
-    """Per-layer thresholds by the config's rule; ``-inf`` = leave the layer as it was."""
+    """Per-layer thresholds (and patterns, with several candidates) by the config's rule;
+    ``-inf`` = leave the layer as it was."""
     curves = prepared.curves
+    merged = prepared.merged() if len(prepared.by_pattern) > 1 else None
+    if merged is not None:
+        curves = merged.curves  # thresholds are option codes until decoded below
+
+    def decoded(codes: Mapping[str, float]) -> tuple[dict[str, str], dict[str, float]]:
+        if merged is None:
+            return {}, dict(codes)
+        patterns, taus = merged.decode_all(codes)
+        return {name: p for name, p in patterns.items() if p is not None}, taus
+
+    def build(codes: dict[str, float]) -> onnx.ModelProto:
+        patterns, taus = decoded(codes)
+        return build_zap_model(prepared.original, prepared.chosen(patterns), taus)
+
     if config.max_drop is not None:
         if eval_data is None:
             raise ZapoptError("--max-drop needs held-out data to measure the drop on: add --eval DATA")
-        found, sensitivities, plain = _accuracy_search(prepared.original, prepared.trained, config, eval_data,
+        found, sensitivities, plain = _accuracy_search(prepared.original, curves, build, config, eval_data,
                                                        image_options, progress)
         search = []
         for evaluation in found.evaluations:
             entry = evaluation.to_dict()
             entry["measured_drop"] = plain.get(_thresholds_key(evaluation.selection.thresholds), entry["drop"])
+            if merged is not None:
+                patterns, taus = decoded(evaluation.selection.thresholds)
+                entry["thresholds"] = {name: json_float(tau) for name, tau in taus.items()}
+                entry["patterns"] = patterns
             search.append(entry)
         chosen = None if found.drop is None else plain.get(_thresholds_key(found.selection.thresholds), found.drop)
-        return ThresholdChoice(dict(found.selection.thresholds), search, chosen,
-                               [s.to_dict() for s in sensitivities.values()])
+        patterns, taus = decoded(found.selection.thresholds)
+        sensitivity_rows = [s.to_dict() for s in sensitivities.values()]
+        if merged is not None:  # the probes ran at coded thresholds too
+            for row in sensitivity_rows:
+                if row["tau"] is not None:
+                    row["pattern"], row["tau"] = merged.decode(row["name"], row["tau"])
+        return ThresholdChoice(taus, search, chosen, sensitivity_rows, patterns)
     if config.max_error is not None:
-        return ThresholdChoice(dict(error_budget(curves, config.max_error).thresholds), [], None)
+        patterns, taus = decoded(error_budget(curves, config.max_error).thresholds)
+        return ThresholdChoice(taus, [], None, patterns=patterns)
     thresholds = dict(uniform(curves, config.uniform_threshold).thresholds)
     # A layer where the predictor costs more than it saves stays as it was.
     for name, tau in thresholds.items():
@@ -418,7 +477,8 @@ def finish(prepared: PreparedLayers, choice: ThresholdChoice, config: OptimizeCo
            output: str | None = None, seconds: dict[str, float] | None = None,
            started: float | None = None) -> OptimizeResult:
     """Rewrite the model at the chosen thresholds and assemble the report."""
-    trained, thresholds, curves = prepared.trained, choice.thresholds, prepared.curves
+    trained, thresholds = prepared.chosen(choice.patterns), choice.thresholds
+    curves = {name: layer.curve for name, layer in trained.items()}
     seconds = dict(seconds or prepared.seconds)
     layers: list[LayerReport] = []
     for name, layer in trained.items():
@@ -438,7 +498,8 @@ def finish(prepared: PreparedLayers, choice: ThresholdChoice, config: OptimizeCo
                                       train_epochs=layer.params.epochs))
         else:
             layers.append(layer_report_from_curve(layer.curve, tau, ofm_sparsity=layer.ofm_sparsity,
-                                                  train_seconds=layer.seconds, train_epochs=layer.params.epochs))
+                                                  train_seconds=layer.seconds, train_epochs=layer.params.epochs,
+                                                  pattern=layer.pattern))
     if not any(l.status == "zap" for l in layers):  # noqa: E741
         if choice.search:
             best = min(e["drop"] for e in choice.search)
@@ -447,7 +508,7 @@ def finish(prepared: PreparedLayers, choice: ThresholdChoice, config: OptimizeCo
         raise ZapoptError("no layer pays for its predictor at these settings; try a higher --threshold, "
                           "a larger --max-error, or another --pattern")
 
-    rewritten = build_zap_model(prepared.original, trained, thresholds, config.pattern)
+    rewritten = build_zap_model(prepared.original, trained, thresholds)
     if config.output_format == "onnx":
         rewritten = ExpandZapToOnnx()(rewritten).model
     if started is not None:

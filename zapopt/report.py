@@ -53,6 +53,7 @@ class LayerReport:
     train_seconds: float | None = None
     predictor_macs: float | None = None  # what this layer's predictor costs per image
     train_epochs: int | None = None  # passes over the calibration images (more on small maps)
+    pattern: str | None = None  # the layer's pattern (chosen per layer with --pattern auto or a list)
 
     @property
     def savings(self) -> float | None:
@@ -82,14 +83,14 @@ class LayerReport:
             "savings": 0.0 if self.savings is None else self.savings,
             "oracle_macs_after": self.oracle_macs_after, "oracle_savings": self.oracle_savings,
             "predictor_macs": self.predictor_macs, "tile_shares": dict(self.tile_shares),
-            "train_seconds": self.train_seconds, "train_epochs": self.train_epochs,
+            "train_seconds": self.train_seconds, "train_epochs": self.train_epochs, "pattern": self.pattern,
         }
         return out
 
 
 def layer_report_from_curve(curve: LayerCurve, threshold: float, *, ofm_sparsity: float,
                             train_seconds: float | None, train_epochs: int | None = None, status: str = "zap",
-                            reason: str = "") -> LayerReport:
+                            reason: str = "", pattern: str | None = None) -> LayerReport:
     """Read a layer's numbers at ``threshold`` off its measured curve."""
     hits = np.flatnonzero(curve.taus == threshold)
     if hits.size == 0:
@@ -103,6 +104,7 @@ def layer_report_from_curve(curve: LayerCurve, threshold: float, *, ofm_sparsity
         oracle_macs_after=float(curve.oracle_macs_after),
         tile_shares={k: float(v[i]) for k, v in curve.tile_shares.items()},
         train_seconds=train_seconds, predictor_macs=float(curve.predictor_macs), train_epochs=train_epochs,
+        pattern=pattern,
     )
 
 
@@ -178,15 +180,20 @@ class OptimizeReport:
                  f"thresholds: {self.selection}   "
                  f"calibration: {self.calibration_images} images (curves on {self.curve_images} held out)"]
         tiles = list(dict.fromkeys(k for layer in self.layers for k in layer.tile_shares))
+        mixed = len({layer.pattern for layer in self.layers if layer.status == "zap"}) > 1
+
+        def label(layer: LayerReport) -> str:
+            return f"{layer.name} [{layer.pattern}]" if mixed and layer.status == "zap" else layer.name
+
         header = ("layer", "MACs", "sparsity", "tau", "pred.zero", "false0", "false!0", "error",
                   "MACs after", "saved", "oracle", *[f"tile{k}" for k in tiles])
         rows = []
         for layer in self.layers:
             if layer.status != "zap":
-                rows.append((layer.name, f"{layer.macs:,}", pct(layer.ofm_sparsity), "-", "-", "-", "-", "-",
+                rows.append((label(layer), f"{layer.macs:,}", pct(layer.ofm_sparsity), "-", "-", "-", "-", "-",
                              f"{layer.macs:,}", "0.0%", pct(layer.oracle_savings), *["-"] * len(tiles)))
                 continue
-            rows.append((layer.name, f"{layer.macs:,}", pct(layer.ofm_sparsity), f"{layer.threshold:.2f}",
+            rows.append((label(layer), f"{layer.macs:,}", pct(layer.ofm_sparsity), f"{layer.threshold:.2f}",
                          pct(layer.predicted_zero), pct(layer.false_zero, 2), pct(layer.false_nonzero),
                          pct(layer.error, 2), f"{layer.macs_after:,.0f}", pct(layer.savings),
                          pct(layer.oracle_savings), *[pct(layer.tile_shares.get(k)) for k in tiles]))

@@ -1,0 +1,75 @@
+"""Choosing the pattern per layer: parsing, coding thresholds, and the knapsack over both."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from zapopt.errors import ZapoptError
+from zapopt.optimize import OptimizeConfig
+from zapopt.pattern_choice import PAPER_PATTERNS, merge_curves, parse_patterns
+from zapopt.thresholds import LayerCurve, default_taus, error_budget
+
+
+def test_parse_patterns() -> None:
+    assert parse_patterns("checkerboard") == ("checkerboard",)
+    assert parse_patterns(" checkerboard, diag3x3-33 ") == ("checkerboard", "diag3x3-33")
+    assert parse_patterns("auto") == PAPER_PATTERNS
+    for bad, match in (("", "empty"), ("checkerboard,checkerboard", "twice"), ("checkerboard,nope", "unknown")):
+        with pytest.raises(ZapoptError, match=match):
+            parse_patterns(bad)
+
+
+def test_several_patterns_need_a_per_layer_budget() -> None:
+    with pytest.raises(ZapoptError, match="per-layer budget"):
+        OptimizeConfig(pattern="auto")
+    with pytest.raises(ZapoptError, match="per-layer budget"):
+        OptimizeConfig(pattern="auto", threshold=0.2)
+    assert OptimizeConfig(pattern="auto", max_error=0.1).patterns == PAPER_PATTERNS
+
+
+def _curve(name: str, saved_scale: float, error_scale: float, seed: int) -> LayerCurve:
+    """A synthetic but well-formed curve: error and savings rise with the threshold."""
+    taus = default_taus()
+    rng = np.random.default_rng(seed)
+    k = taus.size
+    steps = np.sort(rng.random(k))
+    macs = 1000.0
+    return LayerCurve(name=name, taus=taus, shape=(4, 6, 6), images=10, macs=macs, predictor_macs=50.0,
+                      pattern_fraction=0.5, true_zero_share=0.5, predicted_zero=steps, false_zero=steps / 10,
+                      false_nonzero=1 - steps, error=error_scale * steps ** 2,
+                      macs_after=macs - saved_scale * steps * macs, oracle_macs_after=400.0 + seed)
+
+
+def test_merged_codes_decode_exactly_and_the_knapsack_takes_the_best_of_both() -> None:
+    patterns = ("checkerboard", "diag3x3-33")
+    # layer a: diag saves more for the same error; layer b: the checkerboard does.
+    curves = {"checkerboard": {"a": _curve("a", 0.3, 0.1, 1), "b": _curve("b", 0.5, 0.1, 2)},
+              "diag3x3-33": {"a": _curve("a", 0.6, 0.1, 1), "b": _curve("b", 0.2, 0.1, 2)}}
+    merged = merge_curves(curves, patterns)
+    assert merged.curves["a"].taus.size == 2 * (default_taus().size - 1)  # -inf is the knapsack's own option
+    assert merged.curves["a"].oracle_macs_after == 401.0
+    for layer in ("a", "b"):
+        for code in merged.curves[layer].taus:
+            pattern, tau = merged.decode(layer, float(code))
+            assert tau in curves[pattern][layer].taus  # exact: the report reads curves by equality
+    assert merged.decode("a", -math.inf) == (None, -math.inf)
+    with pytest.raises(ZapoptError, match="not one of"):
+        merged.decode("a", 0.123456)
+    budget = 0.06
+    patterns_chosen, taus = merged.decode_all(error_budget(merged.curves, budget).thresholds)
+    assert patterns_chosen == {"a": "diag3x3-33", "b": "checkerboard"}
+
+    def saved(choice: dict[str, str], thresholds: dict[str, float]) -> float:
+        total = 0.0
+        for layer, tau in thresholds.items():
+            if tau != -math.inf:
+                curve = curves[choice[layer]][layer]
+                total += curve.macs - float(curve.macs_after[np.flatnonzero(curve.taus == tau)[0]])
+        return total
+
+    mixed = saved(patterns_chosen, taus)
+    for pattern in patterns:
+        single = error_budget(curves[pattern], budget)
+        assert mixed > single.macs_before - single.macs_after
