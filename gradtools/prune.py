@@ -268,12 +268,12 @@ class PrunerConfig:
     def __post_init__(self) -> None:
         _check_sparsity(self.sparsity)
         _check_sparsity(self.max_sparsity)
-        if self.max_sparsity < self.sparsity:
-            raise ValueError(f"max_sparsity ({self.max_sparsity}) must be >= sparsity ({self.sparsity})")
         if not isinstance(self.global_budget, bool):
             raise TypeError(f"global_budget must be a bool, got {type(self.global_budget).__name__}")
         if self.global_budget and self.method != "stochastic":
             raise ValueError("global_budget re-targets the stochastic rule's fits; use method='stochastic'")
+        if self.global_budget and self.max_sparsity < self.sparsity:
+            raise ValueError(f"max_sparsity ({self.max_sparsity}) must be >= sparsity ({self.sparsity})")
         if self.min_cosine is not None:
             if isinstance(self.min_cosine, bool) or not isinstance(self.min_cosine, (int, float)):
                 raise TypeError(f"min_cosine must be a number or None, got {type(self.min_cosine).__name__}")

@@ -320,7 +320,7 @@ def test_summary_is_a_table_of_every_layer() -> None:
     ({"enabled": "yes"}, TypeError), ({"min_cosine": 1.0}, ValueError), ({"min_cosine": "0.9"}, TypeError),
     ({"min_cosine": 0.9, "method": "magnitude"}, ValueError),
     ({"global_budget": 1}, TypeError), ({"global_budget": True, "method": "topk"}, ValueError),
-    ({"max_sparsity": 0.8}, ValueError), ({"max_sparsity": 1.0}, ValueError),
+    ({"global_budget": True, "max_sparsity": 0.8}, ValueError), ({"max_sparsity": 1.0}, ValueError),
 ])
 def test_config_validation(kwargs: dict, error: type[Exception]) -> None:
     with pytest.raises(error):
@@ -414,6 +414,10 @@ def test_global_budget_hands_the_floors_share_to_the_other_layers() -> None:
     for _ in range(3):
         weight_grads(plain)
     assert fixed.stats()["conv1"].target == pytest.approx(0.8)
+
+
+def test_max_sparsity_only_binds_the_global_budget() -> None:
+    assert GradientPruner(make_model(), 0.98).config.sparsity == 0.98  # above the default cap: fine
 
 
 def test_global_budget_never_aims_above_max_sparsity() -> None:

@@ -45,7 +45,10 @@ def parse_patterns(spec: str) -> tuple[str, ...]:
     if len(set(names)) != len(names):
         raise ZapoptError(f"--pattern lists a pattern twice: {spec!r}")
     for name in names:
-        get_pattern(name)
+        try:
+            get_pattern(name)
+        except ZapoptError as error:
+            raise ZapoptError(f"{error}; or a comma-separated list of them, or '{AUTO}'") from None
     return names
 
 
