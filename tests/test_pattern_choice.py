@@ -73,3 +73,20 @@ def test_merged_codes_decode_exactly_and_the_knapsack_takes_the_best_of_both() -
     for pattern in patterns:
         single = error_budget(curves[pattern], budget)
         assert mixed > single.macs_before - single.macs_after
+
+
+def test_report_table_names_each_layers_pattern_only_when_they_differ() -> None:
+    from zapopt.report import LayerReport, OptimizeReport
+
+    def layer(name: str, pattern: str) -> LayerReport:
+        return LayerReport(name, "zap", "", 1000, ofm_sparsity=0.5, threshold=0.3, predicted_zero=0.4,
+                           false_zero=0.01, false_nonzero=0.1, error=0.01, macs_after=800.0,
+                           oracle_macs_after=600.0, pattern=pattern)
+
+    def table(*patterns: str) -> str:
+        layers = [layer(f"conv{i}", p) for i, p in enumerate(patterns)]
+        return OptimizeReport("m.onnx", None, "auto", "error budget 0.1", 64, 16, 5000, layers, []).format_table()
+
+    mixed = table("checkerboard", "diag3x3-33")
+    assert "conv0 [checkerboard]" in mixed and "conv1 [diag3x3-33]" in mixed
+    assert "[checkerboard]" not in table("checkerboard", "checkerboard")

@@ -1,10 +1,11 @@
 """Choosing the pattern per layer: one knapsack over every (pattern, threshold) option.
 
 Why: no pattern is best everywhere. On the reference VGG-style model the sparse
-diagonal pattern saves most in the early, large layers and the checkerboard in some deep
-ones; letting the per-layer budget pick among all of them found 31.6 % fewer MACs at a
-1.39-point drop where the best single pattern found 29.3 % (1,024 calibration images;
-``benchmarks/zap_savings.py --patterns auto``).
+diagonal pattern saves most down to the 4x4 layers and the checkerboard or tile5x5-40 in
+the 2x2 ones; letting the per-layer budget pick among all of them found 31.6 % fewer MACs
+at a 1.39-point drop where the best single pattern found 29.3 % (1,024 calibration
+images; ``benchmarks/zap_savings.py --patterns auto``). On the ResNet-style model it
+found nothing more, so it is an option, not the default.
 
 How: a layer's curves, one per candidate pattern, are merged into a single curve whose
 thresholds are *option codes*: pattern ``k``'s threshold ``tau`` becomes
