@@ -490,9 +490,11 @@ class GradientPruner:
             return cfg.sparsity
         total = sum(s.numel for s in states)
         free = sum(s.numel for s in states if not s.floor)
-        # A floor layer not pruned yet (warm-up) is assumed to meet the target.
-        floor_zeros = sum(float(s.last_zeros) if s.last_zeros is not None else cfg.sparsity * s.numel
-                          for s in states if s.floor)
+        floor = [s for s in states if s.floor]
+        counted = [s.last_zeros for s in floor if s.last_zeros is not None]
+        # One host sync for all floor layers; one not pruned yet (warm-up) is assumed to meet the target.
+        floor_zeros = (float(sum(counted)) if counted else 0.0) + sum(
+            cfg.sparsity * s.numel for s in floor if s.last_zeros is None)
         return min((cfg.sparsity * total - floor_zeros) / free, cfg.max_sparsity)
 
     # ---- lifecycle

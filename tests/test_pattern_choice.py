@@ -47,7 +47,7 @@ def test_merged_codes_decode_exactly_and_the_knapsack_takes_the_best_of_both() -
     # layer a: diag saves more for the same error; layer b: the checkerboard does.
     curves = {"checkerboard": {"a": _curve("a", 0.3, 0.1, 1), "b": _curve("b", 0.5, 0.1, 2)},
               "diag3x3-33": {"a": _curve("a", 0.6, 0.1, 1), "b": _curve("b", 0.2, 0.1, 2)}}
-    merged = merge_curves(curves, patterns)
+    merged = merge_curves(curves)
     assert merged.curves["a"].taus.size == 2 * (default_taus().size - 1)  # -inf is the knapsack's own option
     assert merged.curves["a"].oracle_macs_after == 401.0
     for layer in ("a", "b"):

@@ -326,8 +326,7 @@ class PreparedLayers:
 
     def merged(self) -> MergedCurves:
         """Every candidate's curves merged per layer (see ``zapopt.pattern_choice``)."""
-        return merge_curves({p: {n: t.curve for n, t in layers.items()} for p, layers in self.by_pattern.items()},
-                            tuple(self.by_pattern))
+        return merge_curves({p: {n: t.curve for n, t in layers.items()} for p, layers in self.by_pattern.items()})
 
     def chosen(self, patterns: Mapping[str, str | None]) -> dict[str, TrainedLayer]:
         """Each layer's trained predictor for its chosen pattern (the first candidate where

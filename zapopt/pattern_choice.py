@@ -18,7 +18,7 @@ back into ``(pattern, tau)``. Codes never leave this step: the rewritten model, 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,7 +58,6 @@ class MergedCurves:
     """Per layer, one curve over every candidate pattern's finite thresholds (coded), and
     the way back from a code to ``(pattern, tau)`` (exact: a lookup, not arithmetic)."""
 
-    patterns: tuple[str, ...]
     curves: dict[str, LayerCurve]
     options: dict[str, dict[float, tuple[str, float]]]
 
@@ -78,9 +77,11 @@ class MergedCurves:
         return {k: p for k, (p, _) in pairs.items()}, {k: t for k, (_, t) in pairs.items()}
 
 
-def merge_curves(curves: Mapping[str, Mapping[str, LayerCurve]], patterns: Sequence[str]) -> MergedCurves:
-    """``curves[pattern][layer]`` -> :class:`MergedCurves`. A merged curve keeps the layer's
-    MACs; its oracle is the best pattern's."""
+def merge_curves(curves: Mapping[str, Mapping[str, LayerCurve]]) -> MergedCurves:
+    """``curves[pattern][layer]`` -> :class:`MergedCurves`; pattern ``k`` in ``curves``'
+    order gets the codes around ``k * CODE_STRIDE``. A merged curve keeps the layer's MACs;
+    its oracle is the best pattern's."""
+    patterns = tuple(curves)
     merged: dict[str, LayerCurve] = {}
     options: dict[str, dict[float, tuple[str, float]]] = {}
     for layer in curves[patterns[0]]:
@@ -108,4 +109,4 @@ def merge_curves(curves: Mapping[str, Mapping[str, LayerCurve]], patterns: Seque
             false_zero=joined("false_zero"), false_nonzero=joined("false_nonzero"), error=joined("error"),
             macs_after=joined("macs_after"), oracle_macs_after=min(c.oracle_macs_after for c in parts),
         )
-    return MergedCurves(tuple(patterns), merged, options)
+    return MergedCurves(merged, options)

@@ -183,14 +183,14 @@ class OptimizeReport:
         mixed = len({layer.pattern for layer in self.layers if layer.status == "zap"}) > 1
 
         def label(layer: LayerReport) -> str:
-            return f"{layer.name} [{layer.pattern}]" if mixed and layer.status == "zap" else layer.name
+            return f"{layer.name} [{layer.pattern}]" if mixed else layer.name
 
         header = ("layer", "MACs", "sparsity", "tau", "pred.zero", "false0", "false!0", "error",
                   "MACs after", "saved", "oracle", *[f"tile{k}" for k in tiles])
         rows = []
         for layer in self.layers:
             if layer.status != "zap":
-                rows.append((label(layer), f"{layer.macs:,}", pct(layer.ofm_sparsity), "-", "-", "-", "-", "-",
+                rows.append((layer.name, f"{layer.macs:,}", pct(layer.ofm_sparsity), "-", "-", "-", "-", "-",
                              f"{layer.macs:,}", "0.0%", pct(layer.oracle_savings), *["-"] * len(tiles)))
                 continue
             rows.append((label(layer), f"{layer.macs:,}", pct(layer.ofm_sparsity), f"{layer.threshold:.2f}",
