@@ -19,6 +19,7 @@ predictors, so the second is the like-for-like bound.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import tempfile
@@ -68,6 +69,9 @@ def main() -> None:
     parser.add_argument("--drop-margin", type=float, default=0.0, help="standard errors added to the search's drop")
     parser.add_argument("--select", nargs="+", choices=sorted(SELECTIONS), default=list(SELECTIONS),
                         help="test images the --max-drop search measures on")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0],
+                        help="predictor training seeds; each (pattern, seed) is trained and searched anew, "
+                             "to see how much a rerun moves the result")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
@@ -77,11 +81,11 @@ def main() -> None:
         x_train, _ = load_fashion_mnist("train")
         calib = str(Path(tmp) / "calib.npy")
         np.save(calib, x_train[: args.calib_images, None].astype(np.float32) / 255)
-        for pattern in args.patterns:
+        for pattern, seed in itertools.product(args.patterns, args.seeds):
             started = time.perf_counter()
             config = OptimizeConfig(pattern=pattern, calib_images=args.calib_images, epochs=args.epochs,
                                     max_drop=args.drops[0], predictor_input=args.predictor_input,
-                                    magnitude_weight=args.magnitude_weight,
+                                    magnitude_weight=args.magnitude_weight, seed=seed,
                                     sensitivity_weighting=not args.no_sensitivity, drop_margin=args.drop_margin)
             prepared = prepare_layers(args.model, calib, config=config, eval_data=data["full"], progress=False)
             train_s = time.perf_counter() - started
@@ -91,13 +95,13 @@ def main() -> None:
                     search_split, unseen_split = SELECTIONS[select]
                     choice = choose_thresholds(prepared, config, eval_data=data[search_split], progress=False)
                     result = finish(prepared, choice, config, model_name=args.model)
-                    model_path = Path(tmp) / f"{pattern}-{drop}-{select}.onnx"
+                    model_path = Path(tmp) / f"{pattern}-{seed}-{drop}-{select}.onnx"
                     model_path.write_bytes(result.model.SerializeToString())
                     splits = {"full": "full", **({"heldout": unseen_split} if unseen_split else {})}
                     measured = {key: evaluate(model_path, data[split], reference=args.model, progress=False)
                                 for key, split in splits.items()}
                     row = {
-                        "pattern": pattern, "select": select, "predictor_input": args.predictor_input,
+                        "pattern": pattern, "seed": seed, "select": select, "predictor_input": args.predictor_input,
                         "magnitude_weight": args.magnitude_weight,
                         "sensitivity_weighting": not args.no_sensitivity, "drop_margin": args.drop_margin,
                         "max_drop": drop,
@@ -117,12 +121,12 @@ def main() -> None:
                         row[share] = row["full_savings"] / row[key] if row[key] else 0.0
                     rows.append(row)
                     print(json.dumps(row), flush=True)
-    print("\n| pattern | budget (top-1 drop) | search on | oracle: free / at predictor cost | savings (full test) "
+    print("\n| pattern | seed | budget (top-1 drop) | search on | oracle: free / at predictor cost | savings (full test) "
           "| of oracle: free / at cost | drop full test | drop on the unseen half |\n"
-          "|---|---:|---|---:|---:|---:|---:|---:|")
+          "|---|---:|---:|---|---:|---:|---:|---:|---:|")
     for r in rows:
         unseen = f"{r['heldout_drop']:.2f}" if "heldout_drop" in r else "-"
-        print(f"| {r['pattern']} | <= {r['max_drop']} % | {r['select']} | {100 * r['oracle_savings']:.1f} % / "
+        print(f"| {r['pattern']} | {r['seed']} | <= {r['max_drop']} % | {r['select']} | {100 * r['oracle_savings']:.1f} % / "
               f"{100 * r['oracle_savings_with_predictor']:.1f} % | {100 * r['full_savings']:.1f} % | "
               f"{100 * r['share_of_oracle']:.0f} % / {100 * r['share_of_oracle_with_predictor']:.0f} % | "
               f"{r['full_drop']:.2f} | {unseen} |")
