@@ -295,6 +295,11 @@ def test_max_drop_meets_its_limit_on_the_eval_data(small_cnn: Path, tmp_path: Pa
     # The drop the search measured is what `zapopt eval` measures on the same images.
     measured = evaluate(out, TEST, reference=small_cnn, limit=300, progress=False)
     assert measured.top1_drop == pytest.approx(result.report.measured_drop, abs=1e-9)  # both in points
+    # Its standard error is reported with it: the chosen point's, from the search trace.
+    chosen = [e for e in result.report.search if e["measured_drop"] == result.report.measured_drop]
+    assert chosen and result.report.drop_standard_error in {e["drop_standard_error"] for e in chosen}
+    assert result.report.to_dict()["measured_drop_standard_error_pct"] == result.report.drop_standard_error
+    assert f"standard error {result.report.drop_standard_error:.2f}" in result.report.format_table()
 
 
 def test_drop_margin_makes_the_search_conservative(small_cnn: Path, tmp_path: Path) -> None:
@@ -306,7 +311,8 @@ def test_drop_margin_makes_the_search_conservative(small_cnn: Path, tmp_path: Pa
     assert careful.savings <= plain.savings + 1e-12
     # Every point the careful search accepted had drop + 2 standard errors within the limit.
     for entry in careful.search:
-        assert entry["drop"] >= entry["measured_drop"] - 1e-12
+        assert entry["drop"] == pytest.approx(entry["measured_drop"] + 2.0 * entry["drop_standard_error"])
+        assert entry["drop_standard_error"] >= 0
         assert entry["feasible"] == (entry["drop"] <= 1.0)
     assert careful.measured_drop is not None and careful.measured_drop <= 1.0
 

@@ -266,10 +266,10 @@ def _thresholds_key(thresholds: Mapping[str, float]) -> tuple[tuple[str, float],
 def _accuracy_search(original: onnx.ModelProto, curves: Mapping[str, LayerCurve],
                      build: Callable[[dict[str, float]], onnx.ModelProto], config: OptimizeConfig,
                      eval_source: Any, image_options: ImageOptions | None, progress: bool | None
-                     ) -> tuple[AccuracyTargetResult, dict[str, LayerSensitivity], dict[tuple, float]]:
+                     ) -> tuple[AccuracyTargetResult, dict[str, LayerSensitivity], dict[tuple, tuple[float, float]]]:
     """The --max-drop search over ``curves`` (``build(thresholds)`` makes the model to
-    measure); also returns each measured point's plain drop (the search compares the drop
-    plus ``config.drop_margin`` standard errors)."""
+    measure); also returns each measured point's plain drop and its standard error (the
+    search compares the drop plus ``config.drop_margin`` standard errors)."""
     spec = model_input(original)
     dataset = open_dataset(eval_source, spec, image_options, limit=config.eval_images)
 
@@ -280,15 +280,14 @@ def _accuracy_search(original: onnx.ModelProto, curves: Mapping[str, LayerCurve]
 
     reference = outputs({}, dataset, "reference")
 
-    plain_drops: dict[tuple, float] = {}
+    plain_drops: dict[tuple, tuple[float, float]] = {}
 
     def measure(thresholds: dict[str, float]) -> float:
         logits = outputs(thresholds, dataset, "search")
         drop = accuracy_drop(reference, logits, dataset.labels)
-        plain_drops[_thresholds_key(thresholds)] = drop
-        if config.drop_margin == 0:
-            return drop
-        return drop + config.drop_margin * accuracy_drop_standard_error(reference, logits, dataset.labels)
+        error = accuracy_drop_standard_error(reference, logits, dataset.labels)
+        plain_drops[_thresholds_key(thresholds)] = (drop, error)
+        return drop + config.drop_margin * error
 
     sensitivities: dict[str, LayerSensitivity] = {}
     if config.sensitivity_weighting:
@@ -343,6 +342,8 @@ class ThresholdChoice:
     sensitivities: list[dict[str, Any]] = field(default_factory=list)
     #: Each rewritten layer's pattern when several were candidates (empty: the one --pattern).
     patterns: dict[str, str] = field(default_factory=dict)
+    #: Standard error of ``measured_drop`` (points): how far the drop on other data may move.
+    drop_standard_error: float | None = None
 
 
 def prepare_layers(model: str | os.PathLike | onnx.ModelProto, calib: Any, *,
@@ -401,20 +402,22 @@ def choose_thresholds(prepared: PreparedLayers, config: OptimizeConfig, *, eval_
         search = []
         for evaluation in found.evaluations:
             entry = evaluation.to_dict()
-            entry["measured_drop"] = plain.get(_thresholds_key(evaluation.selection.thresholds), entry["drop"])
+            drop, error = plain.get(_thresholds_key(evaluation.selection.thresholds), (entry["drop"], None))
+            entry["measured_drop"], entry["drop_standard_error"] = drop, error
             if merged is not None:
                 patterns, taus = decoded(evaluation.selection.thresholds)
                 entry["thresholds"] = {name: json_float(tau) for name, tau in taus.items()}
                 entry["patterns"] = patterns
             search.append(entry)
-        chosen = None if found.drop is None else plain.get(_thresholds_key(found.selection.thresholds), found.drop)
+        chosen, chosen_error = (None, None) if found.drop is None else plain.get(
+            _thresholds_key(found.selection.thresholds), (found.drop, None))
         patterns, taus = decoded(found.selection.thresholds)
         sensitivity_rows = [s.to_dict() for s in sensitivities.values()]
         if merged is not None:  # the probes ran at coded thresholds too
             for row in sensitivity_rows:
                 if row["tau"] is not None:
                     row["pattern"], row["tau"] = merged.decode(row["name"], row["tau"])
-        return ThresholdChoice(taus, search, chosen, sensitivity_rows, patterns)
+        return ThresholdChoice(taus, search, chosen, sensitivity_rows, patterns, chosen_error)
     if config.max_error is not None:
         patterns, taus = decoded(error_budget(curves, config.max_error).thresholds)
         return ThresholdChoice(taus, [], None, patterns=patterns)
@@ -516,7 +519,8 @@ def finish(prepared: PreparedLayers, choice: ThresholdChoice, config: OptimizeCo
         model=model_name, output=output, pattern=config.pattern,
         selection=config.selection_text, calibration_images=prepared.calibration_images,
         curve_images=next(iter(curves.values())).images, total_macs=prepared.total_macs, layers=layers,
-        skipped=prepared.skipped, search=choice.search, measured_drop=choice.measured_drop, seconds=seconds,
+        skipped=prepared.skipped, search=choice.search, measured_drop=choice.measured_drop,
+        drop_standard_error=choice.drop_standard_error, seconds=seconds,
         predictor_input=config.predictor_input, magnitude_weight=config.magnitude_weight,
         sensitivities=choice.sensitivities)
     return OptimizeResult(rewritten, report, curves)

@@ -123,6 +123,7 @@ class OptimizeReport:
     skipped: list[tuple[str, str]]  # convs not considered at all, with the reason
     search: list[dict[str, Any]] = field(default_factory=list)  # accuracy-target evaluations
     measured_drop: float | None = None
+    drop_standard_error: float | None = None  # of measured_drop, points
     seconds: dict[str, float] = field(default_factory=dict)
     predictor_input: str = "activation"
     magnitude_weight: float = 0.0
@@ -168,6 +169,7 @@ class OptimizeReport:
             "oracle_savings": self.oracle_savings,
             "oracle_savings_with_predictor": self.oracle_savings_with_predictor,
             "measured_drop_pct": self.measured_drop,
+            "measured_drop_standard_error_pct": self.drop_standard_error,
             "layers": [layer.to_dict() for layer in self.layers],
             "skipped": [{"name": n, "reason": r} for n, r in self.skipped],
             "search": self.search, "sensitivities": self.sensitivities, "seconds": self.seconds,
@@ -203,7 +205,10 @@ class OptimizeReport:
                      f"{pct(self.oracle_savings)} if free, {pct(self.oracle_savings_with_predictor)} at its "
                      f"real cost)")
         if self.measured_drop is not None:
-            lines.append(f"measured accuracy drop at the chosen thresholds: {self.measured_drop:.2f} points")
+            noise = ("" if self.drop_standard_error is None else
+                     f" (standard error {self.drop_standard_error:.2f}; on other data expect about "
+                     f"{self.measured_drop:.2f} +- {2 * self.drop_standard_error:.2f})")
+            lines.append(f"measured accuracy drop at the chosen thresholds: {self.measured_drop:.2f} points{noise}")
         if self.sensitivities:
             weights = ", ".join(f"{s['name']} {s['weight']:.2f}" for s in self.sensitivities)
             lines.append(f"error weights from each layer's measured effect on the output (mean 1): {weights}")
