@@ -402,15 +402,16 @@ def choose_thresholds(prepared: PreparedLayers, config: OptimizeConfig, *, eval_
         search = []
         for evaluation in found.evaluations:
             entry = evaluation.to_dict()
-            drop, error = plain.get(_thresholds_key(evaluation.selection.thresholds), (entry["drop"], None))
-            entry["measured_drop"], entry["drop_standard_error"] = drop, error
+            # every evaluated selection was measured (a repeat reuses the first measurement)
+            key = _thresholds_key(evaluation.selection.thresholds)
+            entry["measured_drop"], entry["drop_standard_error"] = plain[key]
             if merged is not None:
                 patterns, taus = decoded(evaluation.selection.thresholds)
                 entry["thresholds"] = {name: json_float(tau) for name, tau in taus.items()}
                 entry["patterns"] = patterns
             search.append(entry)
-        chosen, chosen_error = (None, None) if found.drop is None else plain.get(
-            _thresholds_key(found.selection.thresholds), (found.drop, None))
+        no_fit = found.drop is None  # nothing met the limit: the original model, not measured
+        chosen, chosen_error = (None, None) if no_fit else plain[_thresholds_key(found.selection.thresholds)]
         patterns, taus = decoded(found.selection.thresholds)
         sensitivity_rows = [s.to_dict() for s in sensitivities.values()]
         if merged is not None:  # the probes ran at coded thresholds too

@@ -5,8 +5,8 @@ diagonal pattern saves most down to the 4x4 layers and the checkerboard or tile5
 the 2x2 ones; letting the per-layer budget pick among all of them found 31.6 % fewer MACs
 at a 1.39-point drop where the best single pattern found 29.3 % (1,024 calibration
 images; ``benchmarks/zap_savings.py --patterns auto``; 30.2 % on average over three
-predictor seeds). On the ResNet-style model it
-found nothing more, so it is an option, not the default.
+predictor seeds). On the ResNet-style model it found nothing more, so it is an option,
+not the default.
 
 How: a layer's curves, one per candidate pattern, are merged into a single curve whose
 thresholds are *option codes*: pattern ``k``'s threshold ``tau`` becomes
