@@ -343,3 +343,18 @@ def test_pattern_chosen_per_layer_is_written_and_reported(small_cnn: Path, tmp_p
         saved = result.report.total_macs - result.report.macs_after
         assert saved >= alone.macs_before - alone.macs_after - 1e-6
     onnx.checker.check_model(result.model)
+
+
+def test_max_drop_nothing_fits_is_a_clear_error(small_cnn: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import zapopt.optimize as optimize_module
+    from zapopt.optimize import choose_thresholds, prepare_layers
+
+    config = OptimizeConfig(calib_images=32, epochs=1, max_drop=0.5, eval_images=100)
+    prepared = prepare_layers(small_cnn, CALIB, config=config, eval_data=TEST, progress=False)
+    monkeypatch.setattr(optimize_module, "accuracy_drop", lambda *_: 5.0)  # every point misses the limit
+    choice = choose_thresholds(prepared, config, eval_data=TEST, progress=False)
+    assert choice.measured_drop is None and choice.drop_standard_error is None
+    assert all(tau == -math.inf for tau in choice.thresholds.values())
+    assert choice.search and all(e["measured_drop"] == 5.0 for e in choice.search)
+    with pytest.raises(ZapoptError, match="no setting kept the accuracy drop within 0.5%"):
+        optimize_module.finish(prepared, choice, config, model_name="m.onnx")
