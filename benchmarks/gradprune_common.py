@@ -49,8 +49,11 @@ def write_json(name: str, payload: dict) -> Path:
     """Write ``benchmarks/results/<name>`` atomically (temp file + os.replace)."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     path = RESULTS_DIR / name
-    payload = {**payload, "environment": {"torch": torch.__version__, "python": platform.python_version(),
-                                          "threads": torch.get_num_threads(), "cpu": platform.processor()}}
+    environment = {"torch": torch.__version__, "python": platform.python_version(),
+                   "threads": torch.get_num_threads(), "cpu": platform.processor()}
+    if torch.cuda.is_initialized():
+        environment["gpu"] = torch.cuda.get_device_name()
+    payload = {**payload, "environment": environment}
     fd, tmp = tempfile.mkstemp(dir=RESULTS_DIR, prefix=f".{name}.", suffix=".tmp")
     with os.fdopen(fd, "w") as f:
         json.dump(payload, f, indent=2)

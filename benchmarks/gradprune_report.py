@@ -23,7 +23,7 @@ from torch import nn
 from gradprune_common import RESULTS_DIR, make_model, markdown_table
 
 #: Settings that change an unpruned run; the pruner's own (warmup, exclude, ...) do not.
-TRAINING_KEYS = ("width", "train_size", "epochs", "batch", "seed", "lr", "lr_warmup")
+TRAINING_KEYS = ("width", "train_size", "epochs", "batch", "seed", "lr", "lr_warmup", "device")
 
 
 def load(paths: list[Path]) -> tuple[dict, dict]:
@@ -49,6 +49,8 @@ def load(paths: list[Path]) -> tuple[dict, dict]:
                 layer_groups += f"; global budget (max {settings['max_sparsity']:g})"
             width = settings.get("width", 8)
             model = run["arch"] if width == 8 else f"{run['arch']} width {width}"
+            if settings.get("device"):  # absent: CPU
+                model += f" on {settings['device']}"
             recipe = (model, settings.get("train_size"), settings.get("epochs"), settings.get("warmup"),
                       settings.get("refresh_every"),
                       layer_groups, settings.get("layers"), run["method"], run["sparsity"])

@@ -94,12 +94,12 @@ def build_pruners(model: nn.Module, method: str, sparsity: float, args: argparse
     return [GradientPruner(model, value, method=method, warmup_steps=args.warmup,
                            layer_types=LAYER_TYPES[args.layers], include=chosen(pattern),
                            refresh_every=args.refresh_every, **options(pattern),
-                           generator=torch.Generator().manual_seed(args.seed + 1000 * i))
+                           generator=torch.Generator(device=args.device).manual_seed(args.seed + 1000 * i))
             for i, (pattern, value) in enumerate([(None, sparsity), *overrides])]
 
 
 def train_once(arch: str, method: str, sparsity: float, data: dict, args: argparse.Namespace) -> dict:
-    model = make_model(arch, args.width, seed=args.seed, **ARCH_KWARGS[arch])
+    model = make_model(arch, args.width, seed=args.seed, **ARCH_KWARGS[arch]).to(args.device)
     peak = PEAK_LR[arch] if args.lr is None else args.lr
     opt = torch.optim.SGD(model.parameters(), lr=peak, momentum=0.9, weight_decay=5e-4, nesterov=True)
     pruners = build_pruners(model, method, sparsity, args)
@@ -110,10 +110,10 @@ def train_once(arch: str, method: str, sparsity: float, data: dict, args: argpar
     total = steps_per_epoch * args.epochs
     order_gen = torch.Generator().manual_seed(args.seed)
     step, losses, start = 0, [], time.perf_counter()
-    for _epoch in range(args.epochs):
+    for epoch in range(args.epochs):
         order = torch.randperm(len(y), generator=order_gen)
         for b in range(steps_per_epoch):
-            idx = order[b * args.batch:(b + 1) * args.batch]
+            idx = order[b * args.batch:(b + 1) * args.batch].to(x.device)
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, total, peak, args.lr_warmup)
             opt.zero_grad(set_to_none=True)
@@ -122,6 +122,10 @@ def train_once(arch: str, method: str, sparsity: float, data: dict, args: argpar
             opt.step()
             losses.append(float(loss.detach()))
             step += 1
+        # progress, so that a run stopped at a time limit still says how far it got
+        print(f"{arch} {method} {sparsity}: epoch {epoch + 1}/{args.epochs} train loss "
+              f"{sum(losses[-steps_per_epoch:]) / steps_per_epoch:.4f} ({time.perf_counter() - start:.0f} s)",
+              file=sys.stderr, flush=True)
     train_s = time.perf_counter() - start
     for pruner in pruners:
         pruner.remove()
@@ -201,6 +205,8 @@ def planned_runs(args: argparse.Namespace) -> list[tuple[str, str, float]]:
     for arch in args.archs:
         if not args.no_unpruned:
             runs.append((arch, "none", 0.0))
+        if args.unpruned_only:
+            continue
         runs += [(arch, "stochastic", s) for s in args.sparsities]
         runs += [(arch, m, s) for m in args.baselines for s in args.baseline_sparsities]
     return runs
@@ -220,6 +226,8 @@ def settings_key(args: argparse.Namespace) -> dict:
     if args.global_budget:
         settings["global_budget"] = True
         settings["max_sparsity"] = args.max_sparsity
+    if args.device != "cpu":  # only when set, so older (CPU) result files still resume
+        settings["device"] = args.device
     return settings
 
 
@@ -257,9 +265,23 @@ def main() -> None:
                              "take up what the floor holds back (GradientPruner global_budget)")
     parser.add_argument("--max-sparsity", type=float, default=0.95,
                         help="with --global-budget: no layer is aimed above this")
+    parser.add_argument("--unpruned-only", action="store_true",
+                        help="only the unpruned reference run (run the pruned ones in another process "
+                             "with --no-unpruned, into another --out file)")
+    parser.add_argument("--device", default="cpu",
+                        help="torch device to train on, e.g. cuda (a CUDA run pairs only with CUDA runs: "
+                             "its kernels and random draws differ from the CPU's)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="gradprune_train.json", help="file name under benchmarks/results/")
     args = parser.parse_args()
+    if args.unpruned_only and args.no_unpruned:
+        parser.error("--unpruned-only and --no-unpruned leave nothing to run")
+    try:
+        args.device = str(torch.device(args.device))
+    except RuntimeError as exc:
+        parser.error(f"--device: {exc}")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error("--device cuda: this torch sees no CUDA device")
     torch.set_num_threads(args.threads)
 
     path = RESULTS_DIR / args.out
@@ -270,7 +292,8 @@ def main() -> None:
     commands = [c for c in previous.get("commands", [previous.get("command")]) if c] if same else []
     commands += [] if command in commands else [command]
     done = {(r["arch"], r["method"], r["sparsity"]) for r in runs}
-    data = {"train": load_fashion("train", limit=args.train_size, seed=args.seed), "test": load_fashion("test")}
+    data = {split: tuple(t.to(args.device) for t in tensors) for split, tensors in
+            (("train", load_fashion("train", limit=args.train_size, seed=args.seed)), ("test", load_fashion("test")))}
     for arch, method, sparsity in planned_runs(args):
         if (arch, method, sparsity) in done:
             continue

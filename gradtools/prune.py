@@ -154,8 +154,8 @@ def _noise_capped_tau(g: torch.Tensor, tau: float, max_ratio: float) -> float:
     prefix_abs = torch.cumsum(a, 0)
     prefix_sq = torch.cumsum(squares, 0)
     # Threshold exactly at a[k]: the entries a[0..k-1] are below it.
-    noise_at = torch.cat([torch.zeros(1, dtype=torch.float64), a[1:] * prefix_abs[:-1] - prefix_sq[:-1]])
-    k = int(torch.searchsorted(noise_at, torch.tensor([budget], dtype=torch.float64), right=True)[0]) - 1
+    noise_at = torch.cat([a.new_zeros(1), a[1:] * prefix_abs[:-1] - prefix_sq[:-1]])
+    k = int(torch.searchsorted(noise_at, a.new_tensor([budget]), right=True)[0]) - 1
     k = max(k, 0)
     # Between a[k] and a[k+1] the entries a[0..k] are below: noise = t * S1 - S2 = budget.
     capped = (budget + float(prefix_sq[k])) / float(prefix_abs[k])

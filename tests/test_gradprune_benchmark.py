@@ -16,7 +16,7 @@ if str(BENCH) not in sys.path:
     sys.path.insert(0, str(BENCH))
 
 from gradprune_report import backward_macs  # noqa: E402
-from gradprune_train import ZeroCounter, build_pruners, parse_overrides  # noqa: E402
+from gradprune_train import ZeroCounter, build_pruners, parse_overrides, planned_runs, settings_key  # noqa: E402
 
 from gradtools import GradientPruner  # noqa: E402
 
@@ -100,7 +100,7 @@ def test_layer_sparsity_overrides_parse_and_reject_garbage() -> None:
 def test_noise_floor_applies_to_the_base_group_only() -> None:
     args = argparse.Namespace(exclude="^6$", layer_sparsity=["^0$=0.9"], warmup=0, layers="conv",
                               refresh_every=1, min_cosine=0.92, seed=0, floor=None, global_budget=False,
-                              max_sparsity=0.95)
+                              max_sparsity=0.95, device="cpu")
     base, override = build_pruners(small_cnn(), "stochastic", 0.95, args)
     assert list(base.stats()) == ["3"] and list(override.stats()) == ["0"]
     assert base.config.min_cosine == 0.92 and base.config.sparsity == 0.95
@@ -112,7 +112,31 @@ def test_noise_floor_applies_to_the_base_group_only() -> None:
 
 def test_global_budget_pruner_has_the_floor_on_the_chosen_layers() -> None:
     args = argparse.Namespace(exclude=None, layer_sparsity=None, warmup=0, layers="conv", refresh_every=1,
-                              min_cosine=0.92, seed=0, floor="^3$", global_budget=True, max_sparsity=0.95)
+                              min_cosine=0.92, seed=0, floor="^3$", global_budget=True, max_sparsity=0.95,
+                              device="cpu")
     (pruner,) = build_pruners(small_cnn(), "stochastic", 0.85, args)
     assert pruner.config.global_budget and pruner.config.max_sparsity == 0.95
     assert {name: s.floor for name, s in pruner.stats().items()} == {"0": False, "3": True, "6": False}
+
+
+def run_args(**changes: object) -> argparse.Namespace:
+    base = dict(archs=["resnet18"], sparsities=[0.85, 0.95], baselines=["topk"], baseline_sparsities=[0.95],
+                no_unpruned=False, unpruned_only=False, layers="conv", width=8, train_size=1000, epochs=2,
+                batch=128, seed=0, warmup=20, refresh_every=1, lr=None, lr_warmup=20, exclude=None,
+                layer_sparsity=None, min_cosine=None, floor=None, global_budget=False, max_sparsity=0.95,
+                device="cpu")
+    return argparse.Namespace(**{**base, **changes})
+
+
+def test_planned_runs_split_unpruned_and_pruned_between_processes() -> None:
+    everything = planned_runs(run_args())
+    assert everything == [("resnet18", "none", 0.0), ("resnet18", "stochastic", 0.85),
+                          ("resnet18", "stochastic", 0.95), ("resnet18", "topk", 0.95)]
+    assert planned_runs(run_args(unpruned_only=True)) == everything[:1]
+    assert planned_runs(run_args(no_unpruned=True)) == everything[1:]
+
+
+def test_a_gpu_run_never_resumes_or_pairs_with_a_cpu_file() -> None:
+    cpu, cuda = settings_key(run_args()), settings_key(run_args(device="cuda"))
+    assert "device" not in cpu, "CPU settings stay as older result files wrote them"
+    assert cuda == {**cpu, "device": "cuda"}
