@@ -140,27 +140,57 @@ def added_noise_ratio(g: torch.Tensor, tau: float) -> float:
     return float((tau * below - below * below).sum()) / energy
 
 
+#: Log-spaced buckets of the noise-floor search: the exact answer is then found by sorting
+#: one bucket's entries instead of the whole gradient.
+_CAP_BUCKETS = 2048
+
+
 def _noise_capped_tau(g: torch.Tensor, tau: float, max_ratio: float) -> float:
     """The largest threshold <= ``tau`` whose :func:`added_noise_ratio` on ``g`` is at most
-    ``max_ratio`` (exact: the ratio is piecewise linear and increasing in tau between the
-    sorted magnitudes)."""
-    a = torch.sort(g.detach().abs().to(torch.float64).flatten()).values
+    ``max_ratio``; ``tau`` itself when it already meets it.
+
+    Exact: the noise t * S1(t) - S2(t) (S1, S2: sums of |g| and g^2 over |g| < t) is
+    increasing and piecewise linear in t between consecutive magnitudes. Only the entries
+    below ``tau`` carry noise, so they are bucketed by log-magnitude (one pass) to find the
+    bucket where the noise crosses the budget, and only that bucket is sorted, instead of
+    sorting the whole gradient on every refit.
+    """
+    a = g.detach().abs().to(torch.float64).flatten()
     a = a[torch.isfinite(a) & (a > 0)]
     if a.numel() == 0:
         return tau
-    squares = a * a
-    energy = float(squares.sum())
-    budget = max_ratio * energy
-    prefix_abs = torch.cumsum(a, 0)
-    prefix_sq = torch.cumsum(squares, 0)
-    # Threshold exactly at a[k]: the entries a[0..k-1] are below it.
-    noise_at = torch.cat([a.new_zeros(1), a[1:] * prefix_abs[:-1] - prefix_sq[:-1]])
-    k = int(torch.searchsorted(noise_at, a.new_tensor([budget]), right=True)[0]) - 1
-    k = max(k, 0)
-    # Between a[k] and a[k+1] the entries a[0..k] are below: noise = t * S1 - S2 = budget.
+    budget = max_ratio * float((a * a).sum())
+    below = a[a < tau]
+    if below.numel() == 0 or tau * float(below.sum()) - float((below * below).sum()) <= budget:
+        return tau
+    logs = below.log()
+    lo, hi = float(logs.min()), math.log(tau)
+    buckets = min(_CAP_BUCKETS, below.numel())
+    # Monotone in |g|: every entry of an earlier bucket is smaller than every entry of a later one.
+    scale = buckets / (hi - lo) if hi > lo else 0.0  # all within an ulp of tau: one bucket
+    index = ((logs - lo) * scale).floor_().clamp_(0, buckets - 1).long()
+    sum_abs = torch.bincount(index, weights=below, minlength=buckets)
+    sum_sq = torch.bincount(index, weights=below * below, minlength=buckets)
+    smallest = torch.full((buckets,), math.inf, dtype=torch.float64, device=a.device)
+    smallest.scatter_reduce_(0, index, below, reduce="amin")
+    # Noise with the threshold at each bucket's smallest entry: only earlier buckets lie below it.
+    below_abs = torch.cumsum(sum_abs, 0) - sum_abs
+    below_sq = torch.cumsum(sum_sq, 0) - sum_sq
+    noise_at = torch.where(torch.isfinite(smallest), smallest * below_abs - below_sq, math.inf)
+    # The first bucket's smallest entry has nothing below it (noise 0 <= budget), so one qualifies.
+    j = int(torch.nonzero(noise_at <= budget).max())
+    inside = torch.sort(below[index == j]).values
+    prefix_abs = torch.cumsum(inside, 0) + below_abs[j]
+    prefix_sq = torch.cumsum(inside * inside, 0) + below_sq[j]
+    # Threshold exactly at inside[k]: the earlier buckets and inside[0..k-1] are below it.
+    noise_inside = torch.cat([noise_at[j:j + 1], inside[1:] * prefix_abs[:-1] - prefix_sq[:-1]])
+    k = max(int(torch.searchsorted(noise_inside, a.new_tensor([budget]), right=True)[0]) - 1, 0)
+    # Between inside[k] and the next magnitude, inside[0..k] and the earlier buckets are below.
     capped = (budget + float(prefix_sq[k])) / float(prefix_abs[k])
-    if k + 1 < a.numel():
-        capped = min(capped, float(a[k + 1]))
+    if k + 1 < inside.numel():
+        capped = min(capped, float(inside[k + 1]))
+    elif j + 1 < buckets:
+        capped = min(capped, float(smallest[j + 1:].min()))  # the next bucket's smallest entry
     return min(tau, capped)
 
 
@@ -472,10 +502,10 @@ class GradientPruner:
         else:
             state.alpha = _magnitude_alpha(target, fit.sigma)
         state.tau = state.alpha * math.exp(fit.mu)
-        max_ratio = self.config.min_cosine ** -2 - 1.0 if state.floor else None
-        if max_ratio is not None and added_noise_ratio(grad, state.tau) > max_ratio:  # sort only when it binds
-            state.tau = _noise_capped_tau(grad, state.tau, max_ratio)
-            state.alpha = state.tau / math.exp(fit.mu)
+        if state.floor:
+            capped = _noise_capped_tau(grad, state.tau, self.config.min_cosine ** -2 - 1.0)
+            if capped < state.tau:
+                state.tau, state.alpha = capped, capped / math.exp(fit.mu)
         return True
 
     def _sparsity_for(self, state: _LayerState) -> float:

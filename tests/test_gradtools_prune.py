@@ -353,6 +353,41 @@ def test_noise_capped_threshold_meets_the_ratio_exactly() -> None:
     assert added == pytest.approx(0.1, rel=0.05)
 
 
+def _capped_by_full_sort(g: torch.Tensor, tau: float, max_ratio: float) -> float:
+    """The noise-floor threshold by sorting every magnitude: the definition the bucketed search must match."""
+    a = torch.sort(g.detach().abs().to(torch.float64).flatten()).values
+    a = a[torch.isfinite(a) & (a > 0)]
+    if a.numel() == 0:
+        return tau
+    budget = max_ratio * float((a * a).sum())
+    prefix_abs, prefix_sq = torch.cumsum(a, 0), torch.cumsum(a * a, 0)
+    noise_at = torch.cat([torch.zeros(1, dtype=torch.float64), a[1:] * prefix_abs[:-1] - prefix_sq[:-1]])
+    k = max(int(torch.searchsorted(noise_at, torch.tensor([budget], dtype=torch.float64), right=True)[0]) - 1, 0)
+    capped = (budget + float(prefix_sq[k])) / float(prefix_abs[k])
+    if k + 1 < a.numel():
+        capped = min(capped, float(a[k + 1]))
+    return min(tau, capped)
+
+
+def _awkward_gradients() -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(21)
+    wide = torch.randn(50_000, generator=gen).mul(3).exp() * torch.randn(50_000, generator=gen).sign()
+    wide[::3] = 0.0
+    repeated = torch.randint(1, 6, (20_000,), generator=gen).float() * 1e-3  # many exact ties
+    with_specials = wide[:5_000].clone()
+    with_specials[:10] = math.inf
+    with_specials[10:20] = math.nan
+    return [wide, repeated, with_specials, wide[:7].clone(), torch.full((1000,), 2e-4),
+            wide.half().view(50, 1000), torch.tensor([0.0, 0.0, 3.0])]
+
+
+@pytest.mark.parametrize("ratio", [1e-4, 0.01, 0.0957, 0.3, 5.0])
+@pytest.mark.parametrize("tau", [1e-5, 0.01, 1.0, 1e12])
+def test_bucketed_noise_cap_equals_the_full_sort(ratio: float, tau: float) -> None:
+    for g in _awkward_gradients():
+        assert _noise_capped_tau(g, tau, ratio) == pytest.approx(_capped_by_full_sort(g, tau, ratio), rel=1e-9)
+
+
 def _stochastic_draw(g: torch.Tensor, tau: float, seed: int) -> torch.Tensor:
     from gradtools.prune import _apply_stochastic
     return _apply_stochastic(g.double(), tau, torch.Generator().manual_seed(seed))
