@@ -161,7 +161,8 @@ def _noise_capped_tau(g: torch.Tensor, tau: float, max_ratio: float) -> float:
         return tau
     budget = max_ratio * float((a * a).sum())
     below = a[a < tau]
-    if below.numel() == 0 or tau * float(below.sum()) - float((below * below).sum()) <= budget:
+    squares = below * below
+    if below.numel() == 0 or tau * float(below.sum()) - float(squares.sum()) <= budget:
         return tau
     logs = below.log()
     lo, hi = float(logs.min()), math.log(tau)
@@ -170,7 +171,7 @@ def _noise_capped_tau(g: torch.Tensor, tau: float, max_ratio: float) -> float:
     scale = buckets / (hi - lo) if hi > lo else 0.0  # all within an ulp of tau: one bucket
     index = ((logs - lo) * scale).floor_().clamp_(0, buckets - 1).long()
     sum_abs = torch.bincount(index, weights=below, minlength=buckets)
-    sum_sq = torch.bincount(index, weights=below * below, minlength=buckets)
+    sum_sq = torch.bincount(index, weights=squares, minlength=buckets)
     smallest = torch.full((buckets,), math.inf, dtype=torch.float64, device=a.device)
     smallest.scatter_reduce_(0, index, below, reduce="amin")
     # Noise with the threshold at each bucket's smallest entry: only earlier buckets lie below it.

@@ -12,6 +12,7 @@ from torch import nn
 from gradtools._hooks import attach_output_grad_transform
 from gradtools import (FPFormat, GradientPruner, GradientQuantizer, fit_lognormal, pruning_threshold, quantize_fp,
                        stochastic_prune)
+from tests.test_gradtools_prune import lognormal_tensor as cpu_lognormal_tensor
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="torch sees no CUDA device")
 
@@ -19,11 +20,8 @@ CUDA = torch.device("cuda")
 
 
 def lognormal_tensor(n: int, mu: float, sigma: float, seed: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Drawn on the CPU (the same numbers everywhere), then moved to the GPU."""
-    gen = torch.Generator().manual_seed(seed)
-    magnitude = torch.exp(torch.randn(n, generator=gen, dtype=torch.float64) * sigma + mu)
-    sign = torch.where(torch.rand(n, generator=gen) < 0.5, -1.0, 1.0).to(torch.float64)
-    return (magnitude * sign).to(dtype).to(CUDA)
+    """The CPU tests' tensor (the same numbers everywhere), moved to the GPU."""
+    return cpu_lognormal_tensor(n, mu, sigma, seed, dtype).to(CUDA)
 
 
 def cuda_generator(seed: int) -> torch.Generator:
