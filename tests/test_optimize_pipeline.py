@@ -20,6 +20,7 @@ from zapopt.optimize import OptimizeConfig, optimize
 from zapopt.retune import retune
 from zapopt.rewrite.zap_layers import read_zap_layers
 from zapopt.runtime import make_session, prepare
+from zapopt.sensitivity import PROBE_ERRORS
 from zapopt.sweep import sweep
 
 CALIB = "embedded:fashion-mnist-train"
@@ -288,10 +289,15 @@ def test_max_drop_meets_its_limit_on_the_eval_data(small_cnn: Path, tmp_path: Pa
     sensitivities = result.report.sensitivities
     if weighting:
         assert {s["name"] for s in sensitivities} == {layer.name for layer in result.report.layers}
-        assert np.mean([s["weight"] for s in sensitivities]) == pytest.approx(1.0)
-        assert "error weights" in result.report.format_table()
+        for s in sensitivities:  # probes in increasing error, at thresholds on the layer's curve
+            assert 1 <= len(s["taus"]) <= len(PROBE_ERRORS) and s["errors"] == sorted(s["errors"])
+            assert all(e > 0 for e in s["errors"]) and all(d >= 0 for d in s["divergences"])
+            assert set(s["taus"]) <= set(result.curves[s["name"]].taus.tolist())
+        assert "KL divergence" in result.report.format_table()
+        assert {e["budget_unit"] for e in result.report.search} == {"estimated output KL divergence (nats)"}
     else:
         assert sensitivities == []
+        assert {e["budget_unit"] for e in result.report.search} == {"activation mass lost"}
     # The drop the search measured is what `zapopt eval` measures on the same images.
     measured = evaluate(out, TEST, reference=small_cnn, limit=300, progress=False)
     assert measured.top1_drop == pytest.approx(result.report.measured_drop, abs=1e-9)  # both in points
@@ -343,6 +349,24 @@ def test_pattern_chosen_per_layer_is_written_and_reported(small_cnn: Path, tmp_p
         saved = result.report.total_macs - result.report.macs_after
         assert saved >= alone.macs_before - alone.macs_after - 1e-6
     onnx.checker.check_model(result.model)
+
+
+def test_sensitivity_probes_with_several_patterns_report_real_thresholds(small_cnn: Path) -> None:
+    """With several candidate patterns the probes run at merged-curve codes; the report
+    must decode each one back to its pattern and that pattern's own threshold."""
+    from zapopt.optimize import choose_thresholds, prepare_layers
+
+    config = OptimizeConfig(pattern="checkerboard,diag3x3-33", calib_images=64, epochs=1, max_drop=1.0,
+                            eval_images=200)
+    prepared = prepare_layers(small_cnn, CALIB, config=config, eval_data=TEST, progress=False)
+    choice = choose_thresholds(prepared, config, eval_data=TEST, progress=False)
+    assert choice.sensitivities
+    for row in choice.sensitivities:
+        assert row["taus"] and len(row["patterns"]) == len(row["taus"]) == len(row["errors"])
+        for pattern, tau, error in zip(row["patterns"], row["taus"], row["errors"]):
+            curve = prepared.by_pattern[pattern][row["name"]].curve
+            index = np.flatnonzero(curve.taus == tau)
+            assert index.size == 1 and curve.error[index[0]] == pytest.approx(error)
 
 
 def test_max_drop_nothing_fits_is_a_clear_error(small_cnn: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,4 +1,4 @@
-"""Per-layer sensitivity weights for the --max-drop search."""
+"""Per-layer sensitivity probes and divergence curves for the --max-drop search."""
 from __future__ import annotations
 
 import math
@@ -8,12 +8,16 @@ import pytest
 
 from tests.test_thresholds import _synthetic_curve
 from zapopt.errors import ZapoptError
+from zapopt.thresholds import LayerCurve
 from zapopt.sensitivity import (
-    WEIGHT_FLOOR,
+    DIVERGENCE_FLOOR,
+    PROBE_ERRORS,
+    LayerSensitivity,
+    budgets_divergence,
+    divergence_curves,
     layer_sensitivities,
     output_divergence,
     probe_index,
-    weight_curves,
 )
 
 
@@ -40,62 +44,116 @@ def test_probe_index_picks_the_lossy_point_nearest_the_probe_error() -> None:
     assert distances.min() == pytest.approx(abs(math.log(errors[index] / 0.02)))
     flat = _synthetic_curve("flat", np.random.default_rng(2))
     flat = type(flat)(**{**flat.__dict__, "error": np.zeros_like(flat.error)})
-    assert probe_index(flat) is None
+    assert probe_index(flat, 0.02) is None
 
 
-def _curves(seed: int = 3, layers: int = 4) -> dict:
-    rng = np.random.default_rng(seed)
-    curves = {}
-    while len(curves) < layers:
-        curve = _synthetic_curve(f"l{len(curves)}", rng, points=6)
-        if probe_index(curve) is not None:
-            curves[curve.name] = curve
-    return curves
+def _log_curve(name: str, errors: np.ndarray) -> LayerCurve:
+    """A curve whose lossy points span ``errors`` (taus 0.01, 0.02, ...; savings grow with error)."""
+    errors = np.concatenate([[0.0], errors])
+    taus = np.concatenate([[-np.inf], np.arange(1, errors.size) / 100])
+    zeros = np.zeros(errors.size)
+    macs = 1000.0
+    return LayerCurve(name=name, taus=taus, shape=(1, 1, 1), images=1, macs=macs, predictor_macs=0.0,
+                      pattern_fraction=0.5, true_zero_share=0.5, predicted_zero=zeros, false_zero=zeros,
+                      false_nonzero=zeros, error=errors, macs_after=macs * (1 - np.sqrt(errors)),
+                      oracle_macs_after=0.0)
 
 
-def test_weights_are_divergence_per_error_with_mean_one() -> None:
-    curves = _curves()
-    harm = {"l0": 1.0, "l1": 2.0, "l2": 4.0, "l3": 8.0}
-    calls = []
-
+def _power_law_probe(curves: dict, harm: dict, power: dict, calls: list):
     def divergence_of(thresholds: dict[str, float]) -> float:
         calls.append(thresholds)
         ((name, tau),) = thresholds.items()  # one layer at a time
         index = int(np.flatnonzero(curves[name].taus == tau)[0])
-        return harm[name] * curves[name].error[index]
+        return harm[name] * curves[name].error[index] ** power[name]
+    return divergence_of
 
-    found = layer_sensitivities(curves, divergence_of)
-    assert len(calls) == 4
-    weights = np.array([found[n].weight for n in curves])
-    assert weights.mean() == pytest.approx(1.0)
-    np.testing.assert_allclose(weights / weights[0], [1, 2, 4, 8])
-    weighted = weight_curves(curves, found)
+
+def test_probes_run_each_layer_alone_at_the_points_nearest_the_probe_errors() -> None:
+    curves = {n: _log_curve(n, np.geomspace(1e-4, 0.3, 40)) for n in ("a", "b")}
+    calls: list = []
+    found = layer_sensitivities(curves, _power_law_probe(curves, {"a": 1, "b": 2}, {"a": 1, "b": 2}, calls))
+    assert len(calls) == 2 * len(PROBE_ERRORS) and all(len(c) == 1 for c in calls)
     for name, curve in curves.items():
-        np.testing.assert_allclose(weighted[name].error, curve.error * found[name].weight)
-        np.testing.assert_array_equal(weighted[name].macs_after, curve.macs_after)
+        expected = [float(curve.error[probe_index(curve, e)]) for e in PROBE_ERRORS]
+        assert list(found[name].errors) == expected
+    # a curve with fewer distinct lossy points than probes is probed once per point
+    short = {"s": _log_curve("s", np.array([0.02, 0.05]))}
+    calls.clear()
+    found = layer_sensitivities(short, _power_law_probe(short, {"s": 1}, {"s": 1}, calls))
+    assert found["s"].errors == (0.02, 0.05) and len(calls) == 2
 
 
-def test_a_layer_measured_harmless_is_floored_and_an_unprobed_layer_gets_the_mean() -> None:
-    curves = _curves()
-    flat = curves["l3"]
-    curves["l3"] = type(flat)(**{**flat.__dict__, "error": np.zeros_like(flat.error)})
-    found = layer_sensitivities(curves, lambda th: 0.0 if "l0" in th else 0.01)
-    assert found["l3"].tau is None and found["l3"].weight == pytest.approx(1.0)
-    raw = {n: 0.01 / found[n].error for n in ("l1", "l2")}
-    floor = WEIGHT_FLOOR * float(np.median(list(raw.values())))
-    assert found["l0"].weight / found["l1"].weight == pytest.approx(floor / raw["l1"])
+def test_the_estimate_interpolates_the_probes_and_extrapolates_a_power_law() -> None:
+    curves = {n: _log_curve(n, np.geomspace(1e-4, 0.5, 60)) for n in ("linear", "square")}
+    harm, power = {"linear": 0.5, "square": 3.0}, {"linear": 1.0, "square": 2.0}
+    found = layer_sensitivities(curves, _power_law_probe(curves, harm, power, []))
+    for name, curve in curves.items():
+        # alone (so no other layer's floor binds), an exact power law through the probes is
+        # recovered everywhere, also outside them (the square's slope is 2 on both ends)
+        estimated = divergence_curves({name: curve}, {name: found[name]})
+        np.testing.assert_allclose(estimated[name].error, harm[name] * curve.error ** power[name], rtol=1e-9)
+        np.testing.assert_array_equal(estimated[name].macs_after, curve.macs_after)
+        assert estimated[name].error[0] == 0.0  # computing everything costs nothing
+    # A flatter-than-linear end is extrapolated linearly, and a noisy dip is not believed.
+    sensitivity = LayerSensitivity("x", (0.1, 0.2, 0.3), (0.01, 0.02, 0.04), (1.0, 0.5, 1.2))
+    values = sensitivity.raw_divergence_at(np.array([0.005, 0.01, 0.015, 0.02, 0.04, 0.08]))
+    assert values[0] == pytest.approx(0.5)  # slope 1 below the first probe (measured: flat)
+    assert values[2] == pytest.approx(1.0) and values[3] == pytest.approx(1.0)  # dip raised to the max so far
+    assert values[5] == pytest.approx(2.4)  # slope 1 above (measured 0.26)
+    assert np.all(np.diff(values) >= 0)
+
+
+def test_a_layer_measured_harmless_is_floored_and_an_unprobed_layer_keeps_its_curve() -> None:
+    curves = {n: _log_curve(n, np.geomspace(1e-3, 0.2, 30)) for n in ("zero", "l1", "l2")}
+    curves["flat"] = _log_curve("flat", np.zeros(5))
+    found = layer_sensitivities(curves, _power_law_probe(curves, {"zero": 0.0, "l1": 1.0, "l2": 3.0, "flat": 1.0},
+                                                         {n: 1.0 for n in curves}, []))
+    assert not found["flat"].probed and found["flat"].to_dict()["divergence_at_1pct_error"] is None
+    estimated = divergence_curves(curves, found)
+    assert estimated["flat"] is curves["flat"]
+    # the median of the layers that measured something is (1 + 3) / 2 x error; "zero" gets the floor of it
+    np.testing.assert_allclose(estimated["zero"].error, DIVERGENCE_FLOOR * 2 * curves["zero"].error, rtol=1e-9)
+    np.testing.assert_allclose(estimated["l2"].error, 3.0 * curves["l2"].error, rtol=1e-9)
+    assert budgets_divergence(found)
+    # nothing measurable anywhere: the plain error budget
+    none = layer_sensitivities(curves, lambda th: 0.0)
+    assert not budgets_divergence(none)
+    for name, curve in divergence_curves(curves, none).items():
+        np.testing.assert_array_equal(curve.error, curves[name].error)
+
+
+def test_the_budget_goes_where_the_divergence_is_cheapest() -> None:
+    """Two layers alike in mass error and savings, one whose output effect grows with the
+    square of its error: with a divergence budget the convex layer takes the small
+    errors and the linear one the rest, which a single linear weight cannot express."""
+    from zapopt.thresholds import error_budget
+
+    curves = {n: _log_curve(n, np.geomspace(1e-3, 0.2, 80)) for n in ("linear", "square")}
+    harm, power = {"linear": 0.01, "square": 1.0}, {"linear": 1.0, "square": 2.0}
+    estimated = divergence_curves(curves, layer_sensitivities(curves, _power_law_probe(curves, harm, power, [])))
+    chosen = error_budget(estimated, 2e-4)
+    errors = {n: float(curves[n].error[np.flatnonzero(curves[n].taus == chosen.thresholds[n])[0]]) for n in curves}
+    divergence = sum(harm[n] * errors[n] ** power[n] for n in curves)
+    assert divergence <= 2e-4 * (1 + 1e-9)
+    assert 0.005 < errors["square"] < 0.015 and 0.005 < errors["linear"] < 0.02
 
 
 def test_bad_divergence_and_arguments_are_errors() -> None:
-    curves = _curves()
+    curves = {n: _log_curve(n, np.geomspace(1e-3, 0.2, 10)) for n in ("a", "b")}
     with pytest.raises(ZapoptError, match="divergence"):
         layer_sensitivities(curves, lambda th: float("nan"))
-    with pytest.raises(ZapoptError, match="probe_error"):
-        layer_sensitivities(curves, lambda th: 0.1, probe_error=0.0)
+    with pytest.raises(ZapoptError, match="divergence"):
+        layer_sensitivities(curves, lambda th: -1.0)
+    with pytest.raises(ZapoptError, match="probe errors"):
+        layer_sensitivities(curves, lambda th: 0.1, probe_errors=(0.0,))
+    with pytest.raises(ZapoptError, match="probe errors"):
+        layer_sensitivities(curves, lambda th: 0.1, probe_errors=())
+    with pytest.raises(ZapoptError, match="no layers"):
+        layer_sensitivities({}, lambda th: 0.1)
     with pytest.raises(ZapoptError, match="no sensitivity"):
-        weight_curves(curves, {})
-    uniform = layer_sensitivities(curves, lambda th: 0.0)  # nothing measurable: unweighted
-    assert all(s.weight == 1.0 for s in uniform.values())
+        divergence_curves(curves, {})
+    with pytest.raises(ZapoptError, match="increasing"):
+        LayerSensitivity("x", (0.1, 0.2), (0.02, 0.01), (1.0, 2.0))
 
 
 def test_drop_standard_error_matches_the_paired_and_binomial_formulas() -> None:

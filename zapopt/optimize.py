@@ -32,7 +32,13 @@ from zapopt.predictor.inputs import PredictorInput
 from zapopt.report import LayerReport, OptimizeReport, layer_report_from_curve, plot_layer_curves
 from zapopt.rewrite.expand import ExpandZapToOnnx
 from zapopt.rewrite.replace import ReplaceWithZap, ZapParams
-from zapopt.sensitivity import LayerSensitivity, layer_sensitivities, output_divergence, weight_curves
+from zapopt.sensitivity import (
+    LayerSensitivity,
+    budgets_divergence,
+    divergence_curves,
+    layer_sensitivities,
+    output_divergence,
+)
 from zapopt.thresholds import (
     AccuracyTargetResult,
     LayerCurve,
@@ -48,7 +54,7 @@ FORMATS = ("zap", "onnx")
 #: Without --threshold/--max-error/--max-drop, a position this likely to be nonzero sits at
 #: the threshold (see :func:`default_threshold`).
 DEFAULT_NONZERO_CHANCE = 0.1
-#: Held-out images each layer's sensitivity probe runs on (``--max-drop`` only).
+#: Held-out images each layer's sensitivity probes run on (``--max-drop`` only).
 SENSITIVITY_IMAGES = 1000
 
 
@@ -87,7 +93,7 @@ class OptimizeConfig:
     output_format: str = "zap"
     predictor_input: str = "preactivation"  # "activation" = the paper's predictor input
     magnitude_weight: float = 6.0  # 0 = the paper's plain MSE loss
-    sensitivity_weighting: bool = True  # --max-drop: weight each layer's error by its measured effect
+    sensitivity_weighting: bool = True  # --max-drop: budget each layer's measured effect on the output
     drop_margin: float = 0.0  # --max-drop: standard errors added to the measured drop before comparing
 
     def __post_init__(self) -> None:
@@ -295,7 +301,7 @@ def _accuracy_search(original: onnx.ModelProto, curves: Mapping[str, LayerCurve]
         probe_reference = reference[: len(probe)]  # the same first images, in the same order
         sensitivities = layer_sensitivities(
             curves, lambda thresholds: output_divergence(probe_reference, outputs(thresholds, probe, "sensitivity")))
-        curves = weight_curves(curves, sensitivities)
+        curves = divergence_curves(curves, sensitivities)
     return accuracy_target(curves, config.max_drop, measure), sensitivities, plain_drops
 
 
@@ -399,9 +405,12 @@ def choose_thresholds(prepared: PreparedLayers, config: OptimizeConfig, *, eval_
             raise ZapoptError("--max-drop needs held-out data to measure the drop on: add --eval DATA")
         found, sensitivities, plain = _accuracy_search(prepared.original, curves, build, config, eval_data,
                                                        image_options, progress)
+        unit = "estimated output KL divergence (nats)" if budgets_divergence(sensitivities) else "activation mass lost"
         search = []
         for evaluation in found.evaluations:
             entry = evaluation.to_dict()
+            # the budget and the summed "error" are in the units of the curves searched
+            entry["budget_unit"] = unit
             # every evaluated selection was measured (a repeat reuses the first measurement)
             key = _thresholds_key(evaluation.selection.thresholds)
             entry["measured_drop"], entry["drop_standard_error"] = plain[key]
@@ -416,8 +425,9 @@ def choose_thresholds(prepared: PreparedLayers, config: OptimizeConfig, *, eval_
         sensitivity_rows = [s.to_dict() for s in sensitivities.values()]
         if merged is not None:  # the probes ran at coded thresholds too
             for row in sensitivity_rows:
-                if row["tau"] is not None:
-                    row["pattern"], row["tau"] = merged.decode(row["name"], row["tau"])
+                decoded_probes = [merged.decode(row["name"], tau) for tau in row["taus"]]
+                row["patterns"] = [pattern for pattern, _ in decoded_probes]
+                row["taus"] = [tau for _, tau in decoded_probes]
         return ThresholdChoice(taus, search, chosen, sensitivity_rows, patterns, chosen_error)
     if config.max_error is not None:
         patterns, taus = decoded(error_budget(curves, config.max_error).thresholds)

@@ -127,7 +127,7 @@ class OptimizeReport:
     seconds: dict[str, float] = field(default_factory=dict)
     predictor_input: str = "activation"
     magnitude_weight: float = 0.0
-    sensitivities: list[dict[str, Any]] = field(default_factory=list)  # --max-drop's per-layer error weights
+    sensitivities: list[dict[str, Any]] = field(default_factory=list)  # --max-drop's per-layer probes
 
     @property
     def zap_layers(self) -> list[LayerReport]:
@@ -210,8 +210,10 @@ class OptimizeReport:
                      f"{self.measured_drop:.2f} +- {2 * self.drop_standard_error:.2f})")
             lines.append(f"measured accuracy drop at the chosen thresholds: {self.measured_drop:.2f} points{noise}")
         if self.sensitivities:
-            weights = ", ".join(f"{s['name']} {s['weight']:.2f}" for s in self.sensitivities)
-            lines.append(f"error weights from each layer's measured effect on the output (mean 1): {weights}")
+            effects = ", ".join(f"{s['name']} {1e4 * s['divergence_at_1pct_error']:.2g}" for s in self.sensitivities
+                                if s["divergence_at_1pct_error"] is not None)
+            lines.append("each layer's effect on the output, measured with it alone and budgeted by --max-drop "
+                         f"(KL divergence in 1e-4 nats at 1% of its activation mass lost): {effects}")
         not_zap = [(l.name, l.reason) for l in self.layers if l.status != "zap"] + list(self.skipped)  # noqa: E741
         if not_zap:
             lines += ["", "not rewritten:"] + [f"  {name}: {reason}" for name, reason in not_zap]
