@@ -101,6 +101,8 @@ def test_the_estimate_interpolates_the_probes_and_extrapolates_a_power_law() -> 
     assert values[2] == pytest.approx(1.0) and values[3] == pytest.approx(1.0)  # dip raised to the max so far
     assert values[5] == pytest.approx(2.4)  # slope 1 above (measured 0.26)
     assert np.all(np.diff(values) >= 0)
+    single = LayerSensitivity("one", (0.1,), (0.02,), (4.0,))  # one probe: proportional on both sides
+    np.testing.assert_allclose(single.raw_divergence_at(np.array([0.0, 0.01, 0.02, 0.08])), [0.0, 2.0, 4.0, 16.0])
 
 
 def test_a_layer_measured_harmless_is_floored_and_an_unprobed_layer_keeps_its_curve() -> None:

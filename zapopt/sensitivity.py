@@ -78,14 +78,13 @@ class LayerSensitivity:
         out = np.zeros_like(error)
         lossy = error > 0
         x = np.log(error[lossy])
-        if log_e.size == 1:
-            y = log_d[0] + (x - log_e[0])
-        else:
+        low_slope = high_slope = 1.0  # one probe: proportional to the error
+        if log_e.size > 1:
             low_slope = max((log_d[1] - log_d[0]) / (log_e[1] - log_e[0]), 1.0)
             high_slope = max((log_d[-1] - log_d[-2]) / (log_e[-1] - log_e[-2]), 1.0)
-            y = np.interp(x, log_e, log_d)
-            y = np.where(x < log_e[0], log_d[0] + low_slope * (x - log_e[0]), y)
-            y = np.where(x > log_e[-1], log_d[-1] + high_slope * (x - log_e[-1]), y)
+        y = np.interp(x, log_e, log_d)
+        y = np.where(x < log_e[0], log_d[0] + low_slope * (x - log_e[0]), y)
+        y = np.where(x > log_e[-1], log_d[-1] + high_slope * (x - log_e[-1]), y)
         out[lossy] = np.exp(y)
         return out
 
