@@ -89,11 +89,15 @@ def main() -> None:
                                     sensitivity_weighting=not args.no_sensitivity, drop_margin=args.drop_margin)
             prepared = prepare_layers(args.model, calib, config=config, eval_data=data["full"], progress=False)
             train_s = time.perf_counter() - started
+            probes = {}  # per search split: the sensitivity probes do not depend on the drop
             for drop in args.drops:
                 config = replace(config, max_drop=drop)
                 for select in args.select:
                     search_split, unseen_split = SELECTIONS[select]
-                    choice = choose_thresholds(prepared, config, eval_data=data[search_split], progress=False)
+                    choice = choose_thresholds(prepared, config, eval_data=data[search_split], progress=False,
+                                               probes=probes.get(search_split))
+                    if choice.probes:
+                        probes.setdefault(search_split, choice.probes)
                     result = finish(prepared, choice, config, model_name=args.model)
                     model_path = Path(tmp) / f"{pattern}-{seed}-{drop}-{select}.onnx"
                     model_path.write_bytes(result.model.SerializeToString())

@@ -6,6 +6,7 @@ import json
 import math
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -382,3 +383,28 @@ def test_max_drop_nothing_fits_is_a_clear_error(small_cnn: Path, monkeypatch: py
     assert choice.search and all(e["measured_drop"] == 5.0 for e in choice.search)
     with pytest.raises(ZapoptError, match="no setting kept the accuracy drop within 0.5%"):
         optimize_module.finish(prepared, choice, config, model_name="m.onnx")
+
+
+def test_a_second_max_drop_search_reuses_the_probes(small_cnn: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another --max-drop target on the same prepared layers and data needs no new probes:
+    the result equals a search that probes again, and probes of other layers are refused."""
+    import zapopt.optimize as optimize_module
+    from zapopt.optimize import choose_thresholds, prepare_layers
+
+    config = OptimizeConfig(calib_images=32, epochs=1, max_drop=0.5, eval_images=200)
+    prepared = prepare_layers(small_cnn, CALIB, config=config, eval_data=TEST, progress=False)
+    first = choose_thresholds(prepared, config, eval_data=TEST, progress=False)
+    assert first.probes and set(first.probes) == set(prepared.curves)
+    looser = replace(config, max_drop=2.0)
+    probed_again = choose_thresholds(prepared, looser, eval_data=TEST, progress=False)
+
+    def no_probing(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("the probes were run again")
+
+    monkeypatch.setattr(optimize_module, "layer_sensitivities", no_probing)
+    reused = choose_thresholds(prepared, looser, eval_data=TEST, progress=False, probes=first.probes)
+    assert reused.thresholds == probed_again.thresholds
+    assert reused.sensitivities == probed_again.sensitivities
+    other = prepare_layers(small_cnn, CALIB, config=replace(config, seed=1), eval_data=TEST, progress=False)
+    with pytest.raises(ZapoptError, match="not a point of its curve"):
+        choose_thresholds(other, looser, eval_data=TEST, progress=False, probes=first.probes)

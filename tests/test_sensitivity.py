@@ -14,6 +14,7 @@ from zapopt.sensitivity import (
     PROBE_ERRORS,
     LayerSensitivity,
     budgets_divergence,
+    check_probes,
     divergence_curves,
     layer_sensitivities,
     output_divergence,
@@ -172,3 +173,19 @@ def test_drop_standard_error_matches_the_paired_and_binomial_formulas() -> None:
     p = 2 / 8  # two predictions changed
     assert accuracy_drop_standard_error(reference, candidate, None) == pytest.approx(100 * np.sqrt(p * (1 - p) / 8))
     assert accuracy_drop_standard_error(reference, reference, labels) == 0.0
+
+
+def test_reused_probes_must_be_points_of_the_same_curves() -> None:
+    curves = {n: _log_curve(n, np.geomspace(1e-4, 0.3, 40)) for n in ("a", "b")}
+    found = layer_sensitivities(curves, _power_law_probe(curves, {"a": 1, "b": 2}, {"a": 1, "b": 1}, []))
+    check_probes(curves, found)  # their own probes pass
+    with pytest.raises(ZapoptError, match="missing: b"):
+        check_probes(curves, {"a": found["a"]})
+    with pytest.raises(ZapoptError, match="extra: c"):
+        check_probes(curves, {**found, "c": found["a"]})
+    other = {n: _log_curve(n, np.geomspace(2e-4, 0.4, 40)) for n in ("a", "b")}  # same taus, other errors
+    with pytest.raises(ZapoptError, match="not a point of its curve"):
+        check_probes(other, found)
+    shifted = {"a": found["a"], "b": LayerSensitivity("b", (9.99,), (found["b"].errors[0],), (1e-3,))}
+    with pytest.raises(ZapoptError, match="threshold 9.99 is not a point"):
+        check_probes(curves, shifted)

@@ -28,8 +28,8 @@ import numpy as np
 from zapopt.errors import ZapoptError
 from zapopt.thresholds import LayerCurve
 
-__all__ = ["PROBE_ERRORS", "LayerSensitivity", "budgets_divergence", "divergence_curves", "layer_sensitivities",
-           "output_divergence", "probe_index"]
+__all__ = ["PROBE_ERRORS", "LayerSensitivity", "budgets_divergence", "check_probes", "divergence_curves",
+           "layer_sensitivities", "output_divergence", "probe_index"]
 
 #: Calibration errors (share of the layer's activation mass lost) each layer is probed at.
 PROBE_ERRORS: tuple[float, ...] = (0.003, 0.01, 0.03, 0.1)
@@ -146,6 +146,24 @@ def layer_sensitivities(
             divergences.append(max(divergence, 0.0))
         found[name] = LayerSensitivity(name, tuple(taus), tuple(errors), tuple(divergences))
     return found
+
+
+def check_probes(curves: Mapping[str, LayerCurve], sensitivities: Mapping[str, LayerSensitivity]) -> None:
+    """Refuse probes measured on other curves (other layers, predictors or patterns): every
+    layer needs one, and each probe must be a point (threshold and error) of its curve."""
+    names, probed = set(curves), set(sensitivities)
+    if names != probed:
+        raise ZapoptError(
+            "the sensitivity probes are for other layers (missing: "
+            f"{', '.join(sorted(names - probed)) or '-'}; extra: {', '.join(sorted(probed - names)) or '-'}); "
+            "pass the probes of a choice made on the same prepared layers")
+    for name, sensitivity in sensitivities.items():
+        curve = curves[name]
+        for tau, error in zip(sensitivity.taus, sensitivity.errors):
+            hits = np.flatnonzero(curve.taus == tau)
+            if hits.size == 0 or not math.isclose(float(curve.error[hits[0]]), error, rel_tol=1e-9, abs_tol=1e-15):
+                raise ZapoptError(f"layer {name!r}: the probe at threshold {tau} is not a point of its curve; "
+                                  "pass the probes of a choice made on the same prepared layers")
 
 
 def _measured(sensitivities: Mapping[str, LayerSensitivity]) -> list[LayerSensitivity]:
