@@ -96,7 +96,7 @@ def main() -> None:
                     search_split, unseen_split = SELECTIONS[select]
                     choice = choose_thresholds(prepared, config, eval_data=data[search_split], progress=False,
                                                probes=probes.get(search_split))
-                    if choice.probes:
+                    if choice.probes is not None:
                         probes.setdefault(search_split, choice.probes)
                     result = finish(prepared, choice, config, model_name=args.model)
                     model_path = Path(tmp) / f"{pattern}-{seed}-{drop}-{select}.onnx"

@@ -387,14 +387,14 @@ def test_max_drop_nothing_fits_is_a_clear_error(small_cnn: Path, monkeypatch: py
 
 def test_a_second_max_drop_search_reuses_the_probes(small_cnn: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Another --max-drop target on the same prepared layers and data needs no new probes:
-    the result equals a search that probes again, and probes of other layers are refused."""
+    the result equals a search that probes again; probes of other layers or images are refused."""
     import zapopt.optimize as optimize_module
     from zapopt.optimize import choose_thresholds, prepare_layers
 
     config = OptimizeConfig(calib_images=32, epochs=1, max_drop=0.5, eval_images=200)
     prepared = prepare_layers(small_cnn, CALIB, config=config, eval_data=TEST, progress=False)
     first = choose_thresholds(prepared, config, eval_data=TEST, progress=False)
-    assert first.probes and set(first.probes) == set(prepared.curves)
+    assert first.probes is not None and set(first.probes.layers) == set(prepared.curves)
     looser = replace(config, max_drop=2.0)
     probed_again = choose_thresholds(prepared, looser, eval_data=TEST, progress=False)
 
@@ -408,3 +408,6 @@ def test_a_second_max_drop_search_reuses_the_probes(small_cnn: Path, monkeypatch
     other = prepare_layers(small_cnn, CALIB, config=replace(config, seed=1), eval_data=TEST, progress=False)
     with pytest.raises(ZapoptError, match="not a point of its curve"):
         choose_thresholds(other, looser, eval_data=TEST, progress=False, probes=first.probes)
+    with pytest.raises(ZapoptError, match="other --eval images"):
+        choose_thresholds(prepared, replace(looser, eval_images=100), eval_data=TEST, progress=False,
+                          probes=first.probes)

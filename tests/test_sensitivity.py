@@ -13,8 +13,8 @@ from zapopt.sensitivity import (
     DIVERGENCE_FLOOR,
     PROBE_ERRORS,
     LayerSensitivity,
+    SensitivityProbes,
     budgets_divergence,
-    check_probes,
     divergence_curves,
     layer_sensitivities,
     output_divergence,
@@ -175,17 +175,23 @@ def test_drop_standard_error_matches_the_paired_and_binomial_formulas() -> None:
     assert accuracy_drop_standard_error(reference, reference, labels) == 0.0
 
 
-def test_reused_probes_must_be_points_of_the_same_curves() -> None:
+def test_reused_probes_must_come_from_the_same_curves_and_images() -> None:
     curves = {n: _log_curve(n, np.geomspace(1e-4, 0.3, 40)) for n in ("a", "b")}
     found = layer_sensitivities(curves, _power_law_probe(curves, {"a": 1, "b": 2}, {"a": 1, "b": 1}, []))
-    check_probes(curves, found)  # their own probes pass
+    reference = np.random.default_rng(0).standard_normal((50, 10))
+    probes = SensitivityProbes.measured_on(found, reference)
+    probes.check(curves, reference + 1e-7)  # their own curves and images pass (float noise allowed)
     with pytest.raises(ZapoptError, match="missing: b"):
-        check_probes(curves, {"a": found["a"]})
+        SensitivityProbes.measured_on({"a": found["a"]}, reference).check(curves, reference)
     with pytest.raises(ZapoptError, match="extra: c"):
-        check_probes(curves, {**found, "c": found["a"]})
+        SensitivityProbes.measured_on({**found, "c": found["a"]}, reference).check(curves, reference)
     other = {n: _log_curve(n, np.geomspace(2e-4, 0.4, 40)) for n in ("a", "b")}  # same taus, other errors
     with pytest.raises(ZapoptError, match="not a point of its curve"):
-        check_probes(other, found)
+        probes.check(other, reference)
     shifted = {"a": found["a"], "b": LayerSensitivity("b", (9.99,), (found["b"].errors[0],), (1e-3,))}
     with pytest.raises(ZapoptError, match="threshold 9.99 is not a point"):
-        check_probes(curves, shifted)
+        SensitivityProbes.measured_on(shifted, reference).check(curves, reference)
+    # fewer images, reordered, other preprocessing, other classes with the same scores
+    for images in (reference[:40], reference[::-1], reference * 1.01, reference[:, ::-1]):
+        with pytest.raises(ZapoptError, match="other --eval images"):
+            probes.check(curves, images)

@@ -33,9 +33,8 @@ from zapopt.report import LayerReport, OptimizeReport, layer_report_from_curve, 
 from zapopt.rewrite.expand import ExpandZapToOnnx
 from zapopt.rewrite.replace import ReplaceWithZap, ZapParams
 from zapopt.sensitivity import (
-    LayerSensitivity,
+    SensitivityProbes,
     budgets_divergence,
-    check_probes,
     divergence_curves,
     layer_sensitivities,
     output_divergence,
@@ -273,12 +272,13 @@ def _thresholds_key(thresholds: Mapping[str, float]) -> tuple[tuple[str, float],
 def _accuracy_search(original: onnx.ModelProto, curves: Mapping[str, LayerCurve],
                      build: Callable[[dict[str, float]], onnx.ModelProto], config: OptimizeConfig,
                      eval_source: Any, image_options: ImageOptions | None, progress: bool | None,
-                     probed: Mapping[str, LayerSensitivity] | None = None,
-                     ) -> tuple[AccuracyTargetResult, dict[str, LayerSensitivity], dict[tuple, tuple[float, float]]]:
+                     probed: SensitivityProbes | None = None,
+                     ) -> tuple[AccuracyTargetResult, SensitivityProbes | None, dict[tuple, tuple[float, float]]]:
     """The --max-drop search over ``curves`` (``build(thresholds)`` makes the model to
-    measure); also returns each measured point's plain drop and its standard error (the
-    search compares the drop plus ``config.drop_margin`` standard errors). ``probed``:
-    sensitivities an earlier search on the same data measured, used instead of probing."""
+    measure); also returns the sensitivity probes (None without sensitivity weighting) and
+    each measured point's plain drop and its standard error (the search compares the drop
+    plus ``config.drop_margin`` standard errors). ``probed``: the probes of an earlier
+    search, used instead of probing again once checked to fit these curves and images."""
     spec = model_input(original)
     dataset = open_dataset(eval_source, spec, image_options, limit=config.eval_images)
 
@@ -298,17 +298,20 @@ def _accuracy_search(original: onnx.ModelProto, curves: Mapping[str, LayerCurve]
         plain_drops[_thresholds_key(thresholds)] = (drop, error)
         return drop + config.drop_margin * error
 
-    sensitivities: dict[str, LayerSensitivity] = {}
-    if config.sensitivity_weighting and probed is not None:
-        sensitivities = dict(probed)
-        curves = divergence_curves(curves, sensitivities)
-    elif config.sensitivity_weighting:
-        probe = open_dataset(eval_source, spec, image_options, limit=min(len(dataset), SENSITIVITY_IMAGES))
-        probe_reference = reference[: len(probe)]  # the same first images, in the same order
-        sensitivities = layer_sensitivities(
-            curves, lambda thresholds: output_divergence(probe_reference, outputs(thresholds, probe, "sensitivity")))
-        curves = divergence_curves(curves, sensitivities)
-    return accuracy_target(curves, config.max_drop, measure), sensitivities, plain_drops
+    probes = None
+    if config.sensitivity_weighting:
+        probe_reference = reference[: min(len(dataset), SENSITIVITY_IMAGES)]  # the first images, in order
+        if probed is not None:
+            probed.check(curves, probe_reference)
+            probes = probed
+        else:
+            probe = open_dataset(eval_source, spec, image_options, limit=len(probe_reference))
+            sensitivities = layer_sensitivities(
+                curves,
+                lambda thresholds: output_divergence(probe_reference, outputs(thresholds, probe, "sensitivity")))
+            probes = SensitivityProbes.measured_on(sensitivities, probe_reference)
+        curves = divergence_curves(curves, probes.layers)
+    return accuracy_target(curves, config.max_drop, measure), probes, plain_drops
 
 
 @dataclass(frozen=True)
@@ -358,7 +361,7 @@ class ThresholdChoice:
     drop_standard_error: float | None = None
     #: The --max-drop search's per-layer probes (``sensitivities`` is their JSON form): pass
     #: them to another ``choose_thresholds`` on the same layers and eval data to skip probing.
-    probes: dict[str, LayerSensitivity] = field(default_factory=dict)
+    probes: SensitivityProbes | None = None
 
 
 def prepare_layers(model: str | os.PathLike | onnx.ModelProto, calib: Any, *,
@@ -392,13 +395,14 @@ def prepare_layers(model: str | os.PathLike | onnx.ModelProto, calib: Any, *,
 
 def choose_thresholds(prepared: PreparedLayers, config: OptimizeConfig, *, eval_data: Any = None,
                       image_options: ImageOptions | None = None, progress: bool | None = None,
-                      probes: Mapping[str, LayerSensitivity] | None = None) -> ThresholdChoice:
+                      probes: SensitivityProbes | None = None) -> ThresholdChoice:
     """Per-layer thresholds (and patterns, with several candidates) by the config's rule;
     ``-inf`` = leave the layer as it was.
 
     ``probes``: the ``probes`` of an earlier choice for the same ``prepared`` layers and
     the same ``eval_data``, e.g. for another --max-drop target: the search then reuses
-    them instead of running every layer's sensitivity probes again (4 model runs per layer).
+    them instead of running every layer's sensitivity probes again (4 model runs per
+    layer); probes from other layers or other images are refused.
     """
     curves = prepared.curves
     merged = prepared.merged() if len(prepared.by_pattern) > 1 else None
@@ -418,10 +422,9 @@ def choose_thresholds(prepared: PreparedLayers, config: OptimizeConfig, *, eval_
     if config.max_drop is not None:
         if eval_data is None:
             raise ZapoptError("--max-drop needs held-out data to measure the drop on: add --eval DATA")
-        if probes is not None:
-            check_probes(curves, probes)
-        found, sensitivities, plain = _accuracy_search(prepared.original, curves, build, config, eval_data,
-                                                       image_options, progress, probes)
+        found, measured_probes, plain = _accuracy_search(prepared.original, curves, build, config, eval_data,
+                                                         image_options, progress, probes)
+        sensitivities = measured_probes.layers if measured_probes is not None else {}
         unit = "estimated output KL divergence (nats)" if budgets_divergence(sensitivities) else "activation mass lost"
         search = []
         for evaluation in found.evaluations:
@@ -445,7 +448,7 @@ def choose_thresholds(prepared: PreparedLayers, config: OptimizeConfig, *, eval_
                 decoded_probes = [merged.decode(row["name"], tau) for tau in row["taus"]]
                 row["patterns"] = [pattern for pattern, _ in decoded_probes]
                 row["taus"] = [tau for _, tau in decoded_probes]
-        return ThresholdChoice(taus, search, chosen, sensitivity_rows, patterns, chosen_error, dict(sensitivities))
+        return ThresholdChoice(taus, search, chosen, sensitivity_rows, patterns, chosen_error, measured_probes)
     if config.max_error is not None:
         patterns, taus = decoded(error_budget(curves, config.max_error).thresholds)
         return ThresholdChoice(taus, [], None, patterns=patterns)

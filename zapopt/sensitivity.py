@@ -28,7 +28,7 @@ import numpy as np
 from zapopt.errors import ZapoptError
 from zapopt.thresholds import LayerCurve
 
-__all__ = ["PROBE_ERRORS", "LayerSensitivity", "budgets_divergence", "check_probes", "divergence_curves",
+__all__ = ["PROBE_ERRORS", "LayerSensitivity", "budgets_divergence", "SensitivityProbes", "divergence_curves",
            "layer_sensitivities", "output_divergence", "probe_index"]
 
 #: Calibration errors (share of the layer's activation mass lost) each layer is probed at.
@@ -148,22 +148,49 @@ def layer_sensitivities(
     return found
 
 
-def check_probes(curves: Mapping[str, LayerCurve], sensitivities: Mapping[str, LayerSensitivity]) -> None:
-    """Refuse probes measured on other curves (other layers, predictors or patterns): every
-    layer needs one, and each probe must be a point (threshold and error) of its curve."""
-    names, probed = set(curves), set(sensitivities)
-    if names != probed:
-        raise ZapoptError(
-            "the sensitivity probes are for other layers (missing: "
-            f"{', '.join(sorted(names - probed)) or '-'}; extra: {', '.join(sorted(probed - names)) or '-'}); "
-            "pass the probes of a choice made on the same prepared layers")
-    for name, sensitivity in sensitivities.items():
-        curve = curves[name]
-        for tau, error in zip(sensitivity.taus, sensitivity.errors):
-            hits = np.flatnonzero(curve.taus == tau)
-            if hits.size == 0 or not math.isclose(float(curve.error[hits[0]]), error, rel_tol=1e-9, abs_tol=1e-15):
-                raise ZapoptError(f"layer {name!r}: the probe at threshold {tau} is not a point of its curve; "
-                                  "pass the probes of a choice made on the same prepared layers")
+@dataclass(frozen=True, eq=False)
+class SensitivityProbes:
+    """Every layer's probes and which images they ran on, so another search (e.g. for
+    another --max-drop target) can reuse them, but only on the same layers and data.
+
+    The images are recorded as the original model's top-1 class and score on each one;
+    different data (other images, order, preprocessing) changes them.
+    """
+
+    layers: Mapping[str, LayerSensitivity]
+    reference_top1: np.ndarray  # [n] int
+    reference_score: np.ndarray  # [n] float
+
+    @classmethod
+    def measured_on(cls, layers: Mapping[str, LayerSensitivity], reference: np.ndarray) -> SensitivityProbes:
+        """``layers`` probed on images whose original class scores are ``reference`` [n, K]."""
+        reference = np.asarray(reference, dtype=np.float64).reshape(len(reference), -1)
+        return cls(dict(layers), reference.argmax(1), reference.max(1))
+
+    def check(self, curves: Mapping[str, LayerCurve], reference: np.ndarray) -> None:
+        """Refuse probes measured on other curves (other layers, predictors or patterns)
+        or on other images than those whose original class scores are ``reference``."""
+        names, probed = set(curves), set(self.layers)
+        if names != probed:
+            raise ZapoptError(
+                "the sensitivity probes are for other layers (missing: "
+                f"{', '.join(sorted(names - probed)) or '-'}; extra: {', '.join(sorted(probed - names)) or '-'}); "
+                f"{_REUSE_HINT}")
+        for name, sensitivity in self.layers.items():
+            curve = curves[name]
+            for tau, error in zip(sensitivity.taus, sensitivity.errors):
+                hits = np.flatnonzero(curve.taus == tau)
+                if hits.size == 0 or not math.isclose(float(curve.error[hits[0]]), error, rel_tol=1e-9, abs_tol=1e-15):
+                    raise ZapoptError(f"layer {name!r}: the probe at threshold {tau} is not a point of its curve; "
+                                      f"{_REUSE_HINT}")
+        reference = np.asarray(reference, dtype=np.float64).reshape(len(reference), -1)
+        score = reference.max(1) if len(reference) else np.zeros(0)
+        if (len(reference) != len(self.reference_top1) or not np.array_equal(reference.argmax(1), self.reference_top1)
+                or not np.allclose(score, self.reference_score, rtol=1e-4, atol=1e-5 * (1 + np.abs(score).max()))):
+            raise ZapoptError(f"the sensitivity probes were measured on other --eval images; {_REUSE_HINT}")
+
+
+_REUSE_HINT = "reuse the probes of a choice made on the same prepared layers and eval data"
 
 
 def _measured(sensitivities: Mapping[str, LayerSensitivity]) -> list[LayerSensitivity]:
