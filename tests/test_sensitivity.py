@@ -195,3 +195,6 @@ def test_reused_probes_must_come_from_the_same_curves_and_images() -> None:
     for images in (reference[:40], reference[::-1], reference * 1.01, reference[:, ::-1]):
         with pytest.raises(ZapoptError, match="other --eval images"):
             probes.check(curves, images)
+    for bad in (np.zeros((0, 10)), np.zeros(10)):
+        with pytest.raises(ZapoptError, match=r"\[N, K\] class scores"):
+            SensitivityProbes.measured_on(found, bad)

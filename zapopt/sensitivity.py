@@ -28,7 +28,7 @@ import numpy as np
 from zapopt.errors import ZapoptError
 from zapopt.thresholds import LayerCurve
 
-__all__ = ["PROBE_ERRORS", "LayerSensitivity", "budgets_divergence", "SensitivityProbes", "divergence_curves",
+__all__ = ["PROBE_ERRORS", "LayerSensitivity", "SensitivityProbes", "budgets_divergence", "divergence_curves",
            "layer_sensitivities", "output_divergence", "probe_index"]
 
 #: Calibration errors (share of the layer's activation mass lost) each layer is probed at.
@@ -148,6 +148,16 @@ def layer_sensitivities(
     return found
 
 
+_REUSE_HINT = "reuse the probes of a choice made on the same prepared layers and eval data"
+
+
+def _class_scores(reference: np.ndarray) -> np.ndarray:
+    scores = np.asarray(reference, dtype=np.float64)
+    if scores.ndim != 2 or scores.shape[0] == 0 or scores.shape[1] == 0:
+        raise ZapoptError(f"probe images need [N, K] class scores with N, K >= 1, got shape {scores.shape}")
+    return scores
+
+
 @dataclass(frozen=True, eq=False)
 class SensitivityProbes:
     """Every layer's probes and which images they ran on, so another search (e.g. for
@@ -164,8 +174,8 @@ class SensitivityProbes:
     @classmethod
     def measured_on(cls, layers: Mapping[str, LayerSensitivity], reference: np.ndarray) -> SensitivityProbes:
         """``layers`` probed on images whose original class scores are ``reference`` [n, K]."""
-        reference = np.asarray(reference, dtype=np.float64).reshape(len(reference), -1)
-        return cls(dict(layers), reference.argmax(1), reference.max(1))
+        scores = _class_scores(reference)
+        return cls(dict(layers), scores.argmax(1), scores.max(1))
 
     def check(self, curves: Mapping[str, LayerCurve], reference: np.ndarray) -> None:
         """Refuse probes measured on other curves (other layers, predictors or patterns)
@@ -183,14 +193,11 @@ class SensitivityProbes:
                 if hits.size == 0 or not math.isclose(float(curve.error[hits[0]]), error, rel_tol=1e-9, abs_tol=1e-15):
                     raise ZapoptError(f"layer {name!r}: the probe at threshold {tau} is not a point of its curve; "
                                       f"{_REUSE_HINT}")
-        reference = np.asarray(reference, dtype=np.float64).reshape(len(reference), -1)
-        score = reference.max(1) if len(reference) else np.zeros(0)
-        if (len(reference) != len(self.reference_top1) or not np.array_equal(reference.argmax(1), self.reference_top1)
-                or not np.allclose(score, self.reference_score, rtol=1e-4, atol=1e-5 * (1 + np.abs(score).max()))):
+        scores = _class_scores(reference)
+        top = scores.max(1)
+        if (len(scores) != len(self.reference_top1) or not np.array_equal(scores.argmax(1), self.reference_top1)
+                or not np.allclose(top, self.reference_score, rtol=1e-4, atol=1e-5 * (1 + np.abs(top).max()))):
             raise ZapoptError(f"the sensitivity probes were measured on other --eval images; {_REUSE_HINT}")
-
-
-_REUSE_HINT = "reuse the probes of a choice made on the same prepared layers and eval data"
 
 
 def _measured(sensitivities: Mapping[str, LayerSensitivity]) -> list[LayerSensitivity]:
