@@ -322,3 +322,10 @@ def test_accuracy_target_does_not_take_a_lucky_draw() -> None:
     clean = [replace(e, drop=d, feasible=d <= 1.0) for e, d in zip(evaluations, (0.5, 0.8, 0.95, 1.8))]
     assert thresholds_module._pick_monotone(clean, 1.0)[1].budget == 0.025
     json.dumps(thresholds_module.accuracy_target(curves, 1.0, lambda t: 40.0 * uniform_error(curves, t)).to_dict())
+
+
+def test_index_of_finds_measured_thresholds_only() -> None:
+    curve = _synthetic_curve("c", np.random.default_rng(3))
+    for i, tau in enumerate(curve.taus):
+        assert curve.index_of(float(tau)) == i
+    assert curve.index_of(12345.0) is None

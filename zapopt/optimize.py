@@ -455,7 +455,7 @@ def choose_thresholds(prepared: PreparedLayers, config: OptimizeConfig, *, eval_
     thresholds = dict(uniform(curves, config.uniform_threshold).thresholds)
     # A layer where the predictor costs more than it saves stays as it was.
     for name, tau in thresholds.items():
-        i = int(np.flatnonzero(curves[name].taus == tau)[0])
+        i = curves[name].index_of(tau)
         if curves[name].macs_after[i] >= curves[name].macs:
             thresholds[name] = -math.inf
     return ThresholdChoice(thresholds, [], None)

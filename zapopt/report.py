@@ -92,10 +92,9 @@ def layer_report_from_curve(curve: LayerCurve, threshold: float, *, ofm_sparsity
                             train_seconds: float | None, train_epochs: int | None = None, status: str = "zap",
                             reason: str = "", pattern: str | None = None) -> LayerReport:
     """Read a layer's numbers at ``threshold`` off its measured curve."""
-    hits = np.flatnonzero(curve.taus == threshold)
-    if hits.size == 0:
+    i = curve.index_of(threshold)
+    if i is None:
         raise ValueError(f"threshold {threshold} is not on the curve of {curve.name!r}")
-    i = int(hits[0])
     return LayerReport(
         name=curve.name, status=status, reason=reason, macs=int(curve.macs), ofm_sparsity=ofm_sparsity,
         threshold=float(threshold), predicted_zero=float(curve.predicted_zero[i]),
@@ -276,8 +275,8 @@ def plot_layer_curves(curves: Mapping[str, LayerCurve], path: str, *, chosen: Ma
         finite = np.isfinite(curve.taus)
         line, = ax.plot(100 * curve.error[finite], 100 * curve.savings[finite], linewidth=1, label=name)
         tau = (chosen or {}).get(name)
-        if tau is not None and np.isfinite(tau):
-            i = int(np.flatnonzero(curve.taus == tau)[0])
+        i = curve.index_of(tau) if tau is not None and np.isfinite(tau) else None
+        if i is not None:
             ax.plot(100 * curve.error[i], 100 * curve.savings[i], "o", color=line.get_color())
     ax.axhline(0, color="gray", linewidth=0.8)
     ax.set_xscale("symlog", linthresh=0.1)

@@ -189,8 +189,8 @@ class SensitivityProbes:
         for name, sensitivity in self.layers.items():
             curve = curves[name]
             for tau, error in zip(sensitivity.taus, sensitivity.errors):
-                hits = np.flatnonzero(curve.taus == tau)
-                if hits.size == 0 or not math.isclose(float(curve.error[hits[0]]), error, rel_tol=1e-9, abs_tol=1e-15):
+                index = curve.index_of(tau)
+                if index is None or not math.isclose(float(curve.error[index]), error, rel_tol=1e-9, abs_tol=1e-15):
                     raise ZapoptError(f"layer {name!r}: the probe at threshold {tau} is not a point of its curve; "
                                       f"{_REUSE_HINT}")
         scores = _class_scores(reference)

@@ -131,6 +131,11 @@ class LayerCurve:
         if not self.macs > 0:
             raise ZapoptError(f"curve {self.name!r}: the layer's MACs must be positive, got {self.macs}")
 
+    def index_of(self, tau: float) -> int | None:
+        """Where threshold ``tau`` lies on this curve (None if it was not measured)."""
+        hits = np.flatnonzero(self.taus == tau)
+        return int(hits[0]) if hits.size else None
+
     @property
     def savings(self) -> np.ndarray:
         """Fraction of the layer's MACs saved at each threshold (negative = costs more)."""
@@ -412,13 +417,13 @@ def _summarize(curves: Mapping[str, LayerCurve], thresholds: Mapping[str, float]
         if tau == -np.inf:
             after += curve.macs
             continue
-        hits = np.flatnonzero(curve.taus == tau)
-        if hits.size == 0:
+        index = curve.index_of(tau)
+        if index is None:
             raise ZapoptError(
                 f"threshold {tau} for layer {name!r} was not measured; choose one of its curve's thresholds"
             )
-        after += float(curve.macs_after[hits[0]])
-        error += float(curve.error[hits[0]])
+        after += float(curve.macs_after[index])
+        error += float(curve.error[index])
     return Selection(dict(thresholds), before, after, error)
 
 
