@@ -256,8 +256,12 @@ void compute(const Kernel& k, OrtKernelContext* context) {
   };
 
   std::string error;
+  std::unique_ptr<float[]> x_nhwc(new float[static_cast<size_t>(n * geo.c_in * h * w)]);  // fully written next
+  if (!k.conv->to_nhwc(static_cast<const float*>(x.data), n, h, w, x_nhwc.get(), parallel_for)) {
+    throw OpError{"transposing X to NHWC failed on onnxruntime's thread pool"};
+  }
   bool ok = true;
-  const float* xd = static_cast<const float*>(x.data);
+  const float* xd = x_nhwc.get();
   if (k.kind == OpKind::kZeroSkipConv) {
     std::vector<int32_t> all(static_cast<size_t>(ho * wo));
     for (size_t p = 0; p < all.size(); ++p) all[p] = static_cast<int32_t>(p);

@@ -6,8 +6,8 @@
 namespace zapopt {
 namespace {
 
-constexpr int kTilePositions = 32;    // output positions sharing one weight slab
-constexpr int kWeightSlabBytes = 16384;  // one K block x one channel block, kept in L1
+constexpr int kTilePositions = 16;       // output positions sharing one weight slab
+constexpr int kWeightSlabBytes = 16384;  // one K block x one channel block, kept in L1 (32 KiB)
 constexpr size_t kMinJobs = 16;        // enough jobs to keep a few threads busy
 
 int64_t conv_out(int64_t size, int64_t kernel, int64_t stride, int64_t pad_begin, int64_t pad_end,
@@ -55,8 +55,14 @@ std::unique_ptr<PackedConv> PackedConv::create(const ConvGeometry& geo, const fl
   conv->geometry_ = geo;
   const int64_t cg_out = geo.cg_out();
   PathTraits traits = traits_of(path);
+  conv->compact_ = traits.compact;
+  conv->transpose_row_ = traits.transpose_row;
+  // Too few channels per group to fill one vector: a narrower path wastes less work.
+  if (cg_out < traits.lanes && path == KernelPath::kAvx512 && cg_out >= traits_of(KernelPath::kAvx2).lanes) {
+    path = KernelPath::kAvx2;
+    traits = traits_of(path);
+  }
   if (cg_out < traits.lanes) {
-    // Too few channels per group to fill one vector: plain code does less wasted work.
     path = KernelPath::kPortable;
     traits = traits_of(path);
   }
@@ -77,7 +83,11 @@ std::unique_ptr<PackedConv> PackedConv::create(const ConvGeometry& geo, const fl
       float* slab = conv->weights_.data() + (g * blocks + b) * k_size * ocb;
       for (int64_t o = 0; o < ocb && b * ocb + o < cg_out; ++o) {
         const float* row = weights + (g * cg_out + b * ocb + o) * k_size;  // W[oc] is [C_in/g, kH, kW]
-        for (int64_t k = 0; k < k_size; ++k) slab[k * ocb + o] = row[k];
+        for (int64_t c = 0; c < geo.cg_in(); ++c) {
+          for (int64_t tap = 0; tap < geo.kh * geo.kw; ++tap) {
+            slab[(tap * geo.cg_in() + c) * ocb + o] = row[c * geo.kh * geo.kw + tap];
+          }
+        }
       }
     }
   }
@@ -86,22 +96,27 @@ std::unique_ptr<PackedConv> PackedConv::create(const ConvGeometry& geo, const fl
   return conv;
 }
 
+bool PackedConv::to_nhwc(const float* x, int64_t n, int64_t h, int64_t w, float* out,
+                         const ParallelFor& parallel_for) const {
+  const int64_t c = geometry_.c_in;
+  return parallel_for(static_cast<size_t>(n * h), [&](size_t row) {
+    const int64_t i = static_cast<int64_t>(row) / h, y = static_cast<int64_t>(row) % h;
+    transpose_row_(x + i * c * h * w + y * w, h * w, c, w, out + (i * h + y) * w * c);
+  });
+}
+
 bool PackedConv::run(const float* x, int64_t n, int64_t h, int64_t w,
                      const std::vector<const std::vector<int32_t>*>& positions, const Epilogue& epilogue,
                      const ParallelFor& parallel_for, std::string* error) const {
   const ConvGeometry& geo = geometry_;
   const int64_t ho = geo.out_h(h), wo = geo.out_w(w);
   // Receptive-field taps relative to the top-left input of a position, shared by all jobs.
-  const int64_t k_size = geo.k_size();
-  std::vector<int64_t> tap_offset(static_cast<size_t>(k_size));
-  std::vector<int32_t> tap_dy(static_cast<size_t>(k_size)), tap_dx(static_cast<size_t>(k_size));
-  for (int64_t c = 0, k = 0; c < geo.cg_in(); ++c) {
-    for (int64_t a = 0; a < geo.kh; ++a) {
-      for (int64_t b = 0; b < geo.kw; ++b, ++k) {
-        tap_dy[k] = static_cast<int32_t>(a * geo.dilation_h);
-        tap_dx[k] = static_cast<int32_t>(b * geo.dilation_w);
-        tap_offset[k] = c * h * w + tap_dy[k] * w + tap_dx[k];
-      }
+  const int64_t taps = geo.kh * geo.kw;
+  std::vector<int32_t> tap_dy(static_cast<size_t>(taps)), tap_dx(static_cast<size_t>(taps));
+  for (int64_t a = 0, tap = 0; a < geo.kh; ++a) {
+    for (int64_t b = 0; b < geo.kw; ++b, ++tap) {
+      tap_dy[tap] = static_cast<int32_t>(a * geo.dilation_h);
+      tap_dx[tap] = static_cast<int32_t>(b * geo.dilation_w);
     }
   }
   // Jobs: (batch item, group, tile of positions, range of channel blocks).
@@ -125,7 +140,7 @@ bool PackedConv::run(const float* x, int64_t n, int64_t h, int64_t w,
     }
   }
   const bool ok = parallel_for(jobs.size(), [&](size_t j) {
-    run_job(jobs[j], x, h, w, ho, wo, positions, epilogue, tap_offset.data(), tap_dy.data(), tap_dx.data());
+    run_job(jobs[j], x, h, w, ho, wo, positions, epilogue, tap_dy.data(), tap_dx.data());
   });
   if (!ok) {
     *error = "the convolution failed on onnxruntime's thread pool (out of memory for its scratch buffers?)";
@@ -134,9 +149,44 @@ bool PackedConv::run(const float* x, int64_t n, int64_t h, int64_t w,
   return true;
 }
 
+template <bool kSkip, bool kAux, bool kMasked>
+void PackedConv::finish_tile(const Job& job, const int32_t* pos, int32_t tile, const float* acc, int acc_stride,
+                             int64_t wo, int64_t plane_out, const Epilogue& ep) const {
+  const ConvGeometry& geo = geometry_;
+  const int64_t cg_out = geo.cg_out();
+  const float clip_max = ep.clip_max;
+  const bool relu = ep.relu;
+  for (int b = 0; b < job.b1 - job.b0; ++b) {
+    for (int o = 0; o < ocb_; ++o) {
+      const int64_t oc_local = int64_t{job.b0 + b} * ocb_ + o;
+      if (oc_local >= cg_out) break;
+      const int64_t oc = job.g * cg_out + oc_local;
+      const float bias = bias_[oc];
+      const int64_t plane = (job.n * geo.c_out + oc) * plane_out;
+      const float* a = acc + static_cast<size_t>(b) * ocb_ + o;
+      float* y = ep.y + plane;
+      for (int32_t t = 0; t < tile; ++t) {
+        const int64_t p = pos[t];
+        if (kMasked && ep.computed[plane + p] == 0) {
+          y[p] = 0.0f;
+          continue;
+        }
+        float v = a[static_cast<size_t>(t) * acc_stride] + bias;
+        if (kSkip && ep.skip != nullptr) {
+          v += ep.skip[job.n * ep.skip_strides[0] + oc * ep.skip_strides[1] + (p / wo) * ep.skip_strides[2] +
+                       (p % wo) * ep.skip_strides[3]];
+        }
+        const float full = relu ? std::min(std::max(v, 0.0f), clip_max) : v;
+        y[p] = full;
+        if (kAux && ep.aux != nullptr) ep.aux[plane + p] = ep.aux_preactivation ? v : full;
+      }
+    }
+  }
+}
+
 void PackedConv::run_job(const Job& job, const float* x, int64_t h, int64_t w, int64_t ho, int64_t wo,
                          const std::vector<const std::vector<int32_t>*>& positions, const Epilogue& ep,
-                         const int64_t* tap_offset, const int32_t* tap_dy, const int32_t* tap_dx) const {
+                         const int32_t* tap_dy, const int32_t* tap_dx) const {
   const ConvGeometry& geo = geometry_;
   const int64_t k_size = geo.k_size();
   const int64_t cg_out = geo.cg_out();
@@ -147,9 +197,13 @@ void PackedConv::run_job(const Job& job, const float* x, int64_t h, int64_t w, i
   const int64_t plane_out = ho * wo;
   const int acc_stride = n_blocks * ocb;
 
-  std::vector<Entry> entries(static_cast<size_t>(tile) * k_block_);
-  std::vector<int32_t> counts(static_cast<size_t>(tile));
-  std::vector<float> acc(static_cast<size_t>(tile) * acc_stride, 0.0f);
+  const int list_stride = k_block_ + kCompactSlack;
+  // Scratch, deliberately uninitialized: lists are written before they are read, and the
+  // accumulators of skipped (position, block) pairs are never used (their outputs are 0).
+  std::unique_ptr<int32_t[]> ks(new int32_t[static_cast<size_t>(tile) * list_stride]);
+  std::unique_ptr<float[]> values(new float[static_cast<size_t>(tile) * list_stride]);
+  std::unique_ptr<int32_t[]> counts(new int32_t[static_cast<size_t>(tile)]);
+  std::unique_ptr<float[]> acc(new float[static_cast<size_t>(tile) * acc_stride]);
   std::vector<uint8_t> needed;
   if (ep.computed != nullptr) {
     // A (position, block) is computed only if one of the block's channels is.
@@ -165,48 +219,39 @@ void PackedConv::run_job(const Job& job, const float* x, int64_t h, int64_t w, i
       }
     }
   }
-  const float* x_group = x + (job.n * geo.c_in + job.g * geo.cg_in()) * h * w;
-  const int32_t span_h = static_cast<int32_t>(geo.dilation_h * (geo.kh - 1));
-  const int32_t span_w = static_cast<int32_t>(geo.dilation_w * (geo.kw - 1));
+  const int64_t cg_in = geo.cg_in();
+  const float* x_item = x + job.n * h * w * geo.c_in + job.g * cg_in;  // NHWC, this group's channels
 
   for (int64_t k0 = 0; k0 < k_size; k0 += k_block_) {
     const int64_t k1 = std::min<int64_t>(k_size, k0 + k_block_);
-    // Compact the nonzero inputs of each position's receptive field (branch-free append).
+    // Compact the nonzero inputs of each position's receptive field, tap by tap: each tap is
+    // a contiguous run of channels in NHWC; taps in the padding contribute nothing.
     for (int32_t t = 0; t < tile; ++t) {
       const int64_t oh = pos[t] / wo, ow = pos[t] % wo;
       const int64_t ih0 = oh * geo.stride_h - geo.pad_top, iw0 = ow * geo.stride_w - geo.pad_left;
-      Entry* e = entries.data() + static_cast<size_t>(t) * k_block_;
+      int32_t* k_list = ks.get() + static_cast<size_t>(t) * list_stride;
+      float* v_list = values.get() + static_cast<size_t>(t) * list_stride;
       int32_t count = 0;
-      if (ih0 >= 0 && iw0 >= 0 && ih0 + span_h < h && iw0 + span_w < w) {
-        const float* origin = x_group + ih0 * w + iw0;
-        for (int64_t k = k0; k < k1; ++k) {
-          const float v = origin[tap_offset[k]];
-          e[count].k = static_cast<int32_t>(k);
-          e[count].value = v;
-          count += (v != 0.0f);
-        }
-      } else {
-        for (int64_t k = k0; k < k1; ++k) {
-          const int64_t ih = ih0 + tap_dy[k], iw = iw0 + tap_dx[k];
-          if (ih < 0 || ih >= h || iw < 0 || iw >= w) continue;
-          const float v = x_group[tap_offset[k] + ih0 * w + iw0];
-          e[count].k = static_cast<int32_t>(k);
-          e[count].value = v;
-          count += (v != 0.0f);
-        }
+      for (int64_t tap = k0 / cg_in; tap * cg_in < k1; ++tap) {
+        const int64_t ih = ih0 + tap_dy[tap], iw = iw0 + tap_dx[tap];
+        if (ih < 0 || ih >= h || iw < 0 || iw >= w) continue;
+        const int64_t c0 = std::max<int64_t>(k0 - tap * cg_in, 0), c1 = std::min<int64_t>(k1 - tap * cg_in, cg_in);
+        count += compact_(x_item + (ih * w + iw) * geo.c_in + c0, static_cast<int>(c1 - c0),
+                          static_cast<int32_t>(tap * cg_in + c0), k_list + count, v_list + count);
       }
       counts[t] = count;
     }
     for (int b = 0; b < n_blocks; ++b) {
       AccumulateArgs args;
-      args.entries = entries.data();
-      args.counts = counts.data();
-      args.entry_stride = k_block_;
+      args.ks = ks.get();
+      args.values = values.get();
+      args.counts = counts.get();
+      args.list_stride = list_stride;
       args.positions = tile;
       args.needed = needed.empty() ? nullptr : needed.data() + b;
       args.needed_stride = n_blocks;
       args.weights = weights_.data() + (job.g * blocks_ + job.b0 + b) * k_size * ocb;
-      args.acc = acc.data() + static_cast<size_t>(b) * ocb;
+      args.acc = acc.get() + static_cast<size_t>(b) * ocb;
       args.acc_stride = acc_stride;
       args.first = (k0 == 0);
       accumulate_(args, ocb);
@@ -214,32 +259,13 @@ void PackedConv::run_job(const Job& job, const float* x, int64_t h, int64_t w, i
   }
 
   // Bias, Skip, activation, and the transpose back to NCHW.
-  for (int b = 0; b < n_blocks; ++b) {
-    for (int o = 0; o < ocb; ++o) {
-      const int64_t oc_local = int64_t{job.b0 + b} * ocb + o;
-      if (oc_local >= cg_out) break;
-      const int64_t oc = job.g * cg_out + oc_local;
-      const float bias = bias_[oc];
-      const int64_t plane = (job.n * geo.c_out + oc) * plane_out;
-      const float* a = acc.data() + static_cast<size_t>(b) * ocb + o;
-      for (int32_t t = 0; t < tile; ++t) {
-        const int64_t idx = plane + pos[t];
-        if (ep.computed != nullptr && ep.computed[idx] == 0) {
-          ep.y[idx] = 0.0f;
-          continue;
-        }
-        float v = a[static_cast<size_t>(t) * acc_stride] + bias;
-        if (ep.skip != nullptr) {
-          const int64_t oh = pos[t] / wo, ow = pos[t] % wo;
-          v += ep.skip[job.n * ep.skip_strides[0] + oc * ep.skip_strides[1] + oh * ep.skip_strides[2] +
-                       ow * ep.skip_strides[3]];
-        }
-        float full = v;
-        if (ep.relu) full = std::min(std::max(v, 0.0f), ep.clip_max);
-        ep.y[idx] = full;
-        if (ep.aux != nullptr) ep.aux[idx] = ep.aux_preactivation ? v : full;
-      }
-    }
+  const bool has_skip = ep.skip != nullptr, has_aux = ep.aux != nullptr, masked = ep.computed != nullptr;
+  if (!has_skip && !has_aux && !masked) {
+    finish_tile<false, false, false>(job, pos, tile, acc.get(), acc_stride, wo, plane_out, ep);
+  } else if (!masked) {
+    finish_tile<true, true, false>(job, pos, tile, acc.get(), acc_stride, wo, plane_out, ep);
+  } else {
+    finish_tile<true, true, true>(job, pos, tile, acc.get(), acc_stride, wo, plane_out, ep);
   }
 }
 

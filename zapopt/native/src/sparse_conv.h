@@ -1,10 +1,11 @@
 // The zero-skipping direct convolution shared by ZeroSkipConv and ZapConv.
 //
-// Vectorized along output channels: for each output position, the nonzero entries of its
-// receptive field (k = (c, kh, kw)) are compacted into a (k, value) list once per block of K,
-// shared by all output-channel blocks; each entry then costs one broadcast and ocb/lanes
-// fused multiply-adds with the packed weight row W[k, oc-block]. Zero inputs (and padding)
-// are simply not in the list. Weights are packed once, at kernel creation.
+// Vectorized along output channels: the input is transposed to NHWC, then for each output
+// position the nonzero entries of its receptive field (k = (kh, kw, c)) are compacted into a
+// (k, value) list once per block of K, shared by all output-channel blocks; each entry then
+// costs one broadcast and ocb/lanes fused multiply-adds with the packed weight row
+// W[k, oc-block]. Zero inputs (and padding) are simply not in the list. Weights are packed
+// once, at kernel creation.
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -55,10 +56,14 @@ class PackedConv {
   const ConvGeometry& geometry() const { return geometry_; }
   const char* path() const { return path_name(path_); }
 
+  // x [N, C_in, H, W] -> out [N, H, W, C_in], so each receptive-field tap is a contiguous
+  // channel run. False if the thread pool failed.
+  bool to_nhwc(const float* x, int64_t n, int64_t h, int64_t w, float* out, const ParallelFor& parallel_for) const;
+
   // Computes the output positions positions[n] (indices oh * W_out + ow) of every batch
-  // item n of X [N, C_in, H, W] and hands them to the epilogue. Returns false with *error set
-  // if the thread pool or an allocation failed.
-  bool run(const float* x, int64_t n, int64_t h, int64_t w,
+  // item n of x_nhwc ([N, H, W, C_in], see to_nhwc) and hands them to the epilogue. Returns
+  // false with *error set if the thread pool or an allocation failed.
+  bool run(const float* x_nhwc, int64_t n, int64_t h, int64_t w,
            const std::vector<const std::vector<int32_t>*>& positions, const Epilogue& epilogue,
            const ParallelFor& parallel_for, std::string* error) const;
 
@@ -67,15 +72,21 @@ class PackedConv {
   struct Job;
   void run_job(const Job& job, const float* x, int64_t h, int64_t w, int64_t ho, int64_t wo,
                const std::vector<const std::vector<int32_t>*>& positions, const Epilogue& epilogue,
-               const int64_t* tap_offset, const int32_t* tap_dy, const int32_t* tap_dx) const;
+               const int32_t* tap_dy, const int32_t* tap_dx) const;
+
+  template <bool kSkip, bool kAux, bool kMasked>
+  void finish_tile(const Job& job, const int32_t* pos, int32_t tile, const float* acc, int acc_stride, int64_t wo,
+                   int64_t plane_out, const Epilogue& ep) const;
 
   ConvGeometry geometry_;
   KernelPath path_ = KernelPath::kPortable;
+  TransposeRowFn transpose_row_ = nullptr;
+  CompactFn compact_ = nullptr;
   AccumulateFn accumulate_ = nullptr;
   int ocb_ = 1;        // output channels per block (a multiple of the path's lanes)
   int blocks_ = 1;     // blocks per group
   int k_block_ = 64;   // K entries per list block (keeps one weight slab in L1)
-  std::vector<float> weights_;  // [group][block][K][ocb], zero-padded channels
+  std::vector<float> weights_;  // [group][block][K = (kh, kw, c)][ocb], zero-padded channels
   std::vector<float> bias_;     // [C_out]
 };
 
