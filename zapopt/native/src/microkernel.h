@@ -16,22 +16,22 @@ constexpr int kCompactSlack = 16;
 // order is kept); returns how many. NaN counts as nonzero.
 using CompactFn = int (*)(const float* x, int n, int32_t k0, int32_t* ks, float* values);
 
-// The nonzero lists of a tile of output positions for one block of K, and where to add them.
+// For a tile of output positions, the nonzero list each one reads for one (tap, channel chunk),
+// and where to add them.
 struct AccumulateArgs {
-  const int32_t* ks;        // position t's list: ks/values + t * list_stride, counts[t] entries
-  const float* values;
+  const int32_t* const* channels;  // position t's list: channels[t][j], values[t][j], j < counts[t]
+  const float* const* values;
   const int32_t* counts;
-  int32_t list_stride;
   int32_t positions;
   const uint8_t* needed;    // nullable; needed[t * needed_stride] == 0: skip position t
   int32_t needed_stride;
-  const float* weights;     // [K][ocb] packed weights of one output-channel block
+  const float* weights;     // [chunk][ocb] packed weights of this tap, chunk and channel block
   float* acc;               // position t's ocb accumulators at acc + t * acc_stride
   int32_t acc_stride;
   bool first;               // start from zero instead of acc
 };
 
-// acc[t][0..ocb) (+)= sum over position t's entries of value * weights[k][0..ocb).
+// acc[t][0..ocb) (+)= sum over position t's entries of value * weights[channel][0..ocb).
 using AccumulateFn = void (*)(const AccumulateArgs& args, int ocb);
 
 // One row of an NCHW tensor to NHWC: out[x][ch] = in[ch * channel_stride + x] for ch < c, x < w.

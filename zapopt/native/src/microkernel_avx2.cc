@@ -36,8 +36,8 @@ void run(const AccumulateArgs& a) {
     float* acc = a.acc + static_cast<int64_t>(t) * a.acc_stride;
     __m256 c[NV];
     for (int i = 0; i < NV; ++i) c[i] = a.first ? _mm256_setzero_ps() : _mm256_loadu_ps(acc + 8 * i);
-    const int32_t* ks = a.ks + static_cast<int64_t>(t) * a.list_stride;
-    const float* values = a.values + static_cast<int64_t>(t) * a.list_stride;
+    const int32_t* ks = a.channels[t];
+    const float* values = a.values[t];
     const int32_t n = a.counts[t];
     for (int32_t j = 0; j < n; ++j) {
       const __m256 x = _mm256_broadcast_ss(values + j);

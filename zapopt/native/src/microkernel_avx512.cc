@@ -17,8 +17,8 @@ void run(const AccumulateArgs& a) {
     float* acc = a.acc + static_cast<int64_t>(t) * a.acc_stride;
     __m512 c[NV];
     for (int i = 0; i < NV; ++i) c[i] = a.first ? _mm512_setzero_ps() : _mm512_loadu_ps(acc + 16 * i);
-    const int32_t* ks = a.ks + static_cast<int64_t>(t) * a.list_stride;
-    const float* values = a.values + static_cast<int64_t>(t) * a.list_stride;
+    const int32_t* ks = a.channels[t];
+    const float* values = a.values[t];
     const int32_t n = a.counts[t];
     for (int32_t j = 0; j < n; ++j) {
       const __m512 x = _mm512_set1_ps(values[j]);

@@ -31,8 +31,8 @@ void accumulate_portable(const AccumulateArgs& a, int ocb) {
     if (a.first) {
       for (int o = 0; o < ocb; ++o) acc[o] = 0.0f;
     }
-    const int32_t* ks = a.ks + static_cast<int64_t>(t) * a.list_stride;
-    const float* values = a.values + static_cast<int64_t>(t) * a.list_stride;
+    const int32_t* ks = a.channels[t];
+    const float* values = a.values[t];
     const int32_t n = a.counts[t];
     for (int32_t j = 0; j < n; ++j) {
       const float v = values[j];

@@ -73,8 +73,9 @@ std::unique_ptr<PackedConv> PackedConv::create(const ConvGeometry& geo, const fl
   const int64_t per_block = (cg_out + blocks - 1) / blocks;
   conv->ocb_ = static_cast<int>((per_block + traits.lanes - 1) / traits.lanes * traits.lanes);
   conv->blocks_ = static_cast<int>(blocks);
-  conv->k_block_ = static_cast<int>(
-      std::clamp<int64_t>(kWeightSlabBytes / (conv->ocb_ * int64_t{sizeof(float)}), 16, 512));
+  const int64_t chunk = std::clamp<int64_t>(kWeightSlabBytes / (conv->ocb_ * int64_t{sizeof(float)}), 16, 512);
+  conv->chunks_ = static_cast<int>((geo.cg_in() + chunk - 1) / chunk);
+  conv->chunk_ = static_cast<int>((geo.cg_in() + conv->chunks_ - 1) / conv->chunks_);  // balanced chunks
 
   const int64_t ocb = conv->ocb_;
   conv->weights_.assign(static_cast<size_t>(geo.group * blocks * k_size * ocb), 0.0f);
@@ -96,29 +97,39 @@ std::unique_ptr<PackedConv> PackedConv::create(const ConvGeometry& geo, const fl
   return conv;
 }
 
-bool PackedConv::to_nhwc(const float* x, int64_t n, int64_t h, int64_t w, float* out,
-                         const ParallelFor& parallel_for) const {
-  const int64_t c = geometry_.c_in;
+bool PackedConv::compact_input(const float* x, int64_t n, int64_t h, int64_t w, CompactInput* out,
+                               const ParallelFor& parallel_for) const {
+  const int64_t c = geometry_.c_in, cg_in = geometry_.cg_in();
+  out->n = n, out->h = h, out->w = w;
+  out->lists_per_pixel = geometry_.group * chunks_;
+  out->stride = chunk_ + kCompactSlack;
+  const size_t lists = static_cast<size_t>(n * h * w * out->lists_per_pixel);
+  out->channels.reset(new int32_t[lists * out->stride]);  // written before read, as counts say
+  out->values.reset(new float[lists * out->stride]);
+  out->counts.reset(new int32_t[lists]);
   return parallel_for(static_cast<size_t>(n * h), [&](size_t row) {
     const int64_t i = static_cast<int64_t>(row) / h, y = static_cast<int64_t>(row) % h;
-    transpose_row_(x + i * c * h * w + y * w, h * w, c, w, out + (i * h + y) * w * c);
+    std::unique_ptr<float[]> pixels(new float[static_cast<size_t>(w * c)]);  // this row in NHWC
+    transpose_row_(x + i * c * h * w + y * w, h * w, c, w, pixels.get());
+    for (int64_t col = 0; col < w; ++col) {
+      const int64_t first = (row * w + col) * out->lists_per_pixel;
+      for (int64_t g = 0; g < geometry_.group; ++g) {
+        for (int j = 0; j < chunks_; ++j) {
+          const int64_t c0 = int64_t{j} * chunk_, c1 = std::min<int64_t>(cg_in, c0 + chunk_);
+          const int64_t list = first + g * chunks_ + j;
+          out->counts[list] = compact_(pixels.get() + col * c + g * cg_in + c0, static_cast<int>(c1 - c0), 0,
+                                       out->channels.get() + list * out->stride, out->values.get() + list * out->stride);
+        }
+      }
+    }
   });
 }
 
-bool PackedConv::run(const float* x, int64_t n, int64_t h, int64_t w,
-                     const std::vector<const std::vector<int32_t>*>& positions, const Epilogue& epilogue,
-                     const ParallelFor& parallel_for, std::string* error) const {
+bool PackedConv::run(const CompactInput& input, const std::vector<const std::vector<int32_t>*>& positions,
+                     const Epilogue& epilogue, const ParallelFor& parallel_for, std::string* error) const {
   const ConvGeometry& geo = geometry_;
-  const int64_t ho = geo.out_h(h), wo = geo.out_w(w);
-  // Receptive-field taps relative to the top-left input of a position, shared by all jobs.
-  const int64_t taps = geo.kh * geo.kw;
-  std::vector<int32_t> tap_dy(static_cast<size_t>(taps)), tap_dx(static_cast<size_t>(taps));
-  for (int64_t a = 0, tap = 0; a < geo.kh; ++a) {
-    for (int64_t b = 0; b < geo.kw; ++b, ++tap) {
-      tap_dy[tap] = static_cast<int32_t>(a * geo.dilation_h);
-      tap_dx[tap] = static_cast<int32_t>(b * geo.dilation_w);
-    }
-  }
+  const int64_t n = input.n;
+  const int64_t ho = geo.out_h(input.h), wo = geo.out_w(input.w);
   // Jobs: (batch item, group, tile of positions, range of channel blocks).
   size_t tiles = 0;
   for (int64_t i = 0; i < n; ++i) tiles += (positions[i]->size() + kTilePositions - 1) / kTilePositions;
@@ -140,7 +151,7 @@ bool PackedConv::run(const float* x, int64_t n, int64_t h, int64_t w,
     }
   }
   const bool ok = parallel_for(jobs.size(), [&](size_t j) {
-    run_job(jobs[j], x, h, w, ho, wo, positions, epilogue, tap_dy.data(), tap_dx.data());
+    run_job(jobs[j], input, ho, wo, positions, epilogue);
   });
   if (!ok) {
     *error = "the convolution failed on onnxruntime's thread pool (out of memory for its scratch buffers?)";
@@ -184,25 +195,26 @@ void PackedConv::finish_tile(const Job& job, const int32_t* pos, int32_t tile, c
   }
 }
 
-void PackedConv::run_job(const Job& job, const float* x, int64_t h, int64_t w, int64_t ho, int64_t wo,
-                         const std::vector<const std::vector<int32_t>*>& positions, const Epilogue& ep,
-                         const int32_t* tap_dy, const int32_t* tap_dx) const {
+void PackedConv::run_job(const Job& job, const CompactInput& input, int64_t ho, int64_t wo,
+                         const std::vector<const std::vector<int32_t>*>& positions, const Epilogue& ep) const {
   const ConvGeometry& geo = geometry_;
   const int64_t k_size = geo.k_size();
-  const int64_t cg_out = geo.cg_out();
+  const int64_t cg_out = geo.cg_out(), cg_in = geo.cg_in();
   const int ocb = ocb_;
   const int n_blocks = job.b1 - job.b0;
   const int32_t* pos = positions[job.n]->data() + job.start;
   const int32_t tile = static_cast<int32_t>(job.count);
   const int64_t plane_out = ho * wo;
   const int acc_stride = n_blocks * ocb;
+  const int64_t h = input.h, w = input.w;
 
-  const int list_stride = k_block_ + kCompactSlack;
-  // Scratch, deliberately uninitialized: lists are written before they are read, and the
-  // accumulators of skipped (position, block) pairs are never used (their outputs are 0).
-  std::unique_ptr<int32_t[]> ks(new int32_t[static_cast<size_t>(tile) * list_stride]);
-  std::unique_ptr<float[]> values(new float[static_cast<size_t>(tile) * list_stride]);
-  std::unique_ptr<int32_t[]> counts(new int32_t[static_cast<size_t>(tile)]);
+  // Per position of the tile: the list of the pixel under the current tap (count 0 in padding).
+  std::unique_ptr<const int32_t*[]> channel_lists(new const int32_t*[tile]);
+  std::unique_ptr<const float*[]> value_lists(new const float*[tile]);
+  std::unique_ptr<int32_t[]> counts(new int32_t[tile]);
+  std::unique_ptr<int64_t[]> ih0(new int64_t[tile]), iw0(new int64_t[tile]);
+  // Accumulators, deliberately uninitialized: the first tap's pass writes them, and those of
+  // skipped (position, block) pairs are never used (their outputs are 0).
   std::unique_ptr<float[]> acc(new float[static_cast<size_t>(tile) * acc_stride]);
   std::vector<uint8_t> needed;
   if (ep.computed != nullptr) {
@@ -219,42 +231,46 @@ void PackedConv::run_job(const Job& job, const float* x, int64_t h, int64_t w, i
       }
     }
   }
-  const int64_t cg_in = geo.cg_in();
-  const float* x_item = x + job.n * h * w * geo.c_in + job.g * cg_in;  // NHWC, this group's channels
-
-  for (int64_t k0 = 0; k0 < k_size; k0 += k_block_) {
-    const int64_t k1 = std::min<int64_t>(k_size, k0 + k_block_);
-    // Compact the nonzero inputs of each position's receptive field, tap by tap: each tap is
-    // a contiguous run of channels in NHWC; taps in the padding contribute nothing.
-    for (int32_t t = 0; t < tile; ++t) {
-      const int64_t oh = pos[t] / wo, ow = pos[t] % wo;
-      const int64_t ih0 = oh * geo.stride_h - geo.pad_top, iw0 = ow * geo.stride_w - geo.pad_left;
-      int32_t* k_list = ks.get() + static_cast<size_t>(t) * list_stride;
-      float* v_list = values.get() + static_cast<size_t>(t) * list_stride;
-      int32_t count = 0;
-      for (int64_t tap = k0 / cg_in; tap * cg_in < k1; ++tap) {
-        const int64_t ih = ih0 + tap_dy[tap], iw = iw0 + tap_dx[tap];
-        if (ih < 0 || ih >= h || iw < 0 || iw >= w) continue;
-        const int64_t c0 = std::max<int64_t>(k0 - tap * cg_in, 0), c1 = std::min<int64_t>(k1 - tap * cg_in, cg_in);
-        count += compact_(x_item + (ih * w + iw) * geo.c_in + c0, static_cast<int>(c1 - c0),
-                          static_cast<int32_t>(tap * cg_in + c0), k_list + count, v_list + count);
+  for (int32_t t = 0; t < tile; ++t) {
+    ih0[t] = (pos[t] / wo) * geo.stride_h - geo.pad_top;
+    iw0[t] = (pos[t] % wo) * geo.stride_w - geo.pad_left;
+  }
+  const int64_t pixel_base = job.n * h * w;
+  bool first = true;
+  for (int64_t a = 0; a < geo.kh; ++a) {
+    for (int64_t bw = 0; bw < geo.kw; ++bw) {
+      const int64_t tap = a * geo.kw + bw;
+      for (int j = 0; j < chunks_; ++j) {
+        for (int32_t t = 0; t < tile; ++t) {
+          const int64_t ih = ih0[t] + a * geo.dilation_h, iw = iw0[t] + bw * geo.dilation_w;
+          if (ih < 0 || ih >= h || iw < 0 || iw >= w) {
+            counts[t] = 0;
+            channel_lists[t] = input.channels.get();
+            value_lists[t] = input.values.get();
+            continue;
+          }
+          const int64_t list = (pixel_base + ih * w + iw) * input.lists_per_pixel + job.g * chunks_ + j;
+          counts[t] = input.counts[list];
+          channel_lists[t] = input.channels.get() + list * input.stride;
+          value_lists[t] = input.values.get() + list * input.stride;
+        }
+        const int64_t k0 = tap * cg_in + int64_t{j} * chunk_;
+        for (int b = 0; b < n_blocks; ++b) {
+          AccumulateArgs args;
+          args.channels = channel_lists.get();
+          args.values = value_lists.get();
+          args.counts = counts.get();
+          args.positions = tile;
+          args.needed = needed.empty() ? nullptr : needed.data() + b;
+          args.needed_stride = n_blocks;
+          args.weights = weights_.data() + ((job.g * blocks_ + job.b0 + b) * k_size + k0) * ocb;
+          args.acc = acc.get() + static_cast<size_t>(b) * ocb;
+          args.acc_stride = acc_stride;
+          args.first = first;
+          accumulate_(args, ocb);
+        }
+        first = false;
       }
-      counts[t] = count;
-    }
-    for (int b = 0; b < n_blocks; ++b) {
-      AccumulateArgs args;
-      args.ks = ks.get();
-      args.values = values.get();
-      args.counts = counts.get();
-      args.list_stride = list_stride;
-      args.positions = tile;
-      args.needed = needed.empty() ? nullptr : needed.data() + b;
-      args.needed_stride = n_blocks;
-      args.weights = weights_.data() + (job.g * blocks_ + job.b0 + b) * k_size * ocb;
-      args.acc = acc.get() + static_cast<size_t>(b) * ocb;
-      args.acc_stride = acc_stride;
-      args.first = (k0 == 0);
-      accumulate_(args, ocb);
     }
   }
 
