@@ -9,6 +9,7 @@ namespace {
 constexpr int kTilePositions = 16;       // output positions sharing one weight slab
 constexpr int kWeightSlabBytes = 16384;  // one K block x one channel block, kept in L1 (32 KiB)
 constexpr size_t kMinJobs = 16;        // enough jobs to keep a few threads busy
+constexpr size_t kTasks = 32;          // tasks handed to the thread pool per run
 
 int64_t conv_out(int64_t size, int64_t kernel, int64_t stride, int64_t pad_begin, int64_t pad_end,
                  int64_t dilation) {
@@ -150,8 +151,13 @@ bool PackedConv::run(const CompactInput& input, const std::vector<const std::vec
       }
     }
   }
-  const bool ok = parallel_for(jobs.size(), [&](size_t j) {
-    run_job(jobs[j], input, ho, wo, positions, epilogue);
+  // Hand the pool a few dozen tasks of consecutive jobs: enough to balance a handful of
+  // threads, few enough that scheduling costs nothing next to the work.
+  const size_t per_task = std::max<size_t>(1, jobs.size() / kTasks);
+  const size_t tasks = (jobs.size() + per_task - 1) / per_task;
+  const bool ok = parallel_for(tasks, [&](size_t task) {
+    const size_t end = std::min(jobs.size(), (task + 1) * per_task);
+    for (size_t j = task * per_task; j < end; ++j) run_job(jobs[j], input, ho, wo, positions, epilogue);
   });
   if (!ok) {
     *error = "the convolution failed on onnxruntime's thread pool (out of memory for its scratch buffers?)";
