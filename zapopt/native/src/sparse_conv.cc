@@ -99,6 +99,10 @@ std::unique_ptr<PackedConv> PackedConv::create(const ConvGeometry& geo, const fl
   }
   conv->bias_.assign(static_cast<size_t>(geo.c_out), 0.0f);
   if (bias != nullptr) std::copy(bias, bias + geo.c_out, conv->bias_.begin());
+  conv->padded_bias_.assign(static_cast<size_t>(geo.group * blocks * ocb), 0.0f);
+  for (int64_t g = 0; g < geo.group; ++g) {
+    for (int64_t oc = 0; oc < cg_out; ++oc) conv->padded_bias_[g * blocks * ocb + oc] = conv->bias_[g * cg_out + oc];
+  }
   return conv;
 }
 
@@ -199,12 +203,34 @@ bool PackedConv::run(const float* x, int64_t n, int64_t h, int64_t w,
 
 
 template <bool kSkip, bool kAux, bool kMasked>
-void PackedConv::finish_tile(const Job& job, const int32_t* pos, int32_t tile, const float* acc, int acc_stride,
+void PackedConv::finish_tile(const Job& job, const int32_t* pos, int32_t tile, float* acc, int acc_stride,
                              int64_t wo, int64_t plane_out, const Epilogue& ep) const {
   const ConvGeometry& geo = geometry_;
   const int64_t cg_out = geo.cg_out();
   const float clip_max = ep.clip_max;
   const bool relu = ep.relu;
+  if (!kSkip && !kAux && !kMasked) {
+    // Bias and activation on the NHWC accumulators (contiguous, vectorized), then a plain copy.
+    const float* bias = padded_bias_.data() + (job.g * blocks_ + job.b0) * int64_t{ocb_};
+    for (int32_t t = 0; t < tile; ++t) {
+      float* row = acc + static_cast<size_t>(t) * acc_stride;
+      if (relu) {
+        for (int i = 0; i < acc_stride; ++i) row[i] = std::min(std::max(row[i] + bias[i], 0.0f), clip_max);
+      } else {
+        for (int i = 0; i < acc_stride; ++i) row[i] += bias[i];
+      }
+    }
+    for (int b = 0; b < job.b1 - job.b0; ++b) {
+      for (int o = 0; o < ocb_; ++o) {
+        const int64_t oc_local = int64_t{job.b0 + b} * ocb_ + o;
+        if (oc_local >= cg_out) break;
+        float* y = ep.y + (job.n * geo.c_out + job.g * cg_out + oc_local) * plane_out;
+        const float* a = acc + static_cast<size_t>(b) * ocb_ + o;
+        for (int32_t t = 0; t < tile; ++t) y[pos[t]] = a[static_cast<size_t>(t) * acc_stride];
+      }
+    }
+    return;
+  }
   for (int b = 0; b < job.b1 - job.b0; ++b) {
     for (int o = 0; o < ocb_; ++o) {
       const int64_t oc_local = int64_t{job.b0 + b} * ocb_ + o;

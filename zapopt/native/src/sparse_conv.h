@@ -77,7 +77,7 @@ class PackedConv {
 
   // Not inlined into run_job: on its own it keeps its loop state in registers.
   template <bool kSkip, bool kAux, bool kMasked>
-  __attribute__((noinline)) void finish_tile(const Job& job, const int32_t* pos, int32_t tile, const float* acc, int acc_stride, int64_t wo,
+  __attribute__((noinline)) void finish_tile(const Job& job, const int32_t* pos, int32_t tile, float* acc, int acc_stride, int64_t wo,
                    int64_t plane_out, const Epilogue& ep) const;
 
   ConvGeometry geometry_;
@@ -91,6 +91,7 @@ class PackedConv {
   int chunks_ = 1;     // chunks per group
   std::vector<float> weights_;  // [group][block][K = (tap, c)][ocb], zero-padded channels
   std::vector<float> bias_;     // [C_out]
+  std::vector<float> padded_bias_;  // [group][block][ocb], like the packed output channels
 };
 
 }  // namespace zapopt
