@@ -32,7 +32,7 @@ from zapopt import native  # noqa: E402
 from zapopt.ops import (  # noqa: E402
     DOMAIN, ZapConvAttrs, ZeroSkipConvAttrs, get_pattern, make_zap_node, make_zero_skip_node, zap_conv_trace,
 )
-from zap_common import provenance, save_results  # noqa: E402
+from zap_common import save_results  # noqa: E402
 
 #: (C_in, C_out, kernel, spatial size): ResNet-50's 3x3 and 1x1 convs, one per stage.
 LAYERS = [(64, 64, 3, 56), (128, 128, 3, 28), (256, 256, 3, 14), (512, 512, 3, 7), (256, 64, 1, 56), (1024, 256, 1, 14)]
@@ -176,7 +176,7 @@ def main() -> None:
                       f"| {row['stock_over_native']:.2f} | {row['stock_over_native_cpu']:.2f} "
                       f"| {row['stock_gflops']:.0f} | {row['native_gflops']:.0f} |",
                       flush=True)
-    save_results(rows, args.json, extra=provenance())
+    save_results(rows, args.json)  # adds the command, git commit and machine (result_files)
 
 
 if __name__ == "__main__":
