@@ -1,17 +1,23 @@
-"""Chain matching details: auto_pad resolution and ReLU-like activations across opsets."""
+"""The shared Conv-chain pattern: auto_pad resolution, ReLU-like activations across opsets,
+and analysis and rewrite giving the same reasons."""
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import onnx
 import pytest
 from onnx import helper, numpy_helper
 
-from tests.zap_builders import ort_run
+from tests.zap_builders import chain_model, ort_run
 from zapopt.errors import ZapoptError
-from zapopt.rewrite.graph_edit import GraphIndex
-from zapopt.rewrite.match import clip_max_of, conv_geometry
+from zapopt.graph import analyze
+from zapopt.graph.conv_chain import activation_check, match_conv_chain
+from zapopt.graph.index import GraphIndex
+from zapopt.graph.macs import conv_geometry_2d as conv_geometry
+from zapopt.ops import get_pattern
+from zapopt.rewrite import ReplaceWithZap, ZapParams
 
 
 def _conv(**attrs) -> onnx.NodeProto:
@@ -57,6 +63,12 @@ def _index_for(act: onnx.NodeProto, inits: dict[str, float]) -> GraphIndex:
     return GraphIndex(graph)
 
 
+def clip_max_of(index: GraphIndex, act: onnx.NodeProto) -> float | None:
+    """The activation's clip_max when it is ReLU-like, else None."""
+    clip_max, reasons = activation_check(index, list(index.graph.node).index(act), "Conv 'c'")
+    return None if reasons else clip_max
+
+
 def test_relu_like_activations() -> None:
     relu = helper.make_node("Relu", ["v"], ["y"])
     assert clip_max_of(_index_for(relu, {}), relu) == math.inf
@@ -75,3 +87,44 @@ def test_not_relu_like() -> None:
     assert clip_max_of(_index_for(runtime_bound, {"lo": 0.0}), runtime_bound) is None
     leaky = helper.make_node("LeakyRelu", ["v"], ["y"])
     assert clip_max_of(_index_for(leaky, {}), leaky) is None
+
+
+def test_match_object_names_every_part_of_a_residual_chain() -> None:
+    index = GraphIndex(chain_model().graph)
+    chain = match_conv_chain(index, index.find_node("conv2"))
+    assert chain.matched and chain.reasons == ()
+    assert [index.names[k] for k in chain.positions] == ["conv2", "bn2", "add2", "relu2"]
+    assert chain.skip_input == "r1" and chain.preactivation == "a2" and chain.output == "r2"
+    assert chain.clip_max == math.inf
+    clip = match_conv_chain(index, index.find_node("conv3"))
+    assert clip.matched and clip.bn is None and clip.add is None and clip.clip_max == 6.0
+
+
+def _set_initializer(model: onnx.ModelProto, name: str, value: float) -> None:
+    for init in model.graph.initializer:
+        if init.name == name:
+            init.CopyFrom(numpy_helper.from_array(np.array(value, np.float32), name))
+
+
+def _rename_op(model: onnx.ModelProto, node_name: str, op_type: str) -> None:
+    for node in model.graph.node:
+        if node.name == node_name:
+            node.op_type = op_type
+
+
+@pytest.mark.parametrize(("layer", "channels", "mutate", "expected"), [
+    ("conv3", 5, lambda m: _set_initializer(m, "six", 0.0), "Clip 'clip3' has max 0"),
+    ("conv3", 5, lambda m: _set_initializer(m, "zero", -1.0), "min -1, not 0"),
+    ("conv1", 4, lambda m: _rename_op(m, "relu1", "Sigmoid"), "no ReLU after it.*goes to Sigmoid 'relu1'"),
+    ("conv1", 4, lambda m: m.graph.output.append(
+        helper.make_tensor_value_info("n1", onnx.TensorProto.FLOAT, [1, 4, 8, 8])), "'n1'.* is a graph output"),
+])
+def test_analysis_and_rewrite_give_the_same_reason(layer: str, channels: int, mutate, expected: str) -> None:
+    model = chain_model()
+    mutate(model)
+    record = {c.conv: c for c in analyze(model).convs}[layer]
+    assert not record.eligible and re.search(expected, record.reason), record.reason
+    zeros = np.zeros((channels, 1, 3, 3)), np.zeros(channels)
+    params = ZapParams.from_arrays(zeros[0], zeros[1], zeros[0], zeros[1], get_pattern("checkerboard"), 0.0)
+    with pytest.raises(ZapoptError, match=f"Conv '{layer}' cannot become one ZapConv: .*{expected}"):
+        ReplaceWithZap({layer: params})(model)
