@@ -10,6 +10,7 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 
+from tests.test_graph_builders import build_model, weights
 from tests.zap_builders import chain_model, ort_run
 from zapopt.errors import ZapoptError
 from zapopt.graph import analyze
@@ -100,6 +101,11 @@ def test_match_object_names_every_part_of_a_residual_chain() -> None:
     assert clip.matched and clip.bn is None and clip.add is None and clip.clip_max == 6.0
 
 
+def _zero_params(channels: int) -> ZapParams:
+    zeros = np.zeros((channels, 1, 3, 3)), np.zeros(channels)
+    return ZapParams.from_arrays(zeros[0], zeros[1], zeros[0], zeros[1], get_pattern("checkerboard"), 0.0)
+
+
 def _set_initializer(model: onnx.ModelProto, name: str, value: float) -> None:
     for init in model.graph.initializer:
         if init.name == name:
@@ -115,7 +121,7 @@ def _rename_op(model: onnx.ModelProto, node_name: str, op_type: str) -> None:
 @pytest.mark.parametrize(("layer", "channels", "mutate", "expected"), [
     ("conv3", 5, lambda m: _set_initializer(m, "six", 0.0), "Clip 'clip3' has max 0"),
     ("conv3", 5, lambda m: _set_initializer(m, "zero", -1.0), "min -1, not 0"),
-    ("conv1", 4, lambda m: _rename_op(m, "relu1", "Sigmoid"), "no ReLU after it.*goes to Sigmoid 'relu1'"),
+    ("conv1", 4, lambda m: _rename_op(m, "relu1", "Sigmoid"), "no ReLU after it.*goes to Sigmoid 'relu1', not Relu or Clip"),
     ("conv1", 4, lambda m: m.graph.output.append(
         helper.make_tensor_value_info("n1", onnx.TensorProto.FLOAT, [1, 4, 8, 8])), "'n1'.* is a graph output"),
 ])
@@ -124,7 +130,22 @@ def test_analysis_and_rewrite_give_the_same_reason(layer: str, channels: int, mu
     mutate(model)
     record = {c.conv: c for c in analyze(model).convs}[layer]
     assert not record.eligible and re.search(expected, record.reason), record.reason
-    zeros = np.zeros((channels, 1, 3, 3)), np.zeros(channels)
-    params = ZapParams.from_arrays(zeros[0], zeros[1], zeros[0], zeros[1], get_pattern("checkerboard"), 0.0)
     with pytest.raises(ZapoptError, match=f"Conv '{layer}' cannot become one ZapConv: .*{expected}"):
-        ReplaceWithZap({layer: params})(model)
+        ReplaceWithZap({layer: _zero_params(channels)})(model)
+
+
+def test_a_conv_output_read_inside_a_subgraph_is_refused_by_both() -> None:
+    def branch(tag: str) -> onnx.GraphProto:
+        return helper.make_graph([helper.make_node("Identity", ["c"], [f"{tag}_out"])], tag, [],
+                                 [helper.make_tensor_value_info(f"{tag}_out", onnx.TensorProto.FLOAT, None)])
+
+    nodes = [helper.make_node("Conv", ["X", "W"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["Y"], name="relu"),
+             helper.make_node("If", ["cond"], ["Z"], name="if", then_branch=branch("then"), else_branch=branch("else"))]
+    channels = 16
+    model = build_model(nodes, {"X": [1, channels, 8, 8]}, ["Y", "Z"],
+                        {"W": weights(channels, channels, 3, 3), "cond": np.array(True)})
+    (record,) = analyze(model).convs
+    assert not record.eligible and "read inside a subgraph" in record.reason
+    with pytest.raises(ZapoptError, match="'c'.*read inside a subgraph"):
+        ReplaceWithZap({"conv": _zero_params(channels)})(model)

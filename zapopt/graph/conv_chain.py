@@ -65,27 +65,30 @@ class ConvChain:
         return self
 
 
-def _sole_reader(index: GraphIndex, tensor: str, owner: str, reasons: list[str]) -> int | None:
-    """The one node reading ``tensor``; else record why there is not exactly one."""
+def sole_reader(index: GraphIndex, tensor: str, owner: str) -> tuple[int | None, str | None]:
+    """(position of the one node reading ``tensor``, None), or (None, why there is not
+    exactly one) when it is also a graph output, read inside a subgraph, unused or shared."""
     readers = index.consumer_nodes(tensor)
     if tensor in index.graph_outputs:
-        reasons.append(f"the output of {owner} (tensor {tensor!r}) is a graph output, used before any ReLU")
-        return None
+        return None, f"the output of {owner} (tensor {tensor!r}) is a graph output, used before any ReLU"
     if tensor in index.used_in_subgraphs:
-        reasons.append(f"the output of {owner} (tensor {tensor!r}) is read inside a subgraph before the ReLU")
-        return None
+        return None, f"the output of {owner} (tensor {tensor!r}) is read inside a subgraph before the ReLU"
     if not readers:
-        reasons.append(f"no ReLU after it (the output of {owner} is unused)")
-        return None
+        return None, f"no ReLU after it (the output of {owner} is unused)"
     if len(readers) > 1:
         names = ", ".join(f"{index.node(r).op_type} {index.names[r]!r}" for r in readers)
         if any(index.node(r).op_type in _CHAIN_OPS for r in readers):
-            reasons.append(f"the output of {owner} (tensor {tensor!r}) is used elsewhere before the ReLU "
-                           f"(fan-out to {names})")
-        else:
-            reasons.append(f"no ReLU after it (the output of {owner} goes to {names})")
-        return None
-    return readers[0]
+            return None, (f"the output of {owner} (tensor {tensor!r}) is used elsewhere before the ReLU "
+                          f"(fan-out to {names})")
+        return None, f"no ReLU after it (the output of {owner} goes to {names})"
+    return readers[0], None
+
+
+def _next_in_chain(index: GraphIndex, tensor: str, owner: str, reasons: list[str]) -> int | None:
+    reader, reason = sole_reader(index, tensor, owner)
+    if reason is not None:
+        reasons.append(reason)
+    return reader
 
 
 def batchnorm_reasons(index: GraphIndex, bn_position: int) -> list[str]:
@@ -167,14 +170,14 @@ def match_conv_chain(index: GraphIndex, conv: int, shapes: InferredShapes | None
         return ConvChain(conv=conv, reasons=tuple(reasons))
     found: dict = {}
     tensor = node.output[0]
-    reader = _sole_reader(index, tensor, owner, reasons)
+    reader = _next_in_chain(index, tensor, owner, reasons)
     if reader is not None and is_onnx_op(index.node(reader), "BatchNormalization") \
             and index.node(reader).input[0] == tensor:
         found["bn"] = reader
         reasons.extend(batchnorm_reasons(index, reader))
         tensor = index.node(reader).output[0]
         owner = f"BatchNormalization {index.names[reader]!r}"
-        reader = _sole_reader(index, tensor, owner, reasons)
+        reader = _next_in_chain(index, tensor, owner, reasons)
     if reader is not None and is_onnx_op(index.node(reader), "Add"):
         found["add"] = reader
         add = index.node(reader)
@@ -188,7 +191,7 @@ def match_conv_chain(index: GraphIndex, conv: int, shapes: InferredShapes | None
                 reasons.extend(_residual_reasons(shapes, tensor, others[0], add.output[0], add_name))
         tensor = add.output[0]
         owner = f"Add {add_name!r}"
-        reader = _sole_reader(index, tensor, owner, reasons)
+        reader = _next_in_chain(index, tensor, owner, reasons)
     if reader is not None:
         clip_max, act_reasons = activation_check(index, reader, owner)
         reasons.extend(act_reasons)

@@ -129,14 +129,6 @@ class GraphIndex:
         return bool(self.consumers.get(tensor)) or tensor in self.graph_outputs \
             or tensor in self.used_in_subgraphs
 
-    def sole_consumer(self, tensor: str) -> onnx.NodeProto | None:
-        """The only node reading ``tensor``, or None if it is shared, a graph output, read
-        inside a subgraph or unused."""
-        readers = self.consumers.get(tensor, [])
-        if len(readers) != 1 or tensor in self.graph_outputs or tensor in self.used_in_subgraphs:
-            return None
-        return self.graph.node[readers[0]]
-
     def find_node(self, name: str, op_types: Iterable[str] = ()) -> int:
         """The position of a node by its name, by the name analysis reports for it
         (``Conv_3`` for an unnamed or duplicated one), else by the name of its first output."""

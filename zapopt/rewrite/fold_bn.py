@@ -13,7 +13,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from zapopt.errors import ZapoptError
-from zapopt.graph.conv_chain import batchnorm_reasons, is_onnx_op
+from zapopt.graph.conv_chain import batchnorm_reasons, is_onnx_op, sole_reader
 from zapopt.graph.index import GraphIndex, attribute
 from zapopt.rewrite.base import Pass, PassResult
 from zapopt.rewrite.graph_edit import (
@@ -27,6 +27,8 @@ from zapopt.rewrite.graph_edit import (
 
 @dataclass(frozen=True)
 class BatchNormParams:
+    """An inference-mode BatchNormalization's constants, in float64 for exact folding."""
+
     scale: np.ndarray
     bias: np.ndarray
     mean: np.ndarray
@@ -91,10 +93,13 @@ class FoldBatchNorm(Pass):
         node = index.node(position)
         if not is_onnx_op(node, "Conv") or index.constant_value(node.input[1]) is None:
             return False
-        bn = index.sole_consumer(node.output[0])
+        bn_position, _ = sole_reader(index, node.output[0], "Conv")
+        if bn_position is None:
+            return False
+        bn = index.node(bn_position)
         if not is_onnx_op(bn, "BatchNormalization") or bn.input[0] != node.output[0]:
             return False
-        if batchnorm_reasons(index, index.producer[bn.output[0]]):
+        if batchnorm_reasons(index, bn_position):
             return False
         return len(node.input) < 3 or not node.input[2] or index.constant_value(node.input[2]) is not None
 
@@ -102,11 +107,12 @@ class FoldBatchNorm(Pass):
         graph = model.graph
         conv = index.node(index.producer[target])
         label = conv.name or conv.output[0]
-        bn = index.sole_consumer(conv.output[0])
+        bn_position, _ = sole_reader(index, conv.output[0], f"Conv {label!r}")
+        bn = None if bn_position is None else index.node(bn_position)
         if not is_onnx_op(bn, "BatchNormalization"):
             raise ZapoptError(f"Conv {label!r} is not followed by a BatchNormalization it alone feeds")
         w, b = conv_weights(index, conv, label)
-        w_new, b_new = fold_batchnorm(w, b, batchnorm_params(index, index.producer[bn.output[0]]))
+        w_new, b_new = fold_batchnorm(w, b, batchnorm_params(index, bn_position))  # type: ignore[arg-type]
         w_name, b_name = names.fresh(f"{label}.folded_W"), names.fresh(f"{label}.folded_B")
         graph.initializer.extend([numpy_helper.from_array(w_new, w_name), numpy_helper.from_array(b_new, b_name)])
         folded = helper.make_node("Conv", [conv.input[0], w_name, b_name], [bn.output[0]], name=conv.name or "")
