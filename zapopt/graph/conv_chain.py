@@ -162,40 +162,38 @@ def match_conv_chain(index: GraphIndex, conv: int, shapes: InferredShapes | None
     BatchNormalization and an optional residual Add to a ReLU-like activation; record every
     deviation from that pattern as a reason. With ``shapes``, a residual Add must also add
     two tensors of one static shape (no broadcasting)."""
-    reasons: list[str] = []
     node = index.node(conv)
-    owner = f"Conv {index.names[conv]!r}"
     if not is_onnx_op(node, "Conv"):
-        reasons.append(f"node {index.names[conv]!r} is {node.domain}::{node.op_type}, not an ONNX Conv")
-        return ConvChain(conv=conv, reasons=tuple(reasons))
-    found: dict = {}
-    tensor = node.output[0]
+        return ConvChain(conv=conv, reasons=(
+            f"node {index.names[conv]!r} is {node.domain}::{node.op_type}, not an ONNX Conv",))
+    reasons: list[str] = []
+    bn = add = act = None
+    skip_input = output = preactivation = None
+    clip_max = math.inf
+    tensor, owner = node.output[0], f"Conv {index.names[conv]!r}"
     reader = _next_in_chain(index, tensor, owner, reasons)
     if reader is not None and is_onnx_op(index.node(reader), "BatchNormalization") \
             and index.node(reader).input[0] == tensor:
-        found["bn"] = reader
-        reasons.extend(batchnorm_reasons(index, reader))
-        tensor = index.node(reader).output[0]
-        owner = f"BatchNormalization {index.names[reader]!r}"
+        bn = reader
+        reasons.extend(batchnorm_reasons(index, bn))
+        tensor, owner = index.node(bn).output[0], f"BatchNormalization {index.names[bn]!r}"
         reader = _next_in_chain(index, tensor, owner, reasons)
     if reader is not None and is_onnx_op(index.node(reader), "Add"):
-        found["add"] = reader
-        add = index.node(reader)
-        add_name = index.names[reader]
-        others = [t for t in add.input if t != tensor]
-        if len(add.input) != 2 or len(others) != 1:
+        add, add_node, add_name = reader, index.node(reader), index.names[reader]
+        others = [t for t in add_node.input if t != tensor]
+        if len(add_node.input) != 2 or len(others) != 1:
             reasons.append(f"Add {add_name!r} adds the conv output to itself, so it is not a residual")
         else:
-            found["skip_input"] = others[0]
+            skip_input = others[0]
             if shapes is not None:
-                reasons.extend(_residual_reasons(shapes, tensor, others[0], add.output[0], add_name))
-        tensor = add.output[0]
-        owner = f"Add {add_name!r}"
+                reasons.extend(_residual_reasons(shapes, tensor, skip_input, add_node.output[0], add_name))
+        tensor, owner = add_node.output[0], f"Add {add_name!r}"
         reader = _next_in_chain(index, tensor, owner, reasons)
     if reader is not None:
-        clip_max, act_reasons = activation_check(index, reader, owner)
+        reader_clip_max, act_reasons = activation_check(index, reader, owner)
         reasons.extend(act_reasons)
         if is_onnx_op(index.node(reader), "Relu") or is_onnx_op(index.node(reader), "Clip"):
-            found.update(act=reader, clip_max=clip_max, preactivation=tensor,
-                         output=index.node(reader).output[0])
-    return ConvChain(conv=conv, reasons=tuple(reasons), **found)
+            act, clip_max = reader, reader_clip_max
+            preactivation, output = tensor, index.node(reader).output[0]
+    return ConvChain(conv=conv, bn=bn, add=add, skip_input=skip_input, act=act, clip_max=clip_max,
+                     preactivation=preactivation, output=output, reasons=tuple(reasons))
