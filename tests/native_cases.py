@@ -50,9 +50,12 @@ def _f32(rng: np.random.Generator, *shape: int, scale: float = 1.0) -> np.ndarra
     return np.asarray(rng.standard_normal(shape) * scale, dtype=np.float32)
 
 
-def _geometry(rng: np.random.Generator) -> dict:
+def _geometry(rng: np.random.Generator, channels: tuple[int, int] | None = None) -> dict:
     while True:
-        if rng.random() < 0.12:  # depthwise
+        if channels is not None:  # (C_in, C_out) per group, one group
+            group = 1
+            cg_in, cg_out = channels
+        elif rng.random() < 0.12:  # depthwise
             group = int(rng.integers(2, 9))
             cg_in, cg_out = 1, 1
         else:
@@ -71,11 +74,11 @@ def _geometry(rng: np.random.Generator) -> dict:
                         dilations=dilations, pads=pads, n=int(rng.integers(1, 4)), h=h, w=w, ho=ho, wo=wo)
 
 
-def _input(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+def _input(rng: np.random.Generator, shape: tuple[int, ...], zero_shares: tuple[float, ...]) -> np.ndarray:
     x = _f32(rng, *shape)
-    if rng.random() < 0.3:
+    if zero_shares is ZERO_SHARES and rng.random() < 0.3:
         x = np.maximum(x, 0)  # a ReLU's output: about half zeros
-    share = float(rng.choice(ZERO_SHARES))
+    share = float(rng.choice(zero_shares))
     x[rng.random(shape) < share] = 0
     return x
 
@@ -88,13 +91,15 @@ def _skip(rng: np.random.Generator, n: int, c: int, ho: int, wo: int) -> np.ndar
     return _f32(rng, *shapes[int(rng.integers(0, len(shapes)))])
 
 
-def random_case(rng: np.random.Generator, op: str) -> Case:
-    """One random layer of ``op`` with its reference computed."""
-    g = _geometry(rng)
+def random_case(rng: np.random.Generator, op: str, channels: tuple[int, int] | None = None,
+                zero_shares: tuple[float, ...] = ZERO_SHARES) -> Case:
+    """One random layer of ``op`` with its reference computed; ``channels`` fixes (C_in, C_out)
+    of a one-group layer, ``zero_shares`` the input zero shares drawn from."""
+    g = _geometry(rng, channels)
     c_in, c_out = g["group"] * g["cg_in"], g["group"] * g["cg_out"]
     fan_in = g["cg_in"] * g["kh"] * g["kw"]
     arrays: dict[str, Any] = {
-        "X": _input(rng, (g["n"], c_in, g["h"], g["w"])),
+        "X": _input(rng, (g["n"], c_in, g["h"], g["w"]), zero_shares),
         "W": _f32(rng, c_out, g["cg_in"], g["kh"], g["kw"], scale=1 / math.sqrt(fan_in)),
         "B": _f32(rng, c_out, scale=0.3) if rng.random() < 0.7 else None,
         "Skip": _skip(rng, g["n"], c_out, g["ho"], g["wo"]),

@@ -18,12 +18,20 @@ pytestmark = pytest.mark.skipif(
 
 CASES_PER_OP = 500
 LAYERS_PER_SESSION = 50
+#: Layers for the dense (register-blocked) accumulation and its switch with the nonzero lists:
+#: input channels spanning several list chunks, output channels that leave partial register
+#: blocks (24 and 48 channels per block), input zero shares around the cut-over (50 %).
+DENSE_CHANNELS = ((70, 40), (130, 64), (17, 100), (33, 8), (200, 24), (65, 48))
+DENSE_ZERO_SHARES = (0.0, 0.4, 0.5, 0.6)
+DENSE_CASES_PER_OP = 30
 
 
 @pytest.fixture(scope="module")
 def cases() -> list[Case]:
     rng = np.random.default_rng(20261202)
     out = [random_case(rng, op) for op in ("ZeroSkipConv", "ZapConv") for _ in range(CASES_PER_OP)]
+    out += [random_case(rng, op, DENSE_CHANNELS[i % len(DENSE_CHANNELS)], DENSE_ZERO_SHARES)
+            for op in ("ZeroSkipConv", "ZapConv") for i in range(DENSE_CASES_PER_OP)]
     order = rng.permutation(len(out))  # mix both ops in every session
     return [out[i] for i in order]
 
@@ -63,6 +71,7 @@ def test_the_cases_cover_what_the_kernel_must_handle(cases: list[Case]) -> None:
     assert any(len(set(c.attrs.pads)) > 1 for c in cases)
     assert any(c.arrays["X"].shape[0] > 1 for c in cases)
     assert any(c.arrays["W"].shape[0] // c.attrs.group > 64 for c in cases)
+    assert any(c.arrays["W"].shape[1] > 128 for c in cases)  # several list chunks per tap
     zero_shares = [float((c.arrays["X"] == 0).mean()) for c in cases]
     assert min(zero_shares) == 0.0 and max(zero_shares) == 1.0
     skips = {c.arrays["Skip"].ndim for c in cases if c.arrays["Skip"] is not None}

@@ -19,6 +19,7 @@ struct PathTraits {
   TransposeRowFn transpose_row;
   CompactFn compact;
   AccumulateFn accumulate;
+  DenseAccumulateFn dense_accumulate;
   int lanes;       // output channels per vector register
   int max_vectors; // accumulators per position (ocb <= lanes * max_vectors)
 };

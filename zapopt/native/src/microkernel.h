@@ -34,6 +34,24 @@ struct AccumulateArgs {
 // acc[t][0..ocb) (+)= sum over position t's entries of value * weights[channel][0..ocb).
 using AccumulateFn = void (*)(const AccumulateArgs& args, int ocb);
 
+// For a tile of output positions, the dense input channel vector each one reads for one
+// (tap, channel chunk) (an all-zero vector in the padding), and where to add the products.
+struct DenseAccumulateArgs {
+  const float* const* inputs;  // position t's inputs[t][0..k)
+  int32_t k;
+  int32_t positions;
+  const uint8_t* needed;    // nullable; needed[t * needed_stride] == 0: skip position t
+  int32_t needed_stride;
+  const float* weights;     // [k][ocb] packed weights of this tap, chunk and channel block
+  float* acc;               // position t's ocb accumulators at acc + t * acc_stride
+  int32_t acc_stride;
+  bool first;               // start from zero instead of acc
+};
+
+// The register-blocked form of AccumulateFn for dense-ish tiles: several positions share each
+// loaded weight row; a channel is skipped only when it is zero at all of them.
+using DenseAccumulateFn = void (*)(const DenseAccumulateArgs& args, int ocb);
+
 // One row of an NCHW tensor to NHWC: out[x][ch] = in[ch * channel_stride + x] for ch < c, x < w.
 using TransposeRowFn = void (*)(const float* in, int64_t channel_stride, int64_t c, int64_t w, float* out);
 
@@ -47,5 +65,9 @@ int compact_avx512(const float* x, int n, int32_t k0, int32_t* ks, float* values
 void accumulate_portable(const AccumulateArgs& args, int ocb);
 void accumulate_avx2(const AccumulateArgs& args, int ocb);    // ocb in {8, 16, ..., 64}
 void accumulate_avx512(const AccumulateArgs& args, int ocb);  // ocb in {16, 32, 48, 64}
+
+void dense_accumulate_portable(const DenseAccumulateArgs& args, int ocb);
+void dense_accumulate_avx2(const DenseAccumulateArgs& args, int ocb);    // ocb a multiple of 8
+void dense_accumulate_avx512(const DenseAccumulateArgs& args, int ocb);  // ocb a multiple of 16
 
 }  // namespace zapopt

@@ -42,4 +42,21 @@ void accumulate_portable(const AccumulateArgs& a, int ocb) {
   }
 }
 
+void dense_accumulate_portable(const DenseAccumulateArgs& a, int ocb) {
+  for (int32_t t = 0; t < a.positions; ++t) {
+    if (a.needed != nullptr && a.needed[t * a.needed_stride] == 0) continue;
+    float* acc = a.acc + static_cast<int64_t>(t) * a.acc_stride;
+    if (a.first) {
+      for (int o = 0; o < ocb; ++o) acc[o] = 0.0f;
+    }
+    const float* in = a.inputs[t];
+    for (int32_t c = 0; c < a.k; ++c) {
+      const float v = in[c];
+      if (v == 0.0f) continue;
+      const float* w = a.weights + static_cast<int64_t>(c) * ocb;
+      for (int o = 0; o < ocb; ++o) acc[o] += v * w[o];
+    }
+  }
+}
+
 }  // namespace zapopt

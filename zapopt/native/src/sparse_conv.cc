@@ -14,6 +14,11 @@ constexpr size_t kTasks = 32;          // tasks handed to the thread pool per ru
 // once and shared by all jobs; larger ones are compacted band by band inside each job, so the
 // lists are still in cache when they are read (halo rows are compacted twice).
 constexpr int64_t kSharedListBytes = int64_t{4} << 20;
+// A (tile, tap, chunk) step whose inputs are at least this share nonzero (padding counts as
+// zero) runs the register-blocked dense path (one weight load per channel feeds several
+// positions); sparser ones walk the per-position nonzero lists. Measured: see
+// docs/native_kernel.md, "Dense-ish inputs".
+constexpr float kDenseCutover = 0.5f;
 
 int64_t conv_out(int64_t size, int64_t kernel, int64_t stride, int64_t pad_begin, int64_t pad_end,
                  int64_t dilation) {
@@ -73,6 +78,7 @@ std::unique_ptr<PackedConv> PackedConv::create(const ConvGeometry& geo, const fl
   }
   conv->path_ = path;
   conv->accumulate_ = traits.accumulate;
+  conv->dense_accumulate_ = traits.dense_accumulate;
   const int64_t max_ocb = int64_t{traits.lanes} * traits.max_vectors;
   const int64_t blocks = (cg_out + max_ocb - 1) / max_ocb;
   const int64_t per_block = (cg_out + blocks - 1) / blocks;
@@ -113,6 +119,7 @@ struct PackedConv::Band {
   std::unique_ptr<int32_t[]> channels;  // channel within the chunk
   std::unique_ptr<float[]> values;
   std::unique_ptr<int32_t[]> counts;  // [row][column][chunk]
+  std::unique_ptr<float[]> pixels;    // [row][column][channel]: the dense inputs (NHWC)
 };
 
 void PackedConv::compact_band(const float* x, int64_t n, int64_t g, int64_t h, int64_t w, int64_t row_begin,
@@ -124,15 +131,16 @@ void PackedConv::compact_band(const float* x, int64_t n, int64_t g, int64_t h, i
   band->channels.reset(new int32_t[std::max<size_t>(1, lists * band->stride)]);  // written before read
   band->values.reset(new float[std::max<size_t>(1, lists * band->stride)]);
   band->counts.reset(new int32_t[std::max<size_t>(1, lists)]);
-  std::unique_ptr<float[]> pixels(new float[static_cast<size_t>(w * cg_in)]);  // one row, NHWC
+  band->pixels.reset(new float[std::max<size_t>(1, static_cast<size_t>(std::max<int64_t>(0, row_end - row_begin) * w * cg_in))]);
   const float* group_planes = x + (n * geometry_.c_in + g * cg_in) * h * w;
   for (int64_t y = row_begin; y < row_end; ++y) {
-    transpose_row_(group_planes + y * w, h * w, cg_in, w, pixels.get());
+    float* pixels = band->pixels.get() + (y - row_begin) * w * cg_in;
+    transpose_row_(group_planes + y * w, h * w, cg_in, w, pixels);
     for (int64_t col = 0; col < w; ++col) {
       for (int j = 0; j < chunks_; ++j) {
         const int64_t c0 = int64_t{j} * chunk_, c1 = std::min<int64_t>(cg_in, c0 + chunk_);
         const int64_t list = ((y - row_begin) * w + col) * chunks_ + j;
-        band->counts[list] = compact_(pixels.get() + col * cg_in + c0, static_cast<int>(c1 - c0), 0,
+        band->counts[list] = compact_(pixels + col * cg_in + c0, static_cast<int>(c1 - c0), 0,
                                       band->channels.get() + list * band->stride,
                                       band->values.get() + list * band->stride);
       }
@@ -152,7 +160,8 @@ bool PackedConv::run(const float* x, int64_t n, int64_t h, int64_t w,
   int64_t total = 0;
   for (int64_t i = 0; i < n; ++i) total += static_cast<int64_t>(positions[i]->size());
   if (total == 0) return true;
-  const int64_t list_bytes = h * w * chunks_ * (chunk_ + kCompactSlack) * int64_t{2 * sizeof(float)};
+  const int64_t list_bytes = h * w * (chunks_ * (chunk_ + kCompactSlack) * int64_t{2 * sizeof(float)} +
+                                      geo.cg_in() * int64_t{sizeof(float)});
   const bool share_lists = list_bytes <= kSharedListBytes;
   const int64_t per_job_raw =
       share_lists ? kTilePositions : std::max<int64_t>(kTilePositions, (total * geo.group + kTasks - 1) / kTasks);
@@ -290,6 +299,8 @@ void PackedConv::run_job(const Job& job, const float* x, int64_t h, int64_t w, i
   std::unique_ptr<const int32_t*[]> channel_lists(new const int32_t*[kTilePositions]);
   std::unique_ptr<const float*[]> value_lists(new const float*[kTilePositions]);
   std::unique_ptr<int32_t[]> counts(new int32_t[kTilePositions]);
+  std::unique_ptr<const float*[]> dense_inputs(new const float*[kTilePositions]);
+  std::unique_ptr<float[]> zeros(new float[static_cast<size_t>(chunk_)]());  // the padding's inputs
   std::unique_ptr<int64_t[]> ih0(new int64_t[kTilePositions]), iw0(new int64_t[kTilePositions]);
   // Accumulators, deliberately uninitialized: the first tap's pass writes them, and those of
   // skipped (position, block) pairs are never used (their outputs are 0).
@@ -321,20 +332,44 @@ void PackedConv::run_job(const Job& job, const float* x, int64_t h, int64_t w, i
       for (int64_t bw = 0; bw < geo.kw; ++bw) {
         const int64_t tap = a * geo.kw + bw;
         for (int j = 0; j < chunks_; ++j) {
+          const int64_t c0 = int64_t{j} * chunk_;
+          const int32_t k = static_cast<int32_t>(std::min<int64_t>(chunk_, cg_in - c0));
+          int64_t nonzeros = 0;
           for (int32_t t = 0; t < tile; ++t) {
             const int64_t ih = ih0[t] + a * geo.dilation_h, iw = iw0[t] + bw * geo.dilation_w;
             if (ih < band.row_begin || ih >= band.row_end || iw < 0 || iw >= w) {  // padding
               counts[t] = 0;
               channel_lists[t] = band.channels.get();
               value_lists[t] = band.values.get();
+              dense_inputs[t] = zeros.get();
               continue;
             }
-            const int64_t list = ((ih - band.row_begin) * w + iw) * chunks_ + j;
+            const int64_t pixel = (ih - band.row_begin) * w + iw;
+            const int64_t list = pixel * chunks_ + j;
             counts[t] = band.counts[list];
+            nonzeros += counts[t];
             channel_lists[t] = band.channels.get() + list * band.stride;
             value_lists[t] = band.values.get() + list * band.stride;
+            dense_inputs[t] = band.pixels.get() + pixel * cg_in + c0;
           }
-          const int64_t k0 = tap * cg_in + int64_t{j} * chunk_;
+          const int64_t k0 = tap * cg_in + c0;
+          if (static_cast<float>(nonzeros) >= kDenseCutover * static_cast<float>(int64_t{tile} * k)) {
+            for (int b = 0; b < n_blocks; ++b) {
+              DenseAccumulateArgs args;
+              args.inputs = dense_inputs.get();
+              args.k = k;
+              args.positions = tile;
+              args.needed = needed.empty() ? nullptr : needed.data() + b;
+              args.needed_stride = n_blocks;
+              args.weights = weights_.data() + ((job.g * blocks_ + job.b0 + b) * k_size + k0) * ocb;
+              args.acc = acc.get() + static_cast<size_t>(b) * ocb;
+              args.acc_stride = acc_stride;
+              args.first = first;
+              dense_accumulate_(args, ocb);
+            }
+            first = false;
+            continue;
+          }
           for (int b = 0; b < n_blocks; ++b) {
             AccumulateArgs args;
             args.channels = channel_lists.get();

@@ -85,6 +85,7 @@ class PackedConv {
   TransposeRowFn transpose_row_ = nullptr;
   CompactFn compact_ = nullptr;
   AccumulateFn accumulate_ = nullptr;
+  DenseAccumulateFn dense_accumulate_ = nullptr;
   int ocb_ = 1;        // output channels per block (a multiple of the path's lanes)
   int blocks_ = 1;     // blocks per group
   int chunk_ = 64;     // input channels per list (keeps one tap x chunk x ocb weight slab in L1)
