@@ -50,11 +50,12 @@ def _f32(rng: np.random.Generator, *shape: int, scale: float = 1.0) -> np.ndarra
     return np.asarray(rng.standard_normal(shape) * scale, dtype=np.float32)
 
 
-def _geometry(rng: np.random.Generator, channels: tuple[int, int] | None = None) -> dict:
+def _geometry(rng: np.random.Generator, channels: tuple[int, int, int] | None = None) -> dict:
     while True:
-        if channels is not None:  # (C_in, C_out) per group, one group
+        max_kernel = 7
+        if channels is not None:  # (C_in, C_out, largest kernel side) of a one-group layer
             group = 1
-            cg_in, cg_out = channels
+            cg_in, cg_out, max_kernel = channels
         elif rng.random() < 0.12:  # depthwise
             group = int(rng.integers(2, 9))
             cg_in, cg_out = 1, 1
@@ -62,7 +63,7 @@ def _geometry(rng: np.random.Generator, channels: tuple[int, int] | None = None)
             group = int(rng.choice([1, 1, 1, 1, 2, 3]))
             cg_in = int(rng.integers(1, 11))
             cg_out = int(rng.choice(CHANNELS_PER_GROUP))
-        kh, kw = (int(v) for v in rng.integers(1, 8, size=2))
+        kh, kw = (int(v) for v in rng.integers(1, max_kernel + 1, size=2))
         strides = tuple(int(v) for v in rng.choice([1, 1, 2, 3], size=2))
         dilations = tuple(int(v) for v in rng.choice([1, 1, 2], size=2))
         pads = tuple(int(v) for v in rng.integers(0, 4, size=4))
@@ -91,10 +92,10 @@ def _skip(rng: np.random.Generator, n: int, c: int, ho: int, wo: int) -> np.ndar
     return _f32(rng, *shapes[int(rng.integers(0, len(shapes)))])
 
 
-def random_case(rng: np.random.Generator, op: str, channels: tuple[int, int] | None = None,
+def random_case(rng: np.random.Generator, op: str, channels: tuple[int, int, int] | None = None,
                 zero_shares: tuple[float, ...] = ZERO_SHARES) -> Case:
-    """One random layer of ``op`` with its reference computed; ``channels`` fixes (C_in, C_out)
-    of a one-group layer, ``zero_shares`` the input zero shares drawn from."""
+    """One random layer of ``op`` with its reference computed; ``channels`` fixes (C_in, C_out,
+    largest kernel side) of a one-group layer, ``zero_shares`` the input zero shares drawn from."""
     g = _geometry(rng, channels)
     c_in, c_out = g["group"] * g["cg_in"], g["group"] * g["cg_out"]
     fan_in = g["cg_in"] * g["kh"] * g["kw"]

@@ -19,10 +19,12 @@ pytestmark = pytest.mark.skipif(
 CASES_PER_OP = 500
 LAYERS_PER_SESSION = 50
 #: Layers for the dense (register-blocked) accumulation and its switch with the nonzero lists:
-#: input channels spanning several list chunks, output channels that leave partial register
-#: blocks (24 and 48 channels per block), input zero shares around the cut-over (50 %).
-DENSE_CHANNELS = ((70, 40), (130, 64), (17, 100), (33, 8), (200, 24), (65, 48))
-DENSE_ZERO_SHARES = (0.0, 0.4, 0.5, 0.6)
+#: (C_in, C_out, largest kernel side): input channels spanning several list chunks (64 per
+#: chunk at 64 output channels), output channels that leave partial register blocks (24 and 48
+#: channels per block), input zero shares around the cut-over (90 % nonzero). Kernels stay small
+#: so that C_in * kH * kW stays within the float32 tolerances of the reference comparison.
+DENSE_CHANNELS = ((70, 40, 3), (130, 64, 1), (96, 64, 2), (17, 100, 3), (33, 8, 3), (100, 24, 2), (65, 48, 3))
+DENSE_ZERO_SHARES = (0.0, 0.0, 0.05, 0.1, 0.2)
 DENSE_CASES_PER_OP = 30
 
 
@@ -72,6 +74,7 @@ def test_the_cases_cover_what_the_kernel_must_handle(cases: list[Case]) -> None:
     assert any(c.arrays["X"].shape[0] > 1 for c in cases)
     assert any(c.arrays["W"].shape[0] // c.attrs.group > 64 for c in cases)
     assert any(c.arrays["W"].shape[1] > 128 for c in cases)  # several list chunks per tap
+    assert any(float((c.arrays["X"] != 0).mean()) >= 0.9 and c.arrays["X"].shape[1] > 64 for c in cases)
     zero_shares = [float((c.arrays["X"] == 0).mean()) for c in cases]
     assert min(zero_shares) == 0.0 and max(zero_shares) == 1.0
     skips = {c.arrays["Skip"].ndim for c in cases if c.arrays["Skip"] is not None}

@@ -6,7 +6,11 @@
 namespace zapopt {
 namespace {
 
-constexpr int kTilePositions = 16;       // output positions sharing one weight slab
+// Output positions sharing one weight slab. 64 rather than 16: layers with few positions and
+// large weights (512->512 3x3 7x7, 9.4 MB) stream their weights from L3/memory once per tile;
+// 1 thread, CPU-time ratio stock/native at 0 % zeros 0.54 -> 0.79 (256->256 3x3 14x14 and the
+// 56x56 layers unchanged within noise).
+constexpr int kTilePositions = 64;
 constexpr int kWeightSlabBytes = 16384;  // one K block x one channel block, kept in L1 (32 KiB)
 constexpr size_t kMinJobs = 16;        // enough jobs to keep a few threads busy
 constexpr size_t kTasks = 32;          // tasks handed to the thread pool per run
@@ -16,9 +20,15 @@ constexpr size_t kTasks = 32;          // tasks handed to the thread pool per ru
 constexpr int64_t kSharedListBytes = int64_t{4} << 20;
 // A (tile, tap, chunk) step whose inputs are at least this share nonzero (padding counts as
 // zero) runs the register-blocked dense path (one weight load per channel feeds several
-// positions); sparser ones walk the per-position nonzero lists. Measured: see
-// docs/native_kernel.md, "Dense-ish inputs".
-constexpr float kDenseCutover = 0.5f;
+// positions); sparser ones walk the per-position nonzero lists. Measured on Zen 3, 1 thread,
+// CPU-time ratio stock/native, lists vs dense: at 0 % input zeros 0.55/0.57 (64->64 3x3 56x56),
+// 0.52/0.54 (256->256 3x3 14x14), 0.44/0.50 (1024->256 1x1 14x14); at 30 % zeros the lists
+// already win on the 3x3 layers (0.65/0.59, 0.66/0.54). So only nearly dense steps go dense.
+constexpr float kDenseCutover = 0.9f;
+// Layers whose packed weights (per group) exceed this stream them from L3 or memory once per
+// tile; the dense path reads each slab in 24-channel pieces, which the prefetcher follows
+// poorly (512->512 3x3 7x7, 9.4 MB: 0.55 with lists, 0.34 dense), so they keep the lists.
+constexpr int64_t kDenseMaxWeightBytes = int64_t{4} << 20;
 
 int64_t conv_out(int64_t size, int64_t kernel, int64_t stride, int64_t pad_begin, int64_t pad_end,
                  int64_t dilation) {
@@ -279,6 +289,7 @@ void PackedConv::run_job(const Job& job, const float* x, int64_t h, int64_t w, i
   const int32_t* job_pos = positions[job.n]->data() + job.start;
   const int64_t plane_out = ho * wo;
   const int acc_stride = n_blocks * ocb;
+  const bool dense_ok = int64_t{blocks_} * k_size * ocb * int64_t{sizeof(float)} <= kDenseMaxWeightBytes;
 
   // The input rows this job's positions read, compacted once for all its tiles (unless the
   // whole input's lists are shared).
@@ -353,7 +364,7 @@ void PackedConv::run_job(const Job& job, const float* x, int64_t h, int64_t w, i
             dense_inputs[t] = band.pixels.get() + pixel * cg_in + c0;
           }
           const int64_t k0 = tap * cg_in + c0;
-          if (static_cast<float>(nonzeros) >= kDenseCutover * static_cast<float>(int64_t{tile} * k)) {
+          if (dense_ok && static_cast<float>(nonzeros) >= kDenseCutover * static_cast<float>(int64_t{tile} * k)) {
             for (int b = 0; b < n_blocks; ++b) {
               DenseAccumulateArgs args;
               args.inputs = dense_inputs.get();
