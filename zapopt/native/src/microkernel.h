@@ -48,8 +48,9 @@ struct DenseAccumulateArgs {
   bool first;               // start from zero instead of acc
 };
 
-// The register-blocked form of AccumulateFn for dense-ish tiles: several positions share each
-// loaded weight row; a channel is skipped only when it is zero at all of them.
+// The register-blocked form of AccumulateFn for nearly dense tiles: several positions share
+// each loaded weight row; zeros are multiplied like any other value (the portable version
+// skips them).
 using DenseAccumulateFn = void (*)(const DenseAccumulateArgs& args, int ocb);
 
 // One row of an NCHW tensor to NHWC: out[x][ch] = in[ch * channel_stride + x] for ch < c, x < w.

@@ -63,14 +63,10 @@ void dense_block(const float* const* rows, int32_t k, const float* w, int ocb, f
   for (int r = 0; r < R; ++r) {
     for (int i = 0; i < NV; ++i) c[r][i] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(acc[r] + 8 * i);
   }
+  // No test for channels that are zero at all R positions: this path runs on nearly dense
+  // inputs, where such channels are rare and the test costs more than it saves (R extra loads
+  // and a branch per channel; 64->64 3x3 56x56 at 0 % zeros: 0.59 -> 0.72 of stock).
   for (int32_t ch = 0; ch < k; ++ch, w += ocb) {
-    uint32_t bits = 0;  // zero (either sign) at every position: nothing to add
-    for (int r = 0; r < R; ++r) {
-      uint32_t b;
-      __builtin_memcpy(&b, rows[r] + ch, sizeof(b));
-      bits |= b;
-    }
-    if ((bits << 1) == 0) continue;
     __m256 wv[NV];
     for (int i = 0; i < NV; ++i) wv[i] = _mm256_loadu_ps(w + 8 * i);
     for (int r = 0; r < R; ++r) {

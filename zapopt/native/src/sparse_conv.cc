@@ -21,10 +21,12 @@ constexpr int64_t kSharedListBytes = int64_t{4} << 20;
 // A (tile, tap, chunk) step whose inputs are at least this share nonzero (padding counts as
 // zero) runs the register-blocked dense path (one weight load per channel feeds several
 // positions); sparser ones walk the per-position nonzero lists. Measured on Zen 3, 1 thread,
-// CPU-time ratio stock/native, lists vs dense: at 0 % input zeros 0.55/0.57 (64->64 3x3 56x56),
-// 0.52/0.54 (256->256 3x3 14x14), 0.44/0.50 (1024->256 1x1 14x14); at 30 % zeros the lists
-// already win on the 3x3 layers (0.65/0.59, 0.66/0.54). So only nearly dense steps go dense.
-constexpr float kDenseCutover = 0.9f;
+// CPU-time ratio stock/native, lists vs dense (64-position tiles): at 0 % input zeros
+// 0.57/0.72 (64->64 3x3 56x56), 0.68/0.74 (256->256 3x3 14x14), 0.48/0.56 (1024->256 1x1
+// 14x14); at 5 % zeros 0.64/0.79, 0.59/0.58, 0.55/0.69; at 20 % zeros even (0.64/0.65,
+// 0.64/0.66, 0.50/0.53); at 30 % the lists win (0.65/0.59, 0.66/0.54 with 16-position tiles).
+// Single ratios move by +-15 % on the shared machine; the break-even is about 80 % nonzero.
+constexpr float kDenseCutover = 0.85f;
 // Layers whose packed weights (per group) exceed this stream them from L3 or memory once per
 // tile; the dense path reads each slab in 24-channel pieces, which the prefetcher follows
 // poorly (512->512 3x3 7x7, 9.4 MB: 0.55 with lists, 0.34 dense), so they keep the lists.
