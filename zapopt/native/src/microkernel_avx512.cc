@@ -5,7 +5,6 @@
 // Compiled with -mavx512f -mfma -mpopcnt; only called after cpuid says the CPU has AVX-512F.
 #include <immintrin.h>
 
-#include <algorithm>
 #include <cstdint>
 
 #include "microkernel.h"
@@ -33,72 +32,25 @@ void run(const AccumulateArgs& a) {
   }
 }
 
-// Register blocking of the dense path: kDenseRows positions x up to kDenseVectors zmm (48
-// output channels) = 18 accumulators, + 3 weight vectors + 1 broadcast of the 32 zmm registers.
-constexpr int kDenseRows = 6;
-constexpr int kDenseVectors = 3;
+// The dense path's registers: kRows positions x up to kVectors registers (48 output channels)
+// = 18 accumulators, + 3 weight vectors + 1 broadcast of the 32 zmm registers.
+struct Vec {
+  using Reg = __m512;
+  static constexpr int kLanes = 16;
+  static constexpr int kRows = 6;
+  static constexpr int kVectors = 3;
+  static Reg zero() { return _mm512_setzero_ps(); }
+  static Reg load(const float* p) { return _mm512_loadu_ps(p); }
+  static void store(float* p, Reg v) { _mm512_storeu_ps(p, v); }
+  static Reg broadcast(const float* p) { return _mm512_set1_ps(*p); }
+  static Reg fma(Reg a, Reg b, Reg c) { return _mm512_fmadd_ps(a, b, c); }
+};
 
-// R positions x NV*16 channels: rows[r] = that position's inputs, acc[r] its accumulators; w
-// the weight rows (stride ocb) of these channels.
-template <int R, int NV>
-void dense_block(const float* const* rows, int32_t k, const float* w, int ocb, float* const* acc, bool first) {
-  __m512 c[R][NV];
-  for (int r = 0; r < R; ++r) {
-    for (int i = 0; i < NV; ++i) c[r][i] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(acc[r] + 16 * i);
-  }
-  // No test for channels that are zero at all R positions: this path runs on nearly dense
-  // inputs, where such channels are rare and the test costs more than it saves (R extra loads
-  // and a branch per channel; 64->64 3x3 56x56 at 0 % zeros: 0.59 -> 0.72 of stock).
-  for (int32_t ch = 0; ch < k; ++ch, w += ocb) {
-    __m512 wv[NV];
-    for (int i = 0; i < NV; ++i) wv[i] = _mm512_loadu_ps(w + 16 * i);
-    for (int r = 0; r < R; ++r) {
-      const __m512 x = _mm512_set1_ps(rows[r][ch]);
-      for (int i = 0; i < NV; ++i) c[r][i] = _mm512_fmadd_ps(x, wv[i], c[r][i]);
-    }
-  }
-  for (int r = 0; r < R; ++r) {
-    for (int i = 0; i < NV; ++i) _mm512_storeu_ps(acc[r] + 16 * i, c[r][i]);
-  }
-}
-
-template <int R>
-void dense_rows(const float* const* rows, int32_t k, const float* w, int ocb, float* const* acc, bool first) {
-  for (int o = 0; o < ocb; o += 16 * kDenseVectors) {
-    float* sub[R];
-    for (int r = 0; r < R; ++r) sub[r] = acc[r] + o;
-    switch (std::min(kDenseVectors, (ocb - o) / 16)) {
-      case 1: dense_block<R, 1>(rows, k, w + o, ocb, sub, first); break;
-      case 2: dense_block<R, 2>(rows, k, w + o, ocb, sub, first); break;
-      default: dense_block<R, 3>(rows, k, w + o, ocb, sub, first); break;
-    }
-  }
-}
+#include "dense_microkernel.h"
 
 }  // namespace
 
-void dense_accumulate_avx512(const DenseAccumulateArgs& a, int ocb) {
-  const float* rows[kDenseRows];
-  float* acc[kDenseRows];
-  int filled = 0;
-  for (int32_t t = 0; t < a.positions; ++t) {
-    if (a.needed != nullptr && a.needed[t * a.needed_stride] == 0) continue;
-    rows[filled] = a.inputs[t];
-    acc[filled] = a.acc + static_cast<int64_t>(t) * a.acc_stride;
-    if (++filled == kDenseRows) {
-      dense_rows<kDenseRows>(rows, a.k, a.weights, ocb, acc, a.first);
-      filled = 0;
-    }
-  }
-  switch (filled) {  // the positions left over
-    case 1: dense_rows<1>(rows, a.k, a.weights, ocb, acc, a.first); break;
-    case 2: dense_rows<2>(rows, a.k, a.weights, ocb, acc, a.first); break;
-    case 3: dense_rows<3>(rows, a.k, a.weights, ocb, acc, a.first); break;
-    case 4: dense_rows<4>(rows, a.k, a.weights, ocb, acc, a.first); break;
-    case 5: dense_rows<5>(rows, a.k, a.weights, ocb, acc, a.first); break;
-    default: break;
-  }
-}
+void dense_accumulate_avx512(const DenseAccumulateArgs& a, int ocb) { dense_accumulate<Vec>(a, ocb); }
 
 int compact_avx512(const float* x, int n, int32_t k0, int32_t* ks, float* values) {
   int count = 0, i = 0;
