@@ -42,3 +42,43 @@ def zap_reference_model(name: str, threshold: float = 0.05, seed: int = 0) -> on
         source = ("preactivation", "activation")[index % 2]
         params[conv.conv] = ZapParams(*smoothing_predictor(channels, rng), pattern, threshold, source)
     return ReplaceWithZap(params)(original).model
+
+
+def tiny_zap_classifier(seed: int = 0, classes: int = 3) -> onnx.ModelProto:
+    """input [N,1,8,8] -> Conv(1->12)+Relu -> ZapConv(12->6, checkerboard) -> GAP -> Flatten -> Gemm(6->classes)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+
+    def init(name: str, *shape: int, scale: float) -> onnx.TensorProto:
+        return numpy_helper.from_array((rng.standard_normal(shape) * scale).astype(np.float32), name)
+
+    inits = [init("w1", 12, 1, 3, 3, scale=0.5), init("b1", 12, scale=0.1), init("w2", 6, 12, 3, 3, scale=0.2),
+             init("b2", 6, scale=0.1), init("fc.w", classes, 6, scale=0.5), init("fc.b", classes, scale=0.1)]
+    nodes = [
+        helper.make_node("Conv", ["input", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+        helper.make_node("GlobalAveragePool", ["r2"], ["g"], name="gap"),
+        helper.make_node("Flatten", ["g"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "fc.w", "fc.b"], ["logits"], name="fc", transB=1),
+    ]
+    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                                            ["batch", 1, 8, 8])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", classes])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 10
+    params = {"conv2": ZapParams(*smoothing_predictor(6, rng), PATTERNS["checkerboard"], 0.02, "preactivation")}
+    return ReplaceWithZap(params)(model).model
+
+
+def tiny_labeled_arrays(count: int, seed: int = 0, classes: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """8x8 images whose class is the brightest of ``classes`` horizontal bands (learnable fast)."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, classes, count)
+    x = rng.random((count, 1, 8, 8), dtype=np.float32) * 0.5
+    bands = np.array_split(np.arange(8), classes)
+    for i, label in enumerate(y):
+        x[i, 0, bands[label]] += 0.5
+    return x, y.astype(np.int64)

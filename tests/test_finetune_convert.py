@@ -14,8 +14,8 @@ from tests.finetune_models import zap_reference_model
 from tests.zap_builders import chain_model, random_zap_case, trace_of
 from zapopt.data import load_embedded_fashion_mnist
 from zapopt.errors import ZapoptError
-from zapopt.finetune.convert import export_weights, to_torch
-from zapopt.finetune.zap_module import ZapConv2d
+from zapopt.finetuning.convert import export_weights, to_torch
+from zapopt.finetuning.zap_module import ZapConv2d
 from zapopt.runtime import make_session, prepare
 
 

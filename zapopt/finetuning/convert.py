@@ -22,8 +22,8 @@ from onnx import helper, numpy_helper
 from torch import nn
 
 from zapopt.errors import ZapoptError
-from zapopt.finetune.onnx_ops import STATELESS_OPS, check_node
-from zapopt.finetune.zap_module import PaddedConv2d, ZapConv2d
+from zapopt.finetuning.onnx_ops import STATELESS_OPS, check_node
+from zapopt.finetuning.zap_module import PaddedConv2d, ZapConv2d
 from zapopt.ops.spec import ZapConvAttrs, is_zap_node
 
 WEIGHTED_OPS = ("Conv", "Gemm", "BatchNormalization", "ZapConv")
