@@ -226,7 +226,7 @@ def train(module: ConvertedModel, x: torch.Tensor, y: torch.Tensor, config: Fine
     model: nn.Module = module
     if ranks.distributed:
         model = nn.parallel.DistributedDataParallel(
-            module, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
+            module, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = torch.optim.SGD(module.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
     state = TrainState()
