@@ -411,6 +411,10 @@ def retune_command(model, output, threshold, layer_thresholds, max_error, report
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--curve", "curve", default=None, metavar="T1,T2,...",
               help="Also sweep both models over these uniform thresholds on --val (accuracy vs savings curves).")
+@click.option("--max-drop", type=click.FloatRange(min=0), default=None,
+              help="After training, re-choose every layer's threshold as `optimize --max-drop` does (top-1 drop "
+                   "in percent on --val), on the new weights with the kept predictors. Needs --calib.")
+@click.option("--calib", default=None, metavar="DATA", help="Images for the layer curves of --max-drop.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=str), default=None,
               help="Where to write the JSON report (default OUTPUT.report.json).")
 @json_option
@@ -418,7 +422,7 @@ def retune_command(model, output, threshold, layer_thresholds, max_error, report
 @image_option_flags
 def finetune_command(model, data, output, val_data, epochs, batch_size, lr, momentum, weight_decay, grad_sparsity,
                      grad_bits, grad_format, train_images, val_images, seed, checkpoint, resume, device, curve,
-                     report_path, as_json, quiet, image_options) -> None:
+                     max_drop, calib, report_path, as_json, quiet, image_options) -> None:
     """Fine-tune an optimized MODEL with its ZAP masks active; write it back in the same format.
 
     Skipped activations are zero in the forward pass and get no gradient; predictors and
@@ -444,7 +448,7 @@ def finetune_command(model, data, output, val_data, epochs, batch_size, lr, mome
                             grad_format=fmt, seed=seed, train_images=train_images, val_images=val_images)
     result = finetune(model, output, data, val=val_data, config=config, checkpoint=checkpoint, resume=resume,
                       image_options=image_options, device=device, curve_thresholds=thresholds,
-                      report_path=report_path, progress=_progress(quiet))
+                      max_drop=max_drop, calib=calib, report_path=report_path, progress=_progress(quiet))
     if os.environ.get("RANK", "0") != "0":
         return  # under torchrun only rank 0 prints
     click.echo(json.dumps(result.to_dict(), indent=1) if as_json else result.format_table())

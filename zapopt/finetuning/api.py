@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from zapopt.data import ImageOptions, model_input
+from zapopt.data import ImageOptions, model_input, open_dataset
 from zapopt.errors import ZapoptError
 from zapopt.files import check_distinct_outputs, check_output_path, save_model_atomically, write_text_atomically
 from zapopt.finetuning.convert import export_weights, to_torch
@@ -98,15 +98,18 @@ def _measure(model: Any, val: LabeledData, progress: bool) -> Measured:
 def finetune(model: str | os.PathLike, output: str | os.PathLike, data: Any, *, val: Any = None,
              config: FinetuneConfig | None = None, checkpoint: str | os.PathLike | None = None,
              resume: bool = False, image_options: ImageOptions | None = None, device: str = "auto",
-             curve_thresholds: list[float] | None = None, report_path: str | os.PathLike | None = None,
-             progress: bool | None = None, log: Log = _stderr) -> FinetuneReport:
+             curve_thresholds: list[float] | None = None, max_drop: float | None = None, calib: Any = None,
+             report_path: str | os.PathLike | None = None, progress: bool | None = None,
+             log: Log = _stderr) -> FinetuneReport:
     """Fine-tune the ZapConv model at ``model`` on labeled ``data``; write the result to ``output``.
 
     ``val``: labeled data measured before and after (accuracy and realised MAC savings,
     each epoch's validation top-1 too); ``curve_thresholds`` adds the accuracy/savings
     sweep of both models at those uniform thresholds. ``checkpoint`` (default
     ``OUTPUT.ckpt``) is written after every epoch; ``resume=True`` continues from it.
-    Under ``torchrun`` every rank calls this; rank 0 writes the files.
+    ``max_drop`` (with ``calib`` images and ``val``): after training, re-choose every
+    layer's threshold as ``zapopt optimize --max-drop`` does, on the new weights with the
+    kept predictors. Under ``torchrun`` every rank calls this; rank 0 writes the files.
     """
     config = config or FinetuneConfig()
     if not isinstance(config, FinetuneConfig):
@@ -118,6 +121,9 @@ def finetune(model: str | os.PathLike, output: str | os.PathLike, data: Any, *, 
     for path, what in ((output, "output model"), (checkpoint, "checkpoint"), (report_path, "report")):
         check_output_path(path, inputs=inputs, what=what)
     check_distinct_outputs(**{"output model": output, "checkpoint": checkpoint, "report": report_path})
+    if max_drop is not None and (val is None or calib is None):
+        raise ZapoptError("--max-drop re-chooses the thresholds after training: it needs --val (where the drop "
+                          "is measured) and --calib (images for the layer curves)")
     if resume and not checkpoint.is_file():
         raise ZapoptError(f"--resume: no checkpoint at {checkpoint}; run without --resume to start")
 
@@ -136,6 +142,8 @@ def finetune(model: str | os.PathLike, output: str | os.PathLike, data: Any, *, 
     check_classes(train_data, classes)
     if val_data is not None:
         check_classes(val_data, classes, role="validation data")
+    if calib is not None:
+        open_dataset(calib, spec, image_options)  # refuse unreadable calibration data before training
     digest = model_digest(proto.SerializeToString())
     saved = load_checkpoint(checkpoint, config, digest) if resume else None
 
@@ -148,6 +156,12 @@ def finetune(model: str | os.PathLike, output: str | os.PathLike, data: Any, *, 
         report = None
         if ranks.is_main:
             tuned = export_weights(module.to("cpu"), proto)
+            if max_drop is not None:
+                from zapopt.finetuning.rethreshold import rechoose_thresholds
+
+                tuned = rechoose_thresholds(tuned, calib, val, max_drop, baseline=proto,
+                                            eval_images=config.val_images, image_options=image_options,
+                                            model_name=str(output), progress=progress is True).model
             save_model_atomically(tuned, output)
             report = _report(model, output, data, val, val_data, config, ranks, state, curve_thresholds,
                              image_options, progress is True)
