@@ -81,3 +81,21 @@ def test_drop_is_counted_against_the_baseline(tmp_path: Path) -> None:
     result = rechoose_thresholds(zap, str(tmp_path / "calib.npy"), str(tmp_path / "eval.npz"), 1.0, baseline=worse,
                                  calib_images=32, sensitivity_weighting=False, progress=False)
     assert result.exact_gain > 1.0 and result.budget == pytest.approx(1.0 + result.exact_gain)
+
+
+def test_finetune_max_drop_needs_calib_and_val_then_rechooses(tmp_path: Path) -> None:
+    save_model_atomically(tiny_zap_classifier(), tmp_path / "tiny.onnx")
+    for name, seed, count in (("train", 1, 96), ("val", 5, 64)):
+        x, y = tiny_labeled_arrays(count, seed=seed)
+        np.savez(tmp_path / f"{name}.npz", x=x, y=y)
+    args = (str(tmp_path / "tiny.onnx"), str(tmp_path / "out.onnx"), str(tmp_path / "train.npz"))
+    with pytest.raises(ZapoptError, match="needs --val .* and --calib"):
+        finetune(*args, max_drop=1.0, val=str(tmp_path / "val.npz"), progress=False)
+    report = finetune(*args, max_drop=3.0, val=str(tmp_path / "val.npz"), calib=str(tmp_path / "train.npz"),
+                      config=FinetuneConfig(epochs=2, lr=0.05, batch_size=16), progress=False, log=lambda _m: None)
+    chosen = report.thresholds
+    assert chosen["max_drop"] == 3.0 and chosen["drop"] <= 3.0
+    assert chosen["search_budget"] == pytest.approx(3.0 + chosen["exact_gain_points"])
+    (layer,) = read_zap_layers(onnx.load(str(tmp_path / "out.onnx")))
+    assert chosen["thresholds"] == {layer.name: pytest.approx(layer.threshold)}
+    assert "re-chosen" in report.format_table()

@@ -27,6 +27,7 @@ from zapopt.finetuning.labeled_data import LabeledData, check_classes, open_labe
 from zapopt.finetuning.train import FinetuneConfig, Log, TrainState, load_checkpoint, model_digest, train
 from zapopt.graph import load_model
 from zapopt.rewrite.zap_layers import read_zap_layers
+from zapopt.thresholds import json_float
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ class FinetuneReport:
     before: Measured | None
     after: Measured | None
     curves: dict[str, Any] | None  # {"before": SweepReport dict, "after": ...} when asked
+    thresholds: dict[str, Any] | None = None  # the --max-drop re-choice: target, search budget, drop, thresholds
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "output": self.output, "data": self.data, "val": self.val,
@@ -59,7 +61,8 @@ class FinetuneReport:
                 "epochs": [asdict(h) for h in self.state.history],
                 "gradient_tools": self.state.gradient_summary or None,
                 "before": None if self.before is None else asdict(self.before),
-                "after": None if self.after is None else asdict(self.after), "curves": self.curves}
+                "after": None if self.after is None else asdict(self.after), "curves": self.curves,
+                "thresholds": self.thresholds}
 
     def format_table(self) -> str:
         from zapopt.report import pct
@@ -74,6 +77,13 @@ class FinetuneReport:
             for label, m in (("before", self.before), ("after", self.after)):
                 top1 = "-" if m.top1 is None else pct(m.top1, 2)
                 lines.append(f"  {label:6s} top-1 {top1}, MACs saved {pct(m.savings)} ({m.macs_after:,.0f} per image)")
+        if self.thresholds is not None and "error" in self.thresholds:
+            lines.append(f"thresholds kept: re-choosing them failed ({self.thresholds['error']})")
+        elif self.thresholds is not None:
+            t = self.thresholds
+            drop = "-" if t["drop"] is None else f"{t['drop']:.2f}"
+            lines.append(f"thresholds re-chosen for <= {t['max_drop']} % top-1 drop: measured drop {drop} points "
+                         f"against the model before fine-tuning")
         if self.state.gradient_summary:
             lines += ["", self.state.gradient_summary]
         return "\n".join(lines)
@@ -83,9 +93,9 @@ def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _tensors(data: LabeledData, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _tensors(data: LabeledData) -> tuple[torch.Tensor, torch.Tensor]:
     """The whole set in memory (the loop draws shuffled batches from it)."""
-    return torch.from_numpy(np.ascontiguousarray(data.dataset.to_numpy(batch_size))), torch.from_numpy(data.labels)
+    return torch.from_numpy(np.ascontiguousarray(data.dataset.to_numpy())), torch.from_numpy(data.labels)
 
 
 def _measure(model: Any, val: LabeledData, progress: bool) -> Measured:
@@ -133,10 +143,12 @@ def finetune(model: str | os.PathLike, output: str | os.PathLike, data: Any, *, 
                           "(--format zap)")
     module = to_torch(proto)
     spec = model_input(proto)
+    if spec.dtype != np.float32:
+        raise ZapoptError(f"finetune trains float32 models; the input {spec.describe()} is not float32")
     train_data = open_labeled(data, spec, image_options, config.train_images)
     val_data = None if val is None else open_labeled(val, spec, image_options, config.val_images,
                                                      role="validation data")
-    x, y = _tensors(train_data, config.batch_size)
+    x, y = _tensors(train_data)
     with torch.no_grad():
         classes = int(module.eval()(x[:1]).reshape(1, -1).shape[1])
     check_classes(train_data, classes)
@@ -150,21 +162,32 @@ def finetune(model: str | os.PathLike, output: str | os.PathLike, data: Any, *, 
     ranks = start(device)
     try:
         state = train(module, x, y, config, ranks=ranks,
-                      val=None if val_data is None else _tensors(val_data, 256), checkpoint=checkpoint,
+                      val=None if val_data is None else _tensors(val_data), checkpoint=checkpoint,
                       resume=saved, digest=digest, progress=progress is not False, interactive=progress,
                       log=log)
         report = None
         if ranks.is_main:
             tuned = export_weights(module.to("cpu"), proto)
+            chosen = None
             if max_drop is not None:
                 from zapopt.finetuning.rethreshold import rechoose_thresholds
 
-                tuned = rechoose_thresholds(tuned, calib, val, max_drop, baseline=proto,
-                                            eval_images=config.val_images, image_options=image_options,
-                                            model_name=str(output), progress=progress is True).model
+                try:
+                    found = rechoose_thresholds(tuned, calib, val, max_drop, baseline=proto,
+                                                eval_images=config.val_images, image_options=image_options,
+                                                model_name=str(output), progress=progress is True)
+                except ZapoptError as exc:  # the training is not lost: keep the thresholds it ran with
+                    log(f"could not re-choose the thresholds ({exc}); writing the fine-tuned model with its "
+                        "original thresholds")
+                    chosen = {"max_drop": max_drop, "error": str(exc)}
+                else:
+                    tuned = found.model
+                    chosen = {"max_drop": max_drop, "search_budget": found.budget,
+                              "exact_gain_points": found.exact_gain, "drop": found.drop,
+                              "thresholds": {z.name: json_float(z.threshold) for z in read_zap_layers(tuned)}}
             save_model_atomically(tuned, output)
             report = _report(model, output, data, val, val_data, config, ranks, state, curve_thresholds,
-                             image_options, progress is True)
+                             image_options, progress is True, chosen)
             write_text_atomically(report_path, json.dumps(report.to_dict(), indent=1))
         ranks.barrier()
     finally:
@@ -177,7 +200,8 @@ def finetune(model: str | os.PathLike, output: str | os.PathLike, data: Any, *, 
 
 def _report(model: Any, output: Path, data: Any, val: Any, val_data: LabeledData | None, config: FinetuneConfig,
             ranks: Ranks, state: TrainState, curve_thresholds: list[float] | None,
-            image_options: ImageOptions | None, progress: bool) -> FinetuneReport:
+            image_options: ImageOptions | None, progress: bool,
+            thresholds: dict[str, Any] | None) -> FinetuneReport:
     before = after = curves = None
     if val_data is not None:
         before, after = _measure(str(model), val_data, progress), _measure(str(output), val_data, progress)
@@ -188,4 +212,4 @@ def _report(model: Any, output: Path, data: Any, val: Any, val_data: LabeledData
                                    limit=config.val_images, progress=progress).to_dict()
                       for label, path in (("before", str(model)), ("after", str(output)))}
     return FinetuneReport(str(model), str(output), str(data), None if val is None else str(val), config.to_dict(),
-                          ranks.world, state, before, after, curves)
+                          ranks.world, state, before, after, curves, thresholds)
