@@ -139,3 +139,12 @@ def test_cli_finetune_then_eval_sweep_retune(tiny: dict[str, str], capsys: pytes
     capsys.readouterr()
     assert run("finetune", tiny["model"], "--data", tiny["train"], "-o", tiny["out"], "--grad-format", "x") == 2
     assert "--grad-format expects E,M" in capsys.readouterr().err
+
+
+def test_log_lines_when_not_a_terminal(tiny: dict[str, str]) -> None:
+    lines: list[str] = []
+    finetune(tiny["model"], tiny["out"], tiny["train"], val=tiny["val"], config=FinetuneConfig(epochs=1, **FAST),
+             progress=None, log=lines.append)  # pytest's stderr is not a terminal
+    batches = [line for line in lines if "batch" in line]
+    assert batches[-1].startswith("epoch 1/1: batch 6/6, loss ") and "accuracy" in batches[-1]
+    assert any(line.startswith("epoch 1/1: loss") and "validation top-1" in line for line in lines)
