@@ -141,6 +141,7 @@ class ConvertedModel(nn.Module):
             self._steps.append(_Step(key, node.op_type, tuple(node.input), tuple(node.output[:1]), attrs))
         self._check_shared_weights()
         self._register_constants()
+        self.constants = {}  # now held by the parameters and buffers
 
     # ---------------------------------------------------------------- building
     @staticmethod
