@@ -148,3 +148,10 @@ def test_log_lines_when_not_a_terminal(tiny: dict[str, str]) -> None:
     batches = [line for line in lines if "batch" in line]
     assert batches[-1].startswith("epoch 1/1: batch 6/6, loss ") and "accuracy" in batches[-1]
     assert any(line.startswith("epoch 1/1: loss") and "validation top-1" in line for line in lines)
+
+
+def test_public_function_is_not_shadowed_by_its_package() -> None:
+    import zapopt
+    import zapopt.finetuning.api  # noqa: F401  (importing the package first must not hide the function)
+
+    assert zapopt.finetune is finetune and zapopt.FinetuneConfig is FinetuneConfig
