@@ -1,7 +1,7 @@
 """MAC savings at a fixed top-1 drop before and after ZAP-aware fine-tuning (issue #18).
 
     python benchmarks/zap_finetune.py models/vgg16/vgg16.onnx --max-drop 1.5 --train-images 10000 \
-        --variants plain sparse85 fp6 --json benchmarks/results/zap_finetune/vgg16.json
+        --variants plain sparse85 fp6 --json benchmarks/results/zap_finetune/vgg16_plain.json
 
 1. Before: predictors trained on the first --calib-images Fashion-MNIST train images and
    thresholds chosen as `zapopt optimize --max-drop` does, measured on the full test set
@@ -12,15 +12,14 @@
 3. After: thresholds re-chosen the same way on the new weights (kept predictors, curves
    measured again), the drop counted against the original model's top-1.
 Savings are realised MACs on the test set (`zapopt eval`), the whole model, net of the
-predictors. Each row records wall-clock seconds; the machine and commit are in the file.
+predictors. Each row records wall-clock seconds and the load average; command, commit and machine
+are in the file's provenance (benchmarks/result_files.py).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,25 +34,9 @@ from zapopt.evaluate import evaluate  # noqa: E402
 from zapopt.files import save_model_atomically  # noqa: E402
 from zapopt.finetuning import FinetuneConfig, finetune  # noqa: E402
 from zapopt.optimize import OptimizeConfig, choose_thresholds, finish, prepare_layers  # noqa: E402
-from zap_common import command_line, save_results  # noqa: E402
+from zap_common import save_results  # noqa: E402
 
 VARIANTS = {"plain": {}, "sparse85": {"grad_sparsity": 0.85}, "fp6": {"grad_bits": 6}}
-
-
-def machine() -> dict[str, object]:
-    """CPU model and cores, and the commit the numbers come from."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
-    return {"cpu": cpu, "cores": os.cpu_count(), "load_average": os.getloadavg(), "commit": commit}
 
 
 def main() -> None:
@@ -119,9 +102,8 @@ def main() -> None:
               f"{100 * r['before_savings']:.1f} % | {100 * r['after_savings']:.1f} % | "
               f"{r['savings_gain_points']:+.1f} |")
     for r in rows:
-        r["machine"] = machine()
+        r["load_average"] = os.getloadavg()  # the machine is in the file's provenance
     save_results(rows, args.json)
-    print("command: " + command_line())
 
 
 if __name__ == "__main__":

@@ -28,7 +28,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from zapopt.data import load_fashion_mnist  # noqa: E402
 from zap_common import save_results  # noqa: E402
-from zap_finetune import machine  # noqa: E402
 
 CLI = str(Path(__file__).resolve().parent.parent / "cli.py")
 
@@ -70,7 +69,7 @@ def main() -> None:
     row = {"model": args.model, "train_images": args.train_images, "batch_size": args.batch_size, "lr": args.lr,
            "ranks": args.ranks, "seconds_1_process": seconds["1"], f"seconds_{args.ranks}_processes":
            seconds[str(args.ranks)], "max_weight_difference": difference, "max_weight_change": change,
-           "machine": machine()}
+           "load_average": os.getloadavg()}
     print(json.dumps(row, indent=1))
     save_results([row], args.json)
 

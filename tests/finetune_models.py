@@ -40,7 +40,7 @@ def zap_reference_model(name: str, threshold: float = 0.05, seed: int = 0) -> on
         channels = conv.weight_shape[0]
         pattern = PATTERNS[PATTERN_CYCLE[index % len(PATTERN_CYCLE)]]
         source = ("preactivation", "activation")[index % 2]
-        params[conv.conv] = ZapParams(*smoothing_predictor(channels, rng), pattern, threshold, source)
+        params[conv.conv] = ZapParams.from_arrays(*smoothing_predictor(channels, rng), pattern, threshold, source)
     return ReplaceWithZap(params)(original).model
 
 
@@ -69,7 +69,8 @@ def tiny_zap_classifier(seed: int = 0, classes: int = 3) -> onnx.ModelProto:
                               [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", classes])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 10
-    params = {"conv2": ZapParams(*smoothing_predictor(6, rng), PATTERNS["checkerboard"], 0.02, "preactivation")}
+    params = {"conv2": ZapParams.from_arrays(*smoothing_predictor(6, rng), PATTERNS["checkerboard"], 0.02,
+                                             "preactivation")}
     return ReplaceWithZap(params)(model).model
 
 
