@@ -9,7 +9,8 @@ from zapopt.errors import ZapoptError
 
 __version__ = "0.1.0"
 
-__all__ = ["OptimizeConfig", "ZapoptError", "__version__", "evaluate", "info", "optimize", "retune", "sweep"]
+__all__ = ["OptimizeConfig", "ZapoptError", "__version__", "bench", "convert", "evaluate", "info", "optimize",
+           "retune", "sweep"]
 
 #: Public names imported on first use: attribute name -> (module, name in that module).
 _LAZY_EXPORTS = {
@@ -19,6 +20,8 @@ _LAZY_EXPORTS = {
     "evaluate": ("zapopt.evaluate", "evaluate"),
     "sweep": ("zapopt.sweep", "sweep"),
     "retune": ("zapopt.retune", "retune"),
+    "bench": ("zapopt.bench", "bench"),
+    "convert": ("zapopt.model_form", "convert"),
 }
 
 

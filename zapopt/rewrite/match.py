@@ -102,6 +102,12 @@ def batchnorm_params(index: GraphIndex, bn: onnx.NodeProto) -> BatchNormParams:
     return BatchNormParams(scale, bias, mean, var, float(attrs.get("epsilon", 1e-5)))
 
 
+def _foldable_bn(index: GraphIndex, bn: onnx.NodeProto) -> bool:
+    """Whether :func:`batchnorm_params` accepts ``bn`` (else a chain may end before it)."""
+    return (not int(_attrs(bn).get("training_mode", 0)) and not any(o for o in bn.output[1:])
+            and all(index.constant(n) is not None for n in bn.input[1:5]))
+
+
 def fold_batchnorm(w: np.ndarray, b: np.ndarray | None, bn: BatchNormParams) -> tuple[np.ndarray, np.ndarray]:
     """``W' = W * g / sqrt(var + eps)``, ``B' = (B - mean) * g / sqrt(var + eps) + beta`` (float64 math)."""
     factor = bn.scale / np.sqrt(bn.var + bn.epsilon)
@@ -135,14 +141,15 @@ def clip_max_of(index: GraphIndex, act: onnx.NodeProto) -> float | None:
 
 @dataclass(frozen=True)
 class ConvChain:
-    """One eligible ``Conv [+BN] [+Add] + act`` chain (nodes in graph order)."""
+    """One ``Conv [+BN] [+Add] [+act]`` chain (nodes in graph order); ``act`` is None only
+    when the chain was matched with ``activation_optional`` (``clip_max`` is then None)."""
 
     conv: onnx.NodeProto
     bn: onnx.NodeProto | None
     add: onnx.NodeProto | None
-    act: onnx.NodeProto
+    act: onnx.NodeProto | None
     skip_input: str | None
-    clip_max: float
+    clip_max: float | None
 
     @property
     def nodes(self) -> list[onnx.NodeProto]:
@@ -150,7 +157,7 @@ class ConvChain:
 
     @property
     def output(self) -> str:
-        return self.act.output[0]
+        return self.nodes[-1].output[0]
 
     @property
     def intermediates(self) -> list[str]:
@@ -158,36 +165,46 @@ class ConvChain:
         return [n.output[0] for n in self.nodes[:-1]]
 
 
-def match_conv_chain(index: GraphIndex, conv_name: str, label: str | None = None) -> ConvChain:
+def match_conv_chain(index: GraphIndex, conv_name: str, label: str | None = None, *,
+                     activation_optional: bool = False) -> ConvChain:
     """The chain starting at the Conv called ``conv_name`` (see ``GraphIndex.find_node``);
-    ``label`` names the layer in error messages."""
+    ``label`` names the layer in error messages. With ``activation_optional`` the chain
+    ends, instead of failing, where the next node is not part of it or the tensor is shared."""
     conv = index.find_node(conv_name, ("Conv",))
     label = label or conv.name or conv.output[0]
     if conv.domain not in _DEFAULT_DOMAINS:
         raise ZapoptError(f"node {label!r} is {conv.domain}::Conv, not an ONNX Conv")
 
-    def next_of(tensor: str, after: str) -> onnx.NodeProto:
+    def next_of(tensor: str, after: str) -> onnx.NodeProto | None:
         node = index.sole_consumer(tensor)
-        if node is None:
+        if node is None and not activation_optional:
             raise ZapoptError(
                 f"Conv {label!r}: the output {tensor!r} of its {after} is read by more than one node, "
                 "is a graph output, or is unused, so the chain cannot become one ZapConv"
             )
         return node
 
+    def chain(act: onnx.NodeProto | None, clip_max: float | None) -> ConvChain:
+        return ConvChain(conv=conv, bn=bn, add=add, act=act, skip_input=skip, clip_max=clip_max)
+
     node, bn, add, skip = next_of(conv.output[0], "Conv"), None, None, None
-    if _is(node, "BatchNormalization") and node.input[0] == conv.output[0]:
+    if _is(node, "BatchNormalization") and node.input[0] == conv.output[0] \
+            and (not activation_optional or _foldable_bn(index, node)):
         bn, node = node, next_of(node.output[0], "BatchNormalization")
     if _is(node, "Add"):
         branch = (bn or conv).output[0]
         others = [i for i in node.input if i != branch]
         if len(node.input) != 2 or len(others) != 1:
-            raise ZapoptError(f"Conv {label!r}: Add {node.name!r} adds the conv output to itself; not a residual")
+            if not activation_optional:
+                raise ZapoptError(f"Conv {label!r}: Add {node.name!r} adds the conv output to itself; not a residual")
+            return chain(None, None)
         add, skip, node = node, others[0], next_of(node.output[0], "Add")
-    clip_max = clip_max_of(index, node)
+    clip_max = None if node is None else clip_max_of(index, node)
     if clip_max is None:
+        if activation_optional:
+            return chain(None, None)
         raise ZapoptError(
             f"Conv {label!r} is followed by {node.op_type} {node.name!r}, not Relu or Clip(min=0, max>0); "
             "ZAP predicts zeros of ReLU-like activations only"
         )
-    return ConvChain(conv=conv, bn=bn, add=add, act=node, skip_input=skip, clip_max=clip_max)
+    return chain(node, clip_max)

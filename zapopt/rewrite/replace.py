@@ -73,6 +73,54 @@ class ZapParams:
             )
 
 
+#: Tag (``zapopt.replaced``) on a native node: the original nodes it replaced, comma-separated
+#: (their names, or first output names), so a profile can set it against the stock nodes.
+REPLACED_KEY = "replaced"
+
+
+def replaced_tag(chain: ConvChain) -> dict[str, str]:
+    """The ``zapopt.replaced`` tag for the node replacing ``chain`` (keyword for ``tag_node``)."""
+    return {REPLACED_KEY: ",".join(n.name or n.output[0] for n in chain.nodes)}
+
+
+def folded_weights(index: GraphIndex, chain: ConvChain, label: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """The chain's float32 conv weights and bias with its BatchNormalization folded in."""
+    conv = chain.conv
+    w = index.require_constant(conv.input[1], f"Conv {label!r} weight")
+    if w.dtype != np.float32:
+        raise ZapoptError(f"Conv {label!r} has {w.dtype} weights; zapopt's ops are defined for float32 models only")
+    has_bias = len(conv.input) > 2 and bool(conv.input[2])
+    b = index.require_constant(conv.input[2], f"Conv {label!r} bias") if has_bias else None
+    if chain.bn is not None:
+        w, b = fold_batchnorm(w, b, batchnorm_params(index, chain.bn))
+    return w, b
+
+
+def layer_node_name(graph: onnx.GraphProto, conv: onnx.NodeProto, wanted: str, names: NameAllocator) -> str:
+    """The layer name the caller used, unless another node already carries it."""
+    if any(n.name == wanted for n in graph.node if n is not conv):
+        return names.fresh(wanted)
+    return wanted
+
+
+def splice_chain(model: onnx.ModelProto, inferred: onnx.ModelProto, chain: ConvChain, node: onnx.NodeProto) -> None:
+    """Put ``node`` (writing the chain's output) where the chain stood, keep a value_info for
+    that output, and drop the chain's weights that nothing reads any more."""
+    graph = model.graph
+    replace_nodes(graph, chain.nodes, [node], at=chain.nodes[-1])
+    remove_value_info(graph, chain.intermediates)
+    if value_info_for(model, chain.output) is None:
+        declared = value_info_for(inferred, chain.output)
+        if declared is None:
+            declared = helper.make_tensor_value_info(chain.output, onnx.TensorProto.FLOAT, None)
+        graph.value_info.append(declared)
+    dead = [*chain.conv.input[1:]]
+    for extra in (chain.bn, chain.act):
+        if extra is not None:
+            dead.extend(extra.input[1:])
+    remove_if_unused(graph, dead)
+
+
 class ReplaceWithZap(Pass):
     """Replace the chain starting at each named Conv with one ZapConv node."""
 
@@ -113,22 +161,14 @@ class ReplaceWithZap(Pass):
         params: ZapParams,
         names: NameAllocator,
     ) -> None:
-        graph = model.graph
         chain: ConvChain = match_conv_chain(index, conv_output, label=conv_name)
-        conv = chain.conv
         label = conv_name
-        w = index.require_constant(conv.input[1], f"Conv {label!r} weight")
-        if w.dtype != np.float32:
-            raise ZapoptError(f"Conv {label!r} has {w.dtype} weights; ZapConv is defined for float32 models only")
-        has_bias = len(conv.input) > 2 and bool(conv.input[2])
-        b = index.require_constant(conv.input[2], f"Conv {label!r} bias") if has_bias else None
-        if chain.bn is not None:
-            w, b = fold_batchnorm(w, b, batchnorm_params(index, chain.bn))
+        w, b = folded_weights(index, chain, label)
         if w.shape[0] != params.channels:
             raise ZapoptError(
                 f"layer {label!r} has {w.shape[0]} output channels but its predictor has {params.channels}"
             )
-        geometry = conv_geometry(conv, tuple(w.shape), tensor_shape(inferred, conv.input[0]))
+        geometry = conv_geometry(chain.conv, tuple(w.shape), tensor_shape(inferred, chain.conv.input[0]))
         attrs = ZapConvAttrs(
             pattern=params.pattern, threshold=params.threshold, strides=geometry.strides,
             pads=geometry.pads, dilations=geometry.dilations, group=geometry.group,
@@ -140,30 +180,12 @@ class ReplaceWithZap(Pass):
         if b is not None:
             tensors["B"] = b.astype(np.float32)
         new_names = {key: names.fresh(f"{label}.zap_{key}") for key in tensors}
-        graph.initializer.extend(numpy_helper.from_array(tensors[k], new_names[k]) for k in tensors)
+        model.graph.initializer.extend(numpy_helper.from_array(tensors[k], new_names[k]) for k in tensors)
         node = make_zap_node(
-            name=self._node_name(graph, conv, conv_name, names),
-            x=conv.input[0], w=new_names["W"], b=new_names.get("B", ""),
+            name=layer_node_name(model.graph, chain.conv, conv_name, names),
+            x=chain.conv.input[0], w=new_names["W"], b=new_names.get("B", ""),
             pw1=new_names["PW1"], pb1=new_names["PB1"], pw2=new_names["PW2"], pb2=new_names["PB2"],
             skip=chain.skip_input or "", y=chain.output, attrs=attrs,
         )
-        tag_node(node, self.name, model.ir_version)
-        replace_nodes(graph, chain.nodes, [node], at=chain.act)
-        remove_value_info(graph, chain.intermediates)
-        if value_info_for(model, chain.output) is None:
-            declared = value_info_for(inferred, chain.output)
-            if declared is None:
-                declared = helper.make_tensor_value_info(chain.output, onnx.TensorProto.FLOAT, None)
-            graph.value_info.append(declared)
-        dead = [*conv.input[1:]]
-        for extra in (chain.bn, chain.act):
-            if extra is not None:
-                dead.extend(extra.input[1:])
-        remove_if_unused(graph, dead)
-
-    @staticmethod
-    def _node_name(graph: onnx.GraphProto, conv: onnx.NodeProto, wanted: str, names: NameAllocator) -> str:
-        """The layer name the caller used, unless another node already carries it."""
-        if any(n.name == wanted for n in graph.node if n is not conv):
-            return names.fresh(wanted)
-        return wanted
+        tag_node(node, self.name, model.ir_version, **replaced_tag(chain))
+        splice_chain(model, inferred, chain, node)

@@ -1,0 +1,139 @@
+"""``ReplaceWithZeroSkip``: ``Conv [+BN] [+Add] [+Relu | Clip(0, c)]`` -> ``ai.zapopt::ZeroSkipConv``.
+
+Written as one rule in the onnxscript style: :meth:`ZeroSkipRule.pattern` finds the chain
+that starts at a Conv, :meth:`ZeroSkipRule.check` says why it cannot be rewritten (None
+when it can) and :meth:`ZeroSkipRule.rewrite` replaces it. The op is exact (it skips only
+multiply-adds whose input is zero), so the only condition beyond a foldable chain is an
+input that can be zero at all.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from zapopt.errors import ZapoptError
+from zapopt.graph.index import unique_node_names
+from zapopt.ops.spec import DOMAIN
+from zapopt.ops.zero_skip import ZERO_SKIP_VERSION, ZeroSkipAttrs, make_zero_skip_node
+from zapopt.rewrite.base import Pass, PassResult
+from zapopt.rewrite.graph_edit import GraphIndex, NameAllocator, ensure_opset, tag_node, tensor_shape
+from zapopt.rewrite.match import ConvChain, conv_geometry, match_conv_chain
+from zapopt.rewrite.replace import folded_weights, layer_node_name, replaced_tag, splice_chain
+from zapopt.rewrite.zero_inputs import zero_input_reason
+
+class ZeroSkipRule:
+    """Pattern, check and rewrite for one Conv chain."""
+
+    name = "ReplaceWithZeroSkip"
+
+    @staticmethod
+    def pattern(index: GraphIndex, conv_output: str, label: str) -> ConvChain:
+        """The longest ``Conv [+BN] [+Add] [+act]`` chain starting at the Conv writing ``conv_output``."""
+        return match_conv_chain(index, conv_output, label=label, activation_optional=True)
+
+    @staticmethod
+    def check(index: GraphIndex, inferred: onnx.ModelProto, chain: ConvChain) -> str | None:
+        """Why the chain cannot become a ZeroSkipConv, or None when it can."""
+        conv = chain.conv
+        weight = index.constant(conv.input[1])
+        if weight is None:
+            return f"its weights ({conv.input[1]!r}) are not a constant"
+        if weight.dtype != np.float32:
+            return f"its weights are {weight.dtype}; ZeroSkipConv is float32 only"
+        if len(conv.input) > 2 and conv.input[2] and index.constant(conv.input[2]) is None:
+            return f"its bias ({conv.input[2]!r}) is not a constant"
+        try:
+            conv_geometry(conv, tuple(weight.shape), tensor_shape(inferred, conv.input[0]))
+        except ZapoptError as exc:
+            return str(exc)
+        return zero_input_reason(index, conv.input[0])
+
+    def rewrite(self, model: onnx.ModelProto, inferred: onnx.ModelProto, index: GraphIndex, chain: ConvChain,
+                label: str, names: NameAllocator) -> onnx.NodeProto:
+        """Replace ``chain`` by one ZeroSkipConv node named ``label``; returns the node."""
+        w, b = folded_weights(index, chain, label)
+        geometry = conv_geometry(chain.conv, tuple(w.shape), tensor_shape(inferred, chain.conv.input[0]))
+        attrs = ZeroSkipAttrs(strides=geometry.strides, pads=geometry.pads, dilations=geometry.dilations,
+                              group=geometry.group, activation="none" if chain.act is None else "relu",
+                              clip_max=math.inf if chain.clip_max is None else chain.clip_max)
+        weight_name = _weight_input(model, index, chain, 1, w, f"{label}.zs_W", names)
+        bias_name = "" if b is None else _weight_input(model, index, chain, 2, b, f"{label}.zs_B", names)
+        node = make_zero_skip_node(name=layer_node_name(model.graph, chain.conv, label, names),
+                                   x=chain.conv.input[0], w=weight_name, b=bias_name, skip=chain.skip_input or "",
+                                   y=chain.output, attrs=attrs)
+        tag_node(node, self.name, model.ir_version, **replaced_tag(chain))
+        splice_chain(model, inferred, chain, node)
+        return node
+
+
+def _weight_input(model: onnx.ModelProto, index: GraphIndex, chain: ConvChain, slot: int, value: np.ndarray,
+                  fresh: str, names: NameAllocator) -> str:
+    """The conv's own initializer when it is used unchanged (no BN folded), else a new one."""
+    conv = chain.conv
+    if chain.bn is None and len(conv.input) > slot and conv.input[slot] in index.initializers:
+        return conv.input[slot]
+    name = names.fresh(fresh)
+    model.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(value, np.float32), name))
+    return name
+
+
+def zero_skip_candidates(model: onnx.ModelProto, layers: Sequence[str] | None = None) -> dict[str, str | None]:
+    """``{conv name: None if it can become a ZeroSkipConv, else why not}`` for every Conv
+    (or the named ones), judged on ``model`` as it is."""
+    index = GraphIndex(model.graph)
+    inferred = onnx.shape_inference.infer_shapes(model)
+    wanted = None if layers is None else set(layers)
+    result: dict[str, str | None] = {}
+    for node, label in zip(model.graph.node, unique_node_names(model.graph)):
+        if node.op_type != "Conv" or node.domain not in ("", "ai.onnx") or (wanted is not None and label not in wanted):
+            continue
+        try:
+            chain = ZeroSkipRule.pattern(index, node.output[0], label)
+        except ZapoptError as exc:
+            result[label] = str(exc)
+            continue
+        result[label] = ZeroSkipRule.check(index, inferred, chain)
+    return result
+
+
+class ReplaceWithZeroSkip(Pass):
+    """Rewrite every Conv chain whose input can be zero (or only the named ones, which
+    then must qualify) into one ZeroSkipConv. ``skipped`` lists the others with reasons
+    after a run."""
+
+    name = ZeroSkipRule.name
+    requires = "Convs to rewrite are 2-D, float32, with constant weights and an input that can be exactly zero"
+
+    def __init__(self, layers: Sequence[str] | None = None) -> None:
+        self.layers = None if layers is None else list(layers)
+        self.skipped: dict[str, str] = {}
+
+    def run(self, model: onnx.ModelProto) -> PassResult:
+        candidates = zero_skip_candidates(model, self.layers)
+        if self.layers is not None:
+            missing = sorted(set(self.layers) - set(candidates))
+            if missing:
+                raise ZapoptError(f"no Conv named {', '.join(map(repr, missing))} in the graph")
+            refused = {name: why for name, why in candidates.items() if why is not None}
+            if refused:
+                name, why = next(iter(refused.items()))
+                raise ZapoptError(f"Conv {name!r} cannot become a ZeroSkipConv: {why}")
+        self.skipped = {name: why for name, why in candidates.items() if why is not None}
+        chosen = [name for name, why in candidates.items() if why is None]
+        if not chosen:
+            return PassResult(model, False)
+        inferred = onnx.shape_inference.infer_shapes(model)
+        names = NameAllocator(model)
+        index = GraphIndex(model.graph)
+        outputs = {name: index.find_node(name, ("Conv",)).output[0] for name in chosen}  # before editing
+        rule = ZeroSkipRule()
+        for name in chosen:
+            index = GraphIndex(model.graph)
+            rule.rewrite(model, inferred, index, rule.pattern(index, outputs[name], name), name, names)
+        ensure_opset(model, DOMAIN, ZERO_SKIP_VERSION)
+        onnx.checker.check_model(model)
+        return PassResult(model, True)
