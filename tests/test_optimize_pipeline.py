@@ -20,6 +20,7 @@ from zapopt.evaluate import evaluate, run_model
 from zapopt.optimize import OptimizeConfig, optimize
 from zapopt.retune import retune
 from zapopt.rewrite.zap_layers import read_zap_layers
+from zapopt.model_form import convert, model_form
 from zapopt.runtime import make_session, prepare
 from zapopt.sensitivity import PROBE_ERRORS
 from zapopt.sweep import sweep
@@ -248,12 +249,16 @@ def test_layers_left_exact_cost_no_predictor(small_cnn: Path, optimized, tmp_pat
     assert report.savings == pytest.approx(0.0, abs=1e-12)
 
 
-def test_eval_refuses_portable_form_for_savings(small_cnn: Path, tmp_path: Path) -> None:
+def test_eval_counts_the_portable_form_as_its_native_layers(small_cnn: Path, tmp_path: Path) -> None:
     portable = tmp_path / "p.onnx"
     optimize(small_cnn, portable, CALIB, config=OptimizeConfig(calib_images=32, epochs=1, output_format="onnx"),
              progress=False)
-    with pytest.raises(ZapoptError, match="--format zap"):
-        evaluate(portable, TEST, limit=16, progress=False)
+    assert model_form(onnx.load(portable)) == "portable"
+    native = tmp_path / "n.onnx"
+    convert(portable, native, to="native")
+    from_portable = evaluate(portable, TEST, limit=16, progress=False)
+    from_native = evaluate(native, TEST, limit=16, progress=False)
+    assert from_portable.layers and from_portable.to_dict() | {"model": ""} == from_native.to_dict() | {"model": ""}
 
 
 def test_eval_without_max_drop_and_float32_twin_threshold(small_cnn: Path, tmp_path: Path) -> None:
