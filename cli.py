@@ -411,7 +411,7 @@ def convert_command(model, output, form) -> None:
     nodes carry; a model without them is refused.
     """
     from zapopt.model_form import convert
-    from zapopt.ops.zero_skip import is_native_node
+    from zapopt.rewrite.graph_edit import is_native_node
 
     converted = convert(model, output, to=form)
     count = sum(1 for n in converted.graph.node if is_native_node(n))

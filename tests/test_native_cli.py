@@ -13,10 +13,10 @@ from tests.conftest import REPO_ROOT
 from tests.test_cli_basics import run_cli
 from tests.test_rewrite_replace import all_layers
 from tests.zap_builders import chain_model
-from zapopt import runtime
+from zapopt import native, runtime
 from zapopt.errors import ZapoptError
 from zapopt.model_form import convert_model, model_form
-from zapopt.ops.zero_skip import is_zero_skip_node
+from zapopt.ops.spec import is_zero_skip_node
 from zapopt.retune import retune
 from zapopt.rewrite import ReplaceWithZap, ReplaceWithZeroSkip, read_zap_layers
 from zapopt.runtime import make_session, prepare
@@ -39,9 +39,11 @@ def one_line_error(result) -> str:
 
 @pytest.fixture(scope="module")
 def exact_model(tmp_path_factory) -> Path:
+    """ResNet --exact with every candidate native (no latency check), so it has native nodes."""
     out = tmp_path_factory.mktemp("exact") / "r18.exact.onnx"
-    result = run_cli("optimize", str(RESNET), "--calib", CALIB, "--exact", "-o", str(out))
+    result = run_cli("optimize", str(RESNET), "--calib", CALIB, "--exact", "--no-latency-check", "-o", str(out))
     assert result.returncode == 0, result.stderr
+    assert "warning: speed unmeasured" in result.stderr and "--no-latency-check" in result.stderr
     return out
 
 
@@ -49,14 +51,27 @@ def test_exact_model_computes_the_original_outputs(exact_model: Path) -> None:
     model = onnx.load(exact_model)
     zero_skip = [n for n in model.graph.node if is_zero_skip_node(n)]
     report = json.loads(Path(f"{exact_model}.report.json").read_text())
-    assert report["mode"] == "exact" and "latency" in report
-    if not report["latency"]["measured"]:  # no library: every candidate was written native
-        assert len(zero_skip) == len(report["zero_skip_candidates"]) == 19
-    assert any("graph input" in r["reason"] or "exact zeros" in r["reason"] for r in report["ineligible"])
+    assert report["mode"] == "exact" and not report["latency"]["measured"]
+    assert len(zero_skip) == len(report["zero_skip_candidates"]) == 19
+    assert any("exact zeros" in r["reason"] for r in report["ineligible"])
     x = fashion_images()
     want = make_session(onnx.load(RESNET)).run(None, {"input": x})[0]
     got = make_session(prepare(model).model).run(None, {"input": x})[0]
     assert np.linalg.norm(got - want) / np.linalg.norm(want) <= 1e-5
+
+
+def test_latency_check_writes_only_the_layers_it_found_faster(tmp_path: Path) -> None:
+    out = tmp_path / "m.onnx"
+    result = run_cli("optimize", str(RESNET), "--calib", CALIB, "--exact", "--latency-threads", "1", "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    latency = json.loads(Path(f"{out}.report.json").read_text())["latency"]
+    written = sorted(n.name for n in onnx.load(out).graph.node if is_zero_skip_node(n))
+    assert latency["measured"] == native.library_available()
+    assert sorted(d["name"] for d in latency["layers"] if d["native"]) == written
+    if latency["measured"]:
+        assert all(d["native_ms"] > 0 and d["stock_ms"] > 0 for d in latency["layers"])
+        assert all(d["native_ms"] < d["stock_ms"] for d in latency["layers"] if d["native"])
+        assert "latency-aware selection" in result.stdout
 
 
 def test_exact_user_errors_are_one_line(tmp_path: Path) -> None:
@@ -70,14 +85,6 @@ def test_exact_user_errors_are_one_line(tmp_path: Path) -> None:
     message = one_line_error(run_cli("optimize", str(RESNET), "--calib", "no/such/dir", "--exact", "-o", out))
     assert "no/such/dir" in message
     assert not Path(out).exists()
-
-
-def test_no_latency_check_warns_that_speed_is_unmeasured(tmp_path: Path) -> None:
-    out = tmp_path / "m.onnx"
-    result = run_cli("optimize", str(RESNET), "--calib", CALIB, "--exact", "--no-latency-check", "-o", str(out))
-    assert result.returncode == 0, result.stderr
-    assert "warning: speed unmeasured" in result.stderr and "--no-latency-check" in result.stderr
-    assert out.is_file()
 
 
 def test_convert_round_trip_through_the_cli(exact_model: Path, tmp_path: Path) -> None:

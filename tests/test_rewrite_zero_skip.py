@@ -13,8 +13,8 @@ from tests.test_rewrite_replace import all_layers, image
 from tests.zap_builders import IR_VERSION, chain_model, ort_run
 from zapopt.errors import ZapoptError
 from zapopt.model_form import convert_model, model_form
-from zapopt.ops.reference import conv2d, conv_output_size
-from zapopt.ops.zero_skip import ZeroSkipAttrs, is_zero_skip_node, make_zero_skip_node
+from zapopt.ops.reference import conv_output_size, zero_skip_conv_reference
+from zapopt.ops.spec import ZeroSkipConvAttrs, is_zero_skip_node, make_zero_skip_node
 from zapopt.rewrite import (
     ExpandZapToOnnx,
     RebuildNativeOps,
@@ -24,19 +24,6 @@ from zapopt.rewrite import (
     zero_skip_candidates,
 )
 from zapopt.rewrite.graph_edit import tag_of
-
-
-def zero_skip_reference(x, w, b, skip, attrs: ZeroSkipAttrs) -> np.ndarray:
-    """``act(conv(X, W, B) + Skip)``: float64 conv rounded once, float32 elementwise steps."""
-    v = conv2d(x, w, b, strides=attrs.strides, pads=attrs.pads, dilations=attrs.dilations,
-               group=attrs.group).astype(np.float32)
-    if skip is not None:
-        v = v + skip
-    if attrs.activation == "relu":
-        v = np.maximum(v, np.float32(0))
-        if math.isfinite(attrs.clip_max):
-            v = np.minimum(v, np.float32(attrs.clip_max))
-    return v
 
 
 def random_case(rng: np.random.Generator) -> dict:
@@ -56,8 +43,9 @@ def random_case(rng: np.random.Generator) -> dict:
     x = np.maximum(rng.standard_normal((n, c_in, h, w)), 0).astype(np.float32)  # ReLU-like: ~50 % zeros
     x[rng.random(x.shape) < rng.random()] = 0  # 0-100 % zeros
     activation = str(rng.choice(["none", "relu"]))
-    attrs = ZeroSkipAttrs(strides=strides, pads=pads, dilations=dilations, group=group, activation=activation,
-                          clip_max=math.inf if rng.random() < 0.5 else float(rng.choice([6.0, 0.5])))
+    clip_max = math.inf if activation == "none" or rng.random() < 0.5 else float(rng.choice([6.0, 0.5]))
+    attrs = ZeroSkipConvAttrs(strides=strides, pads=pads, dilations=dilations, group=group, activation=activation,
+                              clip_max=clip_max)
     return {
         "X": x, "W": (rng.standard_normal((c_out, cg, kh, kw)) / math.sqrt(cg * kh * kw)).astype(np.float32),
         "B": rng.standard_normal(c_out).astype(np.float32) * 0.3 if rng.random() < 0.7 else None,
@@ -75,7 +63,7 @@ def single_node_model(case: dict) -> onnx.ModelProto:
     inputs = [helper.make_tensor_value_info("X", TensorProto.FLOAT, list(case["X"].shape))]
     if case["Skip"] is not None:
         inputs.append(helper.make_tensor_value_info("Skip", TensorProto.FLOAT, list(case["Skip"].shape)))
-    y_shape = list(zero_skip_reference(case["X"], case["W"], case["B"], case["Skip"], case["attrs"]).shape)
+    y_shape = list(zero_skip_conv_reference(case["X"], case["W"], case["B"], case["Skip"], attrs=case["attrs"]).shape)
     graph = helper.make_graph([node], "zs", inputs, [helper.make_tensor_value_info("Y", TensorProto.FLOAT, y_shape)],
                               inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.zapopt", 1)])
@@ -92,7 +80,7 @@ def test_expansion_matches_the_numpy_reference_on_random_layers() -> None:
         feeds = {"X": case["X"], **({"Skip": case["Skip"]} if case["Skip"] is not None else {})}
         for level in (ort.GraphOptimizationLevel.ORT_ENABLE_ALL, ort.GraphOptimizationLevel.ORT_DISABLE_ALL):
             got = ort_run(expanded, feeds, level)[0]
-            want = zero_skip_reference(case["X"], case["W"], case["B"], case["Skip"], case["attrs"])
+            want = zero_skip_conv_reference(case["X"], case["W"], case["B"], case["Skip"], attrs=case["attrs"])
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=2e-6 * (1 + float(np.abs(want).max())))
 
 
@@ -114,8 +102,8 @@ def test_rewritten_chain_model_equals_the_original() -> None:
     nodes = {n.name: n for n in rewritten.graph.node if is_zero_skip_node(n)}
     assert set(nodes) == {"conv2", "conv3"}
     conv2, conv3 = nodes["conv2"], nodes["conv3"]
-    assert list(conv2.input)[3] == "r1" and ZeroSkipAttrs.from_node(conv2).activation == "relu"  # residual Add
-    assert ZeroSkipAttrs.from_node(conv3).clip_max == 6.0 and list(conv3.input)[1] == "w3"  # no BN: weights reused
+    assert list(conv2.input)[3] == "r1" and ZeroSkipConvAttrs.from_node(conv2).activation == "relu"  # residual Add
+    assert ZeroSkipConvAttrs.from_node(conv3).clip_max == 6.0 and list(conv3.input)[1] == "w3"  # no BN: weights reused
     assert tag_of(conv2, "zapopt.replaced") == "conv2,bn2,add2,relu2" and rule_of(conv2) == "ReplaceWithZeroSkip"
     x = image(3)
     for got, want in zip(ort_run(ExpandZapToOnnx()(rewritten).model, {"input": x}), ort_run(model, {"input": x})):
@@ -149,7 +137,7 @@ def test_zeros_pass_through_maxpool_and_concat_but_not_sigmoid() -> None:
     assert "Sigmoid 'sig'" in reasons["conv_b"] and "exact zeros" in reasons["conv_b"]
     rewritten = ReplaceWithZeroSkip()(model).model
     node = next(n for n in rewritten.graph.node if is_zero_skip_node(n))
-    assert ZeroSkipAttrs.from_node(node).activation == "none" and list(node.output) == ["c1"]
+    assert ZeroSkipConvAttrs.from_node(node).activation == "none" and list(node.output) == ["c1"]
     x = np.random.default_rng(0).standard_normal((1, 2, 6, 6)).astype(np.float32)
     np.testing.assert_allclose(ort_run(ExpandZapToOnnx()(rewritten).model, {"x": x})[0], ort_run(model, {"x": x})[0],
                                rtol=1e-5, atol=1e-6)
@@ -164,7 +152,7 @@ def test_a_shared_conv_output_ends_the_chain_at_the_conv() -> None:
     ], [_w("w1", 2, 2)], [1, 2, 6, 6])
     rewritten = ReplaceWithZeroSkip()(model).model
     node = next(n for n in rewritten.graph.node if is_zero_skip_node(n))
-    assert ZeroSkipAttrs.from_node(node).activation == "none" and [n.name for n in rewritten.graph.node][2] == "act"
+    assert ZeroSkipConvAttrs.from_node(node).activation == "none" and [n.name for n in rewritten.graph.node][2] == "act"
     x = np.random.default_rng(1).standard_normal((1, 2, 6, 6)).astype(np.float32)
     np.testing.assert_allclose(ort_run(ExpandZapToOnnx()(rewritten).model, {"x": x})[0], ort_run(model, {"x": x})[0],
                                rtol=1e-5, atol=1e-6)

@@ -27,8 +27,7 @@ from zapopt.files import check_output_path, write_text_atomically
 from zapopt.graph import load_model
 from zapopt.machine import machine_info
 from zapopt.model_form import as_native
-from zapopt.ops.zero_skip import is_native_node
-from zapopt.rewrite.graph_edit import GraphIndex, tag_of, tensor_shape
+from zapopt.rewrite.graph_edit import GraphIndex, is_native_node, tag_of, tensor_shape
 from zapopt.runtime import feed_name, make_session, prepare
 from zapopt.timing import Spread, time_alternated
 

@@ -21,7 +21,7 @@ from zapopt.data import Dataset, ImageOptions, model_input, open_dataset
 from zapopt.errors import ZapoptError
 from zapopt.graph import analyze, load_model
 from zapopt.model_form import as_native
-from zapopt.ops.zero_skip import is_zero_skip_node
+from zapopt.ops.spec import is_zero_skip_node
 from zapopt.rewrite.graph_edit import GraphIndex, tensor_shape
 from zapopt.rewrite.zap_layers import read_zap_layers
 from zapopt.runtime import make_session, prepare, run_batches

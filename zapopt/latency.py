@@ -160,6 +160,19 @@ def _with_outputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelPro
     return work
 
 
+def _with_shapes(model: onnx.ModelProto, tensors: Mapping[str, np.ndarray]) -> onnx.ModelProto:
+    """A copy of ``model`` whose value_info declares ``tensors``' float32 shapes."""
+    work = onnx.ModelProto()
+    work.CopyFrom(model)
+    kept = [v for v in work.graph.value_info if v.name not in tensors]
+    del work.graph.value_info[:]
+    work.graph.value_info.extend(kept)
+    declared = {v.name for v in (*work.graph.input, *work.graph.output)}
+    work.graph.value_info.extend(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, list(value.shape))
+                                 for name, value in tensors.items() if name not in declared)
+    return work
+
+
 @dataclass(frozen=True)
 class LayerPorts:
     """The tensors one native layer reads and writes (the same in every form of the model)."""
@@ -188,11 +201,12 @@ class OnnxruntimeTimer:
         self.original, self.build, self.sample = original, build, sample
         self.ports, self.threads, self.repeats = dict(ports), threads, repeats
         self.feed = feed_name(make_session(original, threads=threads))
-        wanted = sorted({t for p in self.ports.values() for t in p.inputs})
+        wanted = sorted({t for p in self.ports.values() for t in (*p.inputs, p.output)})
         probe = make_session(_with_outputs(original, wanted), threads=threads)
         values = probe.run(wanted, {self.feed: sample})
         self.tensors = dict(zip(wanted, values))
-        self._stock, self._native = Extractor(original), Extractor(native)
+        # Shape inference stops at custom ops: declare every port's shape so each layer can be cut out.
+        self._stock, self._native = (Extractor(_with_shapes(m, self.tensors)) for m in (original, native))
 
     def time_layer(self, name: str) -> tuple[float, float]:
         port = self.ports[name]

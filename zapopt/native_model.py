@@ -12,7 +12,8 @@ import numpy as np
 import onnx
 
 from zapopt.latency import LatencyReport, LayerPorts, OnnxruntimeTimer, select_by_latency, unmeasured
-from zapopt.ops.zero_skip import is_native_node, is_zero_skip_node
+from zapopt.ops.spec import is_zero_skip_node
+from zapopt.rewrite.graph_edit import is_native_node
 from zapopt.rewrite.zero_skip import ReplaceWithZeroSkip, zero_skip_candidates
 
 #: Builds the model with only ``kept`` native layers.

@@ -22,8 +22,8 @@ import onnxruntime as ort
 
 from zapopt.errors import ZapoptError
 from zapopt.ops.spec import is_zap_node
-from zapopt.ops.zero_skip import is_native_node
 from zapopt.rewrite.expand import ExpandZapToOnnx, mask_output_name
+from zapopt.rewrite.graph_edit import is_native_node
 from zapopt.rewrite.zap_layers import read_zap_layers
 
 #: Environment variable: "0" runs native models in their portable form even with the library.

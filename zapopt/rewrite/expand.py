@@ -22,12 +22,12 @@ from onnx import helper, numpy_helper
 
 from zapopt.errors import ZapoptError
 from zapopt.ops.reference import conv_output_size
-from zapopt.ops.spec import DOMAIN, ZapConvAttrs, is_zap_node
-from zapopt.ops.zero_skip import ZeroSkipAttrs, is_native_node, is_zero_skip_node
+from zapopt.ops.spec import DOMAIN, ZapConvAttrs, ZeroSkipConvAttrs, is_zap_node, is_zero_skip_node
 from zapopt.rewrite.base import Pass, PassResult
 from zapopt.rewrite.graph_edit import (
     GraphIndex,
     NameAllocator,
+    is_native_node,
     default_opset,
     drop_opset,
     replace_nodes,
@@ -176,7 +176,7 @@ class ExpandZapToOnnx(Pass):
     def _expand_zero_skip(self, model: onnx.ModelProto, names: NameAllocator, node: onnx.NodeProto) -> None:
         """ZeroSkipConv is exact: its portable form is the Conv [+Add] [+activation] it replaced."""
         label = node.name or node.output[0]
-        attrs = ZeroSkipAttrs.from_node(node)
+        attrs = ZeroSkipConvAttrs.from_node(node)
         x, w, b, skip = (list(node.input) + [""] * 4)[:4]
         g = _Builder(model, names, label, self.name)
         conv_attrs = dict(

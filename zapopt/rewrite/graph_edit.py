@@ -15,7 +15,7 @@ from onnx import helper
 from zapopt.errors import ZapoptError
 from zapopt.graph.index import GraphIndex as AnalysisIndex
 from zapopt.graph.index import unique_node_names
-from zapopt.ops.spec import RULE_KEY
+from zapopt.ops.spec import RULE_KEY, is_zap_node, is_zero_skip_node
 
 #: IR version that introduced ``NodeProto.metadata_props``; older models get doc_string tags.
 _NODE_METADATA_IR = 10
@@ -135,6 +135,11 @@ def tag_node(node: onnx.NodeProto, rule: str, ir_version: int, **extra: str) -> 
             node.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
     else:
         node.doc_string = ";".join(f"{k}={v}" for k, v in entries.items())
+
+
+def is_native_node(node: onnx.NodeProto) -> bool:
+    """True for any ``ai.zapopt`` op zapopt's library runs (ZapConv or ZeroSkipConv)."""
+    return is_zap_node(node) or is_zero_skip_node(node)
 
 
 def tag_of(node: onnx.NodeProto, key: str) -> str | None:

@@ -14,10 +14,9 @@ import onnx
 
 from zapopt.errors import ZapoptError
 from zapopt.ops.spec import DOMAIN, VERSION
-from zapopt.ops.zero_skip import is_native_node
 from zapopt.rewrite.base import Pass, PassResult
 from zapopt.rewrite.expand import NATIVE_NODE_KEY, ExpandZapToOnnx, decode_node
-from zapopt.rewrite.graph_edit import ensure_opset, remove_if_unused, remove_value_info, replace_nodes, tag_of
+from zapopt.rewrite.graph_edit import ensure_opset, is_native_node, remove_if_unused, remove_value_info, replace_nodes, tag_of
 
 ORIGIN_KEY = "zapopt.origin"
 

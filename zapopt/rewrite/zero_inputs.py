@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import onnx
 
-from zapopt.ops.spec import is_zap_node
-from zapopt.ops.zero_skip import ZeroSkipAttrs, is_zero_skip_node
+from zapopt.ops.spec import ZeroSkipConvAttrs, is_zap_node, is_zero_skip_node
 from zapopt.rewrite.graph_edit import GraphIndex
 from zapopt.rewrite.match import clip_max_of
 
@@ -37,7 +36,7 @@ def zero_input_reason(index: GraphIndex, tensor: str, _depth: int = 0) -> str | 
     if is_zap_node(node):
         return None
     if is_zero_skip_node(node):
-        if ZeroSkipAttrs.from_node(node).output_can_be_zero:
+        if ZeroSkipConvAttrs.from_node(node).activation == "relu":
             return None
         return f"its input {tensor!r} comes from {_label(node)} without an activation"
     if node.domain in ("", "ai.onnx"):

@@ -17,8 +17,7 @@ from onnx import numpy_helper
 
 from zapopt.errors import ZapoptError
 from zapopt.graph.index import unique_node_names
-from zapopt.ops.spec import DOMAIN
-from zapopt.ops.zero_skip import ZERO_SKIP_VERSION, ZeroSkipAttrs, make_zero_skip_node
+from zapopt.ops.spec import DOMAIN, VERSION, ZeroSkipConvAttrs, make_zero_skip_node
 from zapopt.rewrite.base import Pass, PassResult
 from zapopt.rewrite.graph_edit import GraphIndex, NameAllocator, ensure_opset, tag_node, tensor_shape
 from zapopt.rewrite.match import ConvChain, conv_geometry, match_conv_chain
@@ -57,7 +56,7 @@ class ZeroSkipRule:
         """Replace ``chain`` by one ZeroSkipConv node named ``label``; returns the node."""
         w, b = folded_weights(index, chain, label)
         geometry = conv_geometry(chain.conv, tuple(w.shape), tensor_shape(inferred, chain.conv.input[0]))
-        attrs = ZeroSkipAttrs(strides=geometry.strides, pads=geometry.pads, dilations=geometry.dilations,
+        attrs = ZeroSkipConvAttrs(strides=geometry.strides, pads=geometry.pads, dilations=geometry.dilations,
                               group=geometry.group, activation="none" if chain.act is None else "relu",
                               clip_max=math.inf if chain.clip_max is None else chain.clip_max)
         weight_name = _weight_input(model, index, chain, 1, w, f"{label}.zs_W", names)
@@ -134,6 +133,6 @@ class ReplaceWithZeroSkip(Pass):
         for name in chosen:
             index = GraphIndex(model.graph)
             rule.rewrite(model, inferred, index, rule.pattern(index, outputs[name], name), name, names)
-        ensure_opset(model, DOMAIN, ZERO_SKIP_VERSION)
+        ensure_opset(model, DOMAIN, VERSION)
         onnx.checker.check_model(model)
         return PassResult(model, True)
