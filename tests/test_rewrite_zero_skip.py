@@ -9,12 +9,12 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from tests.native_cases import assert_case_agrees, batch_model, random_case
 from tests.test_rewrite_replace import all_layers, image
 from tests.zap_builders import IR_VERSION, chain_model, ort_run
 from zapopt.errors import ZapoptError
 from zapopt.model_form import convert_model, model_form
-from zapopt.ops.reference import conv_output_size, zero_skip_conv_reference
-from zapopt.ops.spec import ZeroSkipConvAttrs, is_zero_skip_node, make_zero_skip_node
+from zapopt.ops.spec import ZeroSkipConvAttrs, is_zero_skip_node
 from zapopt.rewrite import (
     ExpandZapToOnnx,
     RebuildNativeOps,
@@ -26,62 +26,21 @@ from zapopt.rewrite import (
 from zapopt.rewrite.graph_edit import tag_of
 
 
-def random_case(rng: np.random.Generator) -> dict:
-    while True:
-        group = int(rng.choice([1, 1, 2, 3]))
-        cg, mg = int(rng.integers(1, 4)), int(rng.integers(1, 3))
-        kh, kw = (int(v) for v in rng.choice([1, 2, 3, 5, 7], size=2))
-        strides = tuple(int(v) for v in rng.integers(1, 3, size=2))
-        dilations = tuple(int(v) for v in rng.integers(1, 3, size=2))
-        pads = tuple(int(v) for v in rng.integers(0, 3, size=4))
-        h, w = (int(v) for v in rng.integers(3, 13, size=2))
-        ho = conv_output_size(h, kh, strides[0], pads[0], pads[2], dilations[0])
-        wo = conv_output_size(w, kw, strides[1], pads[1], pads[3], dilations[1])
-        if ho >= 1 and wo >= 1:
-            break
-    n, c_in, c_out = int(rng.integers(1, 3)), group * cg, group * mg
-    x = np.maximum(rng.standard_normal((n, c_in, h, w)), 0).astype(np.float32)  # ReLU-like: ~50 % zeros
-    x[rng.random(x.shape) < rng.random()] = 0  # 0-100 % zeros
-    activation = str(rng.choice(["none", "relu"]))
-    clip_max = math.inf if activation == "none" or rng.random() < 0.5 else float(rng.choice([6.0, 0.5]))
-    attrs = ZeroSkipConvAttrs(strides=strides, pads=pads, dilations=dilations, group=group, activation=activation,
-                              clip_max=clip_max)
-    return {
-        "X": x, "W": (rng.standard_normal((c_out, cg, kh, kw)) / math.sqrt(cg * kh * kw)).astype(np.float32),
-        "B": rng.standard_normal(c_out).astype(np.float32) * 0.3 if rng.random() < 0.7 else None,
-        "Skip": rng.standard_normal((n, c_out, ho, wo)).astype(np.float32) if rng.random() < 0.4 else None,
-        "attrs": attrs,
-    }
-
-
-def single_node_model(case: dict) -> onnx.ModelProto:
-    inits = [numpy_helper.from_array(case["W"], "W")]
-    if case["B"] is not None:
-        inits.append(numpy_helper.from_array(case["B"], "B"))
-    node = make_zero_skip_node(name="zs", x="X", w="W", b="B" if case["B"] is not None else "",
-                               skip="Skip" if case["Skip"] is not None else "", y="Y", attrs=case["attrs"])
-    inputs = [helper.make_tensor_value_info("X", TensorProto.FLOAT, list(case["X"].shape))]
-    if case["Skip"] is not None:
-        inputs.append(helper.make_tensor_value_info("Skip", TensorProto.FLOAT, list(case["Skip"].shape)))
-    y_shape = list(zero_skip_conv_reference(case["X"], case["W"], case["B"], case["Skip"], attrs=case["attrs"]).shape)
-    graph = helper.make_graph([node], "zs", inputs, [helper.make_tensor_value_info("Y", TensorProto.FLOAT, y_shape)],
-                              inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.zapopt", 1)])
-    model.ir_version = IR_VERSION
-    return model
-
-
 def test_expansion_matches_the_numpy_reference_on_random_layers() -> None:
+    """The kernel's random ZeroSkipConv layers (tests/native_cases.py), expanded to stock ops."""
     rng = np.random.default_rng(17)
-    for _ in range(60):
-        case = random_case(rng)
-        expanded = ExpandZapToOnnx()(single_node_model(case)).model
-        assert not any(is_zero_skip_node(n) for n in expanded.graph.node)
-        feeds = {"X": case["X"], **({"Skip": case["Skip"]} if case["Skip"] is not None else {})}
-        for level in (ort.GraphOptimizationLevel.ORT_ENABLE_ALL, ort.GraphOptimizationLevel.ORT_DISABLE_ALL):
-            got = ort_run(expanded, feeds, level)[0]
-            want = zero_skip_conv_reference(case["X"], case["W"], case["B"], case["Skip"], attrs=case["attrs"])
-            np.testing.assert_allclose(got, want, rtol=1e-5, atol=2e-6 * (1 + float(np.abs(want).max())))
+    cases = [random_case(rng, "ZeroSkipConv") for _ in range(120)]
+    model, feeds, names = batch_model(cases)
+    del model.graph.output[:]  # declare the shapes onnx's checker wants on graph outputs
+    model.graph.output.extend(helper.make_tensor_value_info(out[0], TensorProto.FLOAT, list(case.reference.shape))
+                              for case, out in zip(cases, names))
+    expanded = ExpandZapToOnnx()(model).model
+    assert not any(is_zero_skip_node(n) for n in expanded.graph.node)
+    for level in (ort.GraphOptimizationLevel.ORT_ENABLE_ALL, ort.GraphOptimizationLevel.ORT_DISABLE_ALL):
+        flat = [name for out in names for name in out]
+        got = dict(zip(flat, ort_run(expanded, feeds, level, outputs=flat)))
+        for case, out in zip(cases, names):
+            assert_case_agrees(case, [got[name] for name in out])
 
 
 def test_only_convs_whose_input_can_be_zero_qualify() -> None:
