@@ -1,7 +1,8 @@
 """How every ZAP benchmark ends: print the exact command, and save the rows with it.
 
 A result file that does not say how it was made cannot be reproduced, so the JSON is
-``{"command": ..., "rows": [...]}``, written atomically (``zapopt.files``).
+``{"command": ..., "machine": {cpu, cores, git_commit, ...}, "rows": [...]}``, written
+atomically (``zapopt.files``).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from zapopt.files import write_text_atomically  # noqa: E402
+from zapopt.machine import machine_info  # noqa: E402
 
 
 def command_line() -> str:
@@ -24,4 +26,5 @@ def save_results(rows: list[dict[str, Any]], json_path: Path | None) -> None:
     """Print the command under the table and write ``json_path`` (if given) with it."""
     print("\ncommand: " + command_line())
     if json_path is not None:
-        write_text_atomically(json_path, json.dumps({"command": command_line(), "rows": rows}, indent=1))
+        record = {"command": command_line(), "machine": machine_info(), "rows": rows}
+        write_text_atomically(json_path, json.dumps(record, indent=1))
