@@ -298,8 +298,12 @@ def optimize_command(model, output, calib, calib_images, pattern, predictor_inpu
     result = optimize(model, output, calib, config=config, eval_data=eval_data, image_options=image_options,
                       input_shapes=_input_shapes(input_shapes), report_path=report_path, plot_path=plot_path,
                       progress=_progress(quiet))
-    if result.latency is not None and not result.latency.measured and result.latency.layers:
-        click.echo(f"warning: speed unmeasured: {result.latency.note}", err=True)
+    latency = result.latency
+    if latency is not None and not latency.measured and latency.layers:
+        click.echo(f"warning: speed unmeasured: {latency.note}", err=True)
+    elif latency is not None and latency.measured and not latency.native_layers:
+        click.echo("warning: no native layer was faster than its stock nodes on this machine, so the written model "
+                   "computes like the original (--no-latency-check writes them anyway)", err=True)
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=1))
     else:
