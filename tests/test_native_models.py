@@ -3,7 +3,6 @@ expansion on stock onnxruntime): --exact's ZeroSkipConv model and a ZAP model wi
 ZapConv and ZeroSkipConv layers. Skipped where the library is not built."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import onnx

@@ -1,7 +1,6 @@
 """ReplaceWithZeroSkip, its expansion (against a numpy reference) and the exact way back."""
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import onnx

@@ -22,7 +22,7 @@ from onnx import helper, numpy_helper
 
 from zapopt.errors import ZapoptError
 from zapopt.ops.reference import conv_output_size
-from zapopt.ops.spec import DOMAIN, ZapConvAttrs, ZeroSkipConvAttrs, is_zap_node, is_zero_skip_node
+from zapopt.ops.spec import DOMAIN, ZapConvAttrs, ZeroSkipConvAttrs, is_zero_skip_node
 from zapopt.rewrite.base import Pass, PassResult
 from zapopt.rewrite.graph_edit import (
     GraphIndex,
