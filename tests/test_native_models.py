@@ -89,3 +89,19 @@ def test_zap_native_equals_portable(name: str) -> None:
     # float32 accumulation order may flip a score sitting on the threshold, nothing more
     assert flipped <= 1e-3 * total
     assert relative_error(runs[True][output], runs[False][output]) <= (1e-5 if flipped == 0 else 1e-2)
+
+
+def test_eval_measures_the_same_savings_natively_and_portably(monkeypatch: pytest.MonkeyPatch) -> None:
+    from zapopt import runtime
+    from zapopt.evaluate import evaluate
+
+    original = load("vgg16")
+    model = zap_model(original)
+    data = "embedded:fashion-mnist-test"
+    native_report = evaluate(model, data, reference=original, limit=64, progress=False)
+    monkeypatch.setenv(runtime.NATIVE_ENV, "0")
+    portable_report = evaluate(model, data, reference=original, limit=64, progress=False)
+    assert native_report.layers and native_report.savings > 0
+    assert native_report.savings == pytest.approx(portable_report.savings, abs=1e-3)
+    for a, b in zip(native_report.layers, portable_report.layers):
+        assert a.name == b.name and a.computed_share == pytest.approx(b.computed_share, abs=1e-3)

@@ -63,8 +63,9 @@ def native_library() -> str | None:
 
 @lru_cache(maxsize=1)
 def _note_portable_fallback() -> None:
-    print("note: zapopt's native op library is not available here; running the portable form "
-          "(same outputs, no speed-up)", file=sys.stderr)
+    why = (f"{NATIVE_ENV}=0 is set" if os.environ.get(NATIVE_ENV, "1").strip() == "0"
+           else "zapopt's native op library is not available here")
+    print(f"note: {why}; running the portable form (same outputs, no speed-up)", file=sys.stderr)
 
 
 @dataclass(frozen=True)
