@@ -16,6 +16,8 @@ bool cpu_has(KernelPath path);
 bool select_path(KernelPath* path, std::string* error);
 
 struct PathTraits {
+  TransposeRowFn transpose_row;
+  CompactFn compact;
   AccumulateFn accumulate;
   int lanes;       // output channels per vector register
   int max_vectors; // accumulators per position (ocb <= lanes * max_vectors)

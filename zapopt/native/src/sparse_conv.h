@@ -1,10 +1,11 @@
 // The zero-skipping direct convolution shared by ZeroSkipConv and ZapConv.
 //
-// Vectorized along output channels: for each output position, the nonzero entries of its
-// receptive field (k = (c, kh, kw)) are compacted into a (k, value) list once per block of K,
-// shared by all output-channel blocks; each entry then costs one broadcast and ocb/lanes
-// fused multiply-adds with the packed weight row W[k, oc-block]. Zero inputs (and padding)
-// are simply not in the list. Weights are packed once, at kernel creation.
+// Vectorized along output channels. Each input pixel's channel vector (per group, in chunks of
+// k_block channels) is compacted once into a list of its nonzero (channel, value) entries.
+// An output position then walks, tap by tap, the lists of the pixels under its receptive
+// field; each entry costs one broadcast and ocb/lanes fused multiply-adds with the packed
+// weight row W[(tap, channel), oc-block]. Zero inputs and padding are simply not in the lists.
+// Weights are packed once, at kernel creation, as [group][oc-block][tap][channel][ocb].
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -45,6 +46,16 @@ struct Epilogue {
   const uint8_t* computed = nullptr;  // nullable, like y: where 0, y gets 0 and aux is untouched
 };
 
+// The nonzero lists of every (batch item, pixel, group, channel chunk) of one input.
+struct CompactInput {
+  int64_t n = 0, h = 0, w = 0;
+  int64_t lists_per_pixel = 0;  // groups * chunks
+  int64_t stride = 0;           // entries reserved per list (chunk + vector slack)
+  std::unique_ptr<int32_t[]> channels;  // channel within the chunk
+  std::unique_ptr<float[]> values;
+  std::unique_ptr<int32_t[]> counts;
+};
+
 class PackedConv {
  public:
   // Packs W [C_out, C_in/group, kH, kW] for path; B may be null. Returns null and sets *error
@@ -55,27 +66,38 @@ class PackedConv {
   const ConvGeometry& geometry() const { return geometry_; }
   const char* path() const { return path_name(path_); }
 
+  // Compacts x [N, C_in, H, W] into per-pixel nonzero lists (one pass over the input).
+  // False if the thread pool failed.
+  bool compact_input(const float* x, int64_t n, int64_t h, int64_t w, CompactInput* out,
+                     const ParallelFor& parallel_for) const;
+
   // Computes the output positions positions[n] (indices oh * W_out + ow) of every batch
-  // item n of X [N, C_in, H, W] and hands them to the epilogue. Returns false with *error set
-  // if the thread pool or an allocation failed.
-  bool run(const float* x, int64_t n, int64_t h, int64_t w,
+  // item n of the compacted input and hands them to the epilogue. Returns false with *error
+  // set if the thread pool or an allocation failed.
+  bool run(const CompactInput& input,
            const std::vector<const std::vector<int32_t>*>& positions, const Epilogue& epilogue,
            const ParallelFor& parallel_for, std::string* error) const;
 
  private:
   PackedConv() = default;
   struct Job;
-  void run_job(const Job& job, const float* x, int64_t h, int64_t w, int64_t ho, int64_t wo,
-               const std::vector<const std::vector<int32_t>*>& positions, const Epilogue& epilogue,
-               const int64_t* tap_offset, const int32_t* tap_dy, const int32_t* tap_dx) const;
+  void run_job(const Job& job, const CompactInput& input, int64_t ho, int64_t wo,
+               const std::vector<const std::vector<int32_t>*>& positions, const Epilogue& epilogue) const;
+
+  template <bool kSkip, bool kAux, bool kMasked>
+  void finish_tile(const Job& job, const int32_t* pos, int32_t tile, const float* acc, int acc_stride, int64_t wo,
+                   int64_t plane_out, const Epilogue& ep) const;
 
   ConvGeometry geometry_;
   KernelPath path_ = KernelPath::kPortable;
+  TransposeRowFn transpose_row_ = nullptr;
+  CompactFn compact_ = nullptr;
   AccumulateFn accumulate_ = nullptr;
   int ocb_ = 1;        // output channels per block (a multiple of the path's lanes)
   int blocks_ = 1;     // blocks per group
-  int k_block_ = 64;   // K entries per list block (keeps one weight slab in L1)
-  std::vector<float> weights_;  // [group][block][K][ocb], zero-padded channels
+  int chunk_ = 64;     // input channels per list (keeps one tap x chunk x ocb weight slab in L1)
+  int chunks_ = 1;     // chunks per group
+  std::vector<float> weights_;  // [group][block][K = (tap, c)][ocb], zero-padded channels
   std::vector<float> bias_;     // [C_out]
 };
 
