@@ -44,9 +44,10 @@ def zap_model(original: onnx.ModelProto) -> onnx.ModelProto:
     layers = {}
     for conv in analyze(original).eligible:
         c = conv.weight_shape[0]
-        layers[conv.conv] = ZapParams(rng.standard_normal((c, 1, 3, 3)) * 0.3, rng.standard_normal(c) * 0.1,
-                                      rng.standard_normal((c, 1, 3, 3)) * 0.3, rng.standard_normal(c) * 0.1,
-                                      get_pattern("checkerboard"), 0.3, "preactivation")
+        layers[conv.conv] = ZapParams.from_arrays(
+            rng.standard_normal((c, 1, 3, 3)) * 0.3, rng.standard_normal(c) * 0.1,
+            rng.standard_normal((c, 1, 3, 3)) * 0.3, rng.standard_normal(c) * 0.1,
+            get_pattern("checkerboard"), 0.3, "preactivation")
     return ReplaceWithZeroSkip()(ReplaceWithZap(layers)(original).model).model
 
 

@@ -27,7 +27,8 @@ from zapopt.files import check_output_path, write_text_atomically
 from zapopt.graph import load_model
 from zapopt.machine import machine_info
 from zapopt.model_form import as_native
-from zapopt.rewrite.graph_edit import GraphIndex, is_native_node, tag_of, tensor_shape
+from zapopt.graph.index import GraphIndex
+from zapopt.rewrite.graph_edit import is_native_node, tag_of, tensor_shape
 from zapopt.runtime import feed_name, make_session, prepare
 from zapopt.timing import Spread, time_alternated
 
@@ -194,7 +195,7 @@ def _layer_benches(model: onnx.ModelProto, reference: onnx.ModelProto, sample: n
     values = dict(zip(fetch, make_session(probe, threads=threads).run(fetch, feed)))
     layers = []
     for node in nodes:
-        weight, shape = index.constant(node.input[1]), tensor_shape(model, node.output[0])
+        weight, shape = index.constant_value(node.input[1]), tensor_shape(model, node.output[0])
         if weight is None or shape is None or len(shape) != 4 or not all(isinstance(d, int) for d in shape[1:]):
             raise ZapoptError(f"layer {node.name!r} has no constant weights or static output shape to count MACs")
         c_out, cg, kh, kw = weight.shape

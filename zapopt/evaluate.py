@@ -1,8 +1,9 @@
 """``zapopt eval``: accuracy, agreement with the original, and realised MAC savings.
 
 Realised savings come from the ``Computed`` masks each ZAP layer exposes (ZapConv's
-optional output natively, or the expansion's mask in the portable form): a layer costs ``M * computed_share + 18 C H W`` MACs per image
-(``M`` = its conv MACs), exactly what a kernel that skips the predicted zeros would do.
+optional output natively, or the expansion's mask in the portable form): a layer costs
+``M * computed_share + 18 C H W`` MACs per image (``M`` = its conv MACs), exactly what a
+kernel that skips the predicted zeros would do.
 """
 from __future__ import annotations
 
@@ -20,12 +21,12 @@ from tqdm import tqdm
 from zapopt.data import Dataset, ImageOptions, model_input, open_dataset
 from zapopt.errors import ZapoptError
 from zapopt.graph import analyze, load_model
+from zapopt.graph.index import GraphIndex
 from zapopt.model_form import as_native
-from zapopt.ops.spec import is_zero_skip_node
-from zapopt.rewrite.graph_edit import GraphIndex, tensor_shape
+from zapopt.ops.spec import PREDICTOR_MACS_PER_ACTIVATION, is_zero_skip_node
+from zapopt.rewrite.graph_edit import tensor_shape
 from zapopt.rewrite.zap_layers import read_zap_layers
 from zapopt.runtime import make_session, prepare, run_batches
-from zapopt.thresholds import PREDICTOR_MACS_PER_ACTIVATION
 
 
 @dataclass(frozen=True)
@@ -190,7 +191,7 @@ def zero_skip_macs(model: onnx.ModelProto) -> int:
     for node in model.graph.node:
         if not is_zero_skip_node(node):
             continue
-        weight, shape = index.constant(node.input[1]), tensor_shape(model, node.output[0])
+        weight, shape = index.constant_value(node.input[1]), tensor_shape(model, node.output[0])
         if weight is None or shape is None or len(shape) != 4 or not all(isinstance(d, int) for d in shape[1:]):
             raise ZapoptError(f"ZeroSkipConv {node.name!r} has no constant weights or no static output shape; "
                               "cannot count its MACs")

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import onnx
 
+from zapopt.graph.conv_chain import activation_check, is_onnx_op
+from zapopt.graph.index import GraphIndex
 from zapopt.ops.spec import ZeroSkipConvAttrs, is_zap_node, is_zero_skip_node
-from zapopt.rewrite.graph_edit import GraphIndex
-from zapopt.rewrite.match import clip_max_of
 
 #: Ops whose output element is one input element, or a max of them: input zeros stay zeros
 #: (a max of zeros is zero; for MaxPool after a ReLU every window value is >= 0).
@@ -26,11 +26,12 @@ def _label(node: onnx.NodeProto) -> str:
 
 def zero_input_reason(index: GraphIndex, tensor: str, _depth: int = 0) -> str | None:
     """None when ``tensor`` can hold exact zeros from a ReLU-like op, else why not."""
-    node = index.producer.get(tensor)
-    if node is None:
+    position = index.producer_node(tensor)
+    if position is None:
         if tensor in index.initializers:
             return f"its input {tensor!r} is a constant"
         return f"its input {tensor!r} is a graph input, which need not contain exact zeros"
+    node = index.node(position)
     if _depth > _MAX_DEPTH:
         return f"its input {tensor!r} comes through more than {_MAX_DEPTH} reshaping ops"
     if is_zap_node(node):
@@ -40,7 +41,7 @@ def zero_input_reason(index: GraphIndex, tensor: str, _depth: int = 0) -> str | 
             return None
         return f"its input {tensor!r} comes from {_label(node)} without an activation"
     if node.domain in ("", "ai.onnx"):
-        if clip_max_of(index, node) is not None:
+        if (is_onnx_op(node, "Relu") or is_onnx_op(node, "Clip")) and not activation_check(index, position, "")[1]:
             return None
         if node.op_type in _ZERO_KEEPING and node.input and tensor == node.output[0]:
             return zero_input_reason(index, node.input[0], _depth + 1)

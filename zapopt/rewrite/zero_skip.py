@@ -16,11 +16,12 @@ import onnx
 from onnx import numpy_helper
 
 from zapopt.errors import ZapoptError
-from zapopt.graph.index import unique_node_names
+from zapopt.graph.conv_chain import ConvChain, activation_check, batchnorm_reasons, match_conv_chain
+from zapopt.graph.index import GraphIndex
+from zapopt.graph.macs import conv_geometry_2d
 from zapopt.ops.spec import DOMAIN, VERSION, ZeroSkipConvAttrs, make_zero_skip_node
 from zapopt.rewrite.base import Pass, PassResult
-from zapopt.rewrite.graph_edit import GraphIndex, NameAllocator, ensure_opset, tag_node, tensor_shape
-from zapopt.rewrite.match import ConvChain, conv_geometry, match_conv_chain
+from zapopt.rewrite.graph_edit import NameAllocator, ensure_opset, tag_node, tensor_shape
 from zapopt.rewrite.replace import folded_weights, layer_node_name, replaced_tag, splice_chain
 from zapopt.rewrite.zero_inputs import zero_input_reason
 
@@ -30,23 +31,37 @@ class ZeroSkipRule:
     name = "ReplaceWithZeroSkip"
 
     @staticmethod
-    def pattern(index: GraphIndex, conv_output: str, label: str) -> ConvChain:
-        """The longest ``Conv [+BN] [+Add] [+act]`` chain starting at the Conv writing ``conv_output``."""
-        return match_conv_chain(index, conv_output, label=label, activation_optional=True)
+    def pattern(index: GraphIndex, conv_output: str) -> ConvChain:
+        """The longest ``Conv [+BN] [+Add] [+act]`` prefix of the analysis pattern that starts at
+        the Conv writing ``conv_output`` and can become one node (a chain without its ReLU, or
+        cut short by a shared tensor, ends earlier)."""
+        full = match_conv_chain(index, index.find_node(conv_output, ("Conv",)))
+        conv = full.conv
+        if full.bn is not None and batchnorm_reasons(index, full.bn):
+            return ConvChain(conv=conv, output=index.node(conv).output[0])
+        if full.add is not None and not full.skip_input:
+            last = conv if full.bn is None else full.bn
+            return ConvChain(conv=conv, bn=full.bn, output=index.node(last).output[0])
+        act, clip_max = full.act, full.clip_max
+        if act is not None and activation_check(index, act, "")[1]:
+            act, clip_max = None, math.inf
+        last = next(k for k in (act, full.add, full.bn, conv) if k is not None)
+        return ConvChain(conv=conv, bn=full.bn, add=full.add, skip_input=full.skip_input, act=act,
+                         clip_max=clip_max, output=index.node(last).output[0])
 
     @staticmethod
     def check(index: GraphIndex, inferred: onnx.ModelProto, chain: ConvChain) -> str | None:
         """Why the chain cannot become a ZeroSkipConv, or None when it can."""
-        conv = chain.conv
-        weight = index.constant(conv.input[1])
+        conv = index.node(chain.conv)
+        weight = index.constant_value(conv.input[1])
         if weight is None:
             return f"its weights ({conv.input[1]!r}) are not a constant"
         if weight.dtype != np.float32:
             return f"its weights are {weight.dtype}; ZeroSkipConv is float32 only"
-        if len(conv.input) > 2 and conv.input[2] and index.constant(conv.input[2]) is None:
+        if len(conv.input) > 2 and conv.input[2] and index.constant_value(conv.input[2]) is None:
             return f"its bias ({conv.input[2]!r}) is not a constant"
         try:
-            conv_geometry(conv, tuple(weight.shape), tensor_shape(inferred, conv.input[0]))
+            conv_geometry_2d(conv, tuple(weight.shape), tensor_shape(inferred, conv.input[0]))
         except ZapoptError as exc:
             return str(exc)
         return zero_input_reason(index, conv.input[0])
@@ -54,25 +69,27 @@ class ZeroSkipRule:
     def rewrite(self, model: onnx.ModelProto, inferred: onnx.ModelProto, index: GraphIndex, chain: ConvChain,
                 label: str, names: NameAllocator) -> onnx.NodeProto:
         """Replace ``chain`` by one ZeroSkipConv node named ``label``; returns the node."""
+        conv = index.node(chain.conv)
         w, b = folded_weights(index, chain, label)
-        geometry = conv_geometry(chain.conv, tuple(w.shape), tensor_shape(inferred, chain.conv.input[0]))
+        geometry = conv_geometry_2d(conv, tuple(w.shape), tensor_shape(inferred, conv.input[0]))
         attrs = ZeroSkipConvAttrs(strides=geometry.strides, pads=geometry.pads, dilations=geometry.dilations,
-                              group=geometry.group, activation="none" if chain.act is None else "relu",
-                              clip_max=math.inf if chain.clip_max is None else chain.clip_max)
+                                  group=geometry.group, activation="none" if chain.act is None else "relu",
+                                  clip_max=chain.clip_max if chain.act is not None else math.inf)
         weight_name = _weight_input(model, index, chain, 1, w, f"{label}.zs_W", names)
         bias_name = "" if b is None else _weight_input(model, index, chain, 2, b, f"{label}.zs_B", names)
-        node = make_zero_skip_node(name=layer_node_name(model.graph, chain.conv, label, names),
-                                   x=chain.conv.input[0], w=weight_name, b=bias_name, skip=chain.skip_input or "",
-                                   y=chain.output, attrs=attrs)
-        tag_node(node, self.name, model.ir_version, **replaced_tag(chain))
-        splice_chain(model, inferred, chain, node)
+        node = make_zero_skip_node(name=layer_node_name(model.graph, conv, label, names),
+                                   x=conv.input[0], w=weight_name, b=bias_name, skip=chain.skip_input or "",
+                                   y=chain.output or conv.output[0], attrs=attrs)
+        chain_nodes = [index.node(k) for k in chain.positions]
+        tag_node(node, self.name, model.ir_version, **replaced_tag(chain_nodes))
+        splice_chain(model, inferred, chain_nodes, chain.add is not None, node)
         return node
 
 
 def _weight_input(model: onnx.ModelProto, index: GraphIndex, chain: ConvChain, slot: int, value: np.ndarray,
                   fresh: str, names: NameAllocator) -> str:
     """The conv's own initializer when it is used unchanged (no BN folded), else a new one."""
-    conv = chain.conv
+    conv = index.node(chain.conv)
     if chain.bn is None and len(conv.input) > slot and conv.input[slot] in index.initializers:
         return conv.input[slot]
     name = names.fresh(fresh)
@@ -87,15 +104,10 @@ def zero_skip_candidates(model: onnx.ModelProto, layers: Sequence[str] | None = 
     inferred = onnx.shape_inference.infer_shapes(model)
     wanted = None if layers is None else set(layers)
     result: dict[str, str | None] = {}
-    for node, label in zip(model.graph.node, unique_node_names(model.graph)):
+    for node, label in zip(model.graph.node, index.names):
         if node.op_type != "Conv" or node.domain not in ("", "ai.onnx") or (wanted is not None and label not in wanted):
             continue
-        try:
-            chain = ZeroSkipRule.pattern(index, node.output[0], label)
-        except ZapoptError as exc:
-            result[label] = str(exc)
-            continue
-        result[label] = ZeroSkipRule.check(index, inferred, chain)
+        result[label] = ZeroSkipRule.check(index, inferred, ZeroSkipRule.pattern(index, node.output[0]))
     return result
 
 
@@ -128,11 +140,11 @@ class ReplaceWithZeroSkip(Pass):
         inferred = onnx.shape_inference.infer_shapes(model)
         names = NameAllocator(model)
         index = GraphIndex(model.graph)
-        outputs = {name: index.find_node(name, ("Conv",)).output[0] for name in chosen}  # before editing
+        outputs = {name: index.node(index.find_node(name, ("Conv",))).output[0] for name in chosen}  # before editing
         rule = ZeroSkipRule()
         for name in chosen:
             index = GraphIndex(model.graph)
-            rule.rewrite(model, inferred, index, rule.pattern(index, outputs[name], name), name, names)
+            rule.rewrite(model, inferred, index, rule.pattern(index, outputs[name]), name, names)
         ensure_opset(model, DOMAIN, VERSION)
         onnx.checker.check_model(model)
         return PassResult(model, True)
