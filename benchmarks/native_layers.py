@@ -176,7 +176,7 @@ def main() -> None:
                       f"| {row['stock_over_native']:.2f} | {row['stock_over_native_cpu']:.2f} "
                       f"| {row['stock_gflops']:.0f} | {row['native_gflops']:.0f} |",
                       flush=True)
-    save_results(rows, args.json)  # result_files adds the command, git commit and machine
+    save_results(rows, args.json)  # adds the command, git commit and machine (result_files)
 
 
 if __name__ == "__main__":

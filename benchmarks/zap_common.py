@@ -11,8 +11,8 @@ from typing import Any
 from result_files import command_line, write_result
 
 
-def save_results(rows: list[dict[str, Any]], json_path: Path | None, extra: dict[str, Any] | None = None) -> None:
-    """Print the command under the table and write ``json_path`` (if given) with it (and ``extra``)."""
+def save_results(rows: list[dict[str, Any]], json_path: Path | None) -> None:
+    """Print the command under the table and write ``json_path`` (if given) with it."""
     print("\ncommand: " + command_line())
     if json_path is not None:
-        write_result(json_path, {**(extra or {}), "rows": rows})
+        write_result(json_path, {"rows": rows})

@@ -256,17 +256,14 @@ void compute(const Kernel& k, OrtKernelContext* context) {
   };
 
   std::string error;
-  CompactInput input;
-  if (!k.conv->compact_input(static_cast<const float*>(x.data), n, h, w, &input, parallel_for)) {
-    throw OpError{"compacting X failed on onnxruntime's thread pool (out of memory?)"};
-  }
   bool ok = true;
+  const float* xd = static_cast<const float*>(x.data);
   if (k.kind == OpKind::kZeroSkipConv) {
     std::vector<int32_t> all(static_cast<size_t>(ho * wo));
     for (size_t p = 0; p < all.size(); ++p) all[p] = static_cast<int32_t>(p);
     std::vector<const std::vector<int32_t>*> positions(static_cast<size_t>(n), &all);
     ep.y = y;
-    ok = k.conv->run(input, positions, ep, parallel_for, &error);
+    ok = k.conv->run(xd, n, h, w, positions, ep, parallel_for, &error);
   } else {
     bool* computed = nullptr;
     size_t output_count = 0;
@@ -281,7 +278,7 @@ void compute(const Kernel& k, OrtKernelContext* context) {
         computed = static_cast<bool*>(c_data);
       }
     }
-    ok = run_zap_conv(*k.conv, k.zap, input, ep, y, computed, parallel_for, &error);
+    ok = run_zap_conv(*k.conv, k.zap, xd, n, h, w, ep, y, computed, parallel_for, &error);
   }
   if (!ok) throw OpError{error};
 }

@@ -1,11 +1,13 @@
 // The zero-skipping direct convolution shared by ZeroSkipConv and ZapConv.
 //
 // Vectorized along output channels. Each input pixel's channel vector (per group, in chunks of
-// k_block channels) is compacted once into a list of its nonzero (channel, value) entries.
-// An output position then walks, tap by tap, the lists of the pixels under its receptive
-// field; each entry costs one broadcast and ocb/lanes fused multiply-adds with the packed
-// weight row W[(tap, channel), oc-block]. Zero inputs and padding are simply not in the lists.
-// Weights are packed once, at kernel creation, as [group][oc-block][tap][channel][ocb].
+// `chunk` channels) is compacted into a list of its nonzero (channel, value) entries: once for
+// the whole input when those lists are small, otherwise per job (a run of consecutive output
+// positions) for the input rows it reads, so the lists are still in cache when read. Each output position then walks, tap by
+// tap, the lists of the pixels under its receptive field; each entry costs one broadcast and
+// ocb/lanes fused multiply-adds with the packed weight row W[(tap, channel), oc-block]. Zero
+// inputs and padding are simply not in the lists. Weights are packed once, at kernel
+// creation, as [group][oc-block][tap][channel][ocb].
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -46,16 +48,6 @@ struct Epilogue {
   const uint8_t* computed = nullptr;  // nullable, like y: where 0, y gets 0 and aux is untouched
 };
 
-// The nonzero lists of every (batch item, pixel, group, channel chunk) of one input.
-struct CompactInput {
-  int64_t n = 0, h = 0, w = 0;
-  int64_t lists_per_pixel = 0;  // groups * chunks
-  int64_t stride = 0;           // entries reserved per list (chunk + vector slack)
-  std::unique_ptr<int32_t[]> channels;  // channel within the chunk
-  std::unique_ptr<float[]> values;
-  std::unique_ptr<int32_t[]> counts;
-};
-
 class PackedConv {
  public:
   // Packs W [C_out, C_in/group, kH, kW] for path; B may be null. Returns null and sets *error
@@ -66,26 +58,26 @@ class PackedConv {
   const ConvGeometry& geometry() const { return geometry_; }
   const char* path() const { return path_name(path_); }
 
-  // Compacts x [N, C_in, H, W] into per-pixel nonzero lists (one pass over the input).
-  // False if the thread pool failed.
-  bool compact_input(const float* x, int64_t n, int64_t h, int64_t w, CompactInput* out,
-                     const ParallelFor& parallel_for) const;
-
-  // Computes the output positions positions[n] (indices oh * W_out + ow) of every batch
-  // item n of the compacted input and hands them to the epilogue. Returns false with *error
-  // set if the thread pool or an allocation failed.
-  bool run(const CompactInput& input,
+  // Computes the output positions positions[n] (indices oh * W_out + ow, ascending) of every
+  // batch item n of x [N, C_in, H, W] and hands them to the epilogue. Returns false with
+  // *error set if the thread pool or an allocation failed.
+  bool run(const float* x, int64_t n, int64_t h, int64_t w,
            const std::vector<const std::vector<int32_t>*>& positions, const Epilogue& epilogue,
            const ParallelFor& parallel_for, std::string* error) const;
 
  private:
   PackedConv() = default;
   struct Job;
-  void run_job(const Job& job, const CompactInput& input, int64_t ho, int64_t wo,
-               const std::vector<const std::vector<int32_t>*>& positions, const Epilogue& epilogue) const;
+  struct Band;
+  void compact_band(const float* x, int64_t n, int64_t g, int64_t h, int64_t w, int64_t row_begin, int64_t row_end,
+                    Band* band) const;
+  void run_job(const Job& job, const float* x, int64_t h, int64_t w, int64_t ho, int64_t wo,
+               const std::vector<const std::vector<int32_t>*>& positions, const Epilogue& epilogue,
+               const Band* shared_band) const;
 
+  // Not inlined into run_job: on its own it keeps its loop state in registers.
   template <bool kSkip, bool kAux, bool kMasked>
-  void finish_tile(const Job& job, const int32_t* pos, int32_t tile, const float* acc, int acc_stride, int64_t wo,
+  __attribute__((noinline)) void finish_tile(const Job& job, const int32_t* pos, int32_t tile, float* acc, int acc_stride, int64_t wo,
                    int64_t plane_out, const Epilogue& ep) const;
 
   ConvGeometry geometry_;
@@ -99,6 +91,7 @@ class PackedConv {
   int chunks_ = 1;     // chunks per group
   std::vector<float> weights_;  // [group][block][K = (tap, c)][ocb], zero-padded channels
   std::vector<float> bias_;     // [C_out]
+  std::vector<float> padded_bias_;  // [group][block][ocb], like the packed output channels
 };
 
 }  // namespace zapopt

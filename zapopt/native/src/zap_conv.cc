@@ -33,10 +33,9 @@ void depthwise3x3(const float* in, int64_t ho, int64_t wo, const float* w, float
 
 }  // namespace
 
-bool run_zap_conv(const PackedConv& conv, const ZapParams& params, const CompactInput& input, Epilogue ep,
-                  float* y, bool* computed_out, const ParallelFor& parallel_for, std::string* error) {
+bool run_zap_conv(const PackedConv& conv, const ZapParams& params, const float* x, int64_t n, int64_t h, int64_t w,
+                  Epilogue ep, float* y, bool* computed_out, const ParallelFor& parallel_for, std::string* error) {
   const ConvGeometry& geo = conv.geometry();
-  const int64_t n = input.n, h = input.h, w = input.w;
   const int64_t ho = geo.out_h(h), wo = geo.out_w(w), plane = ho * wo;
   const int64_t c_out = geo.c_out;
   const size_t total = static_cast<size_t>(n * c_out * plane);
@@ -57,7 +56,7 @@ bool run_zap_conv(const PackedConv& conv, const ZapParams& params, const Compact
   }
   if (params.threshold == -INFINITY) {  // Z > -inf everywhere: the plain layer
     std::vector<const std::vector<int32_t>*> every(static_cast<size_t>(n), &all_positions);
-    if (!conv.run(input, every, ep, parallel_for, error)) return false;
+    if (!conv.run(x, n, h, w, every, ep, parallel_for, error)) return false;
     if (computed_out != nullptr) std::fill(computed_out, computed_out + total, true);
     return true;
   }
@@ -69,7 +68,7 @@ bool run_zap_conv(const PackedConv& conv, const ZapParams& params, const Compact
   ep.aux = predict ? partial.data() : nullptr;
   ep.aux_preactivation = params.preactivation;
   std::vector<const std::vector<int32_t>*> at_pattern(static_cast<size_t>(n), &pattern_positions);
-  if (!conv.run(input, at_pattern, ep, parallel_for, error)) return false;
+  if (!conv.run(x, n, h, w, at_pattern, ep, parallel_for, error)) return false;
   ep.aux = nullptr;
 
   // Phase 2: the predictor, one (n, channel) plane per task. Computed = S | (Z > threshold).
@@ -111,7 +110,7 @@ bool run_zap_conv(const PackedConv& conv, const ZapParams& params, const Compact
       at_predicted[i] = &predicted[i];
     }
     ep.computed = computed.data();
-    if (!conv.run(input, at_predicted, ep, parallel_for, error)) return false;
+    if (!conv.run(x, n, h, w, at_predicted, ep, parallel_for, error)) return false;
   }
   if (computed_out != nullptr) {
     for (size_t i = 0; i < total; ++i) computed_out[i] = computed[i] != 0;

@@ -18,10 +18,10 @@ struct ZapParams {
   std::vector<float> pw1, pb1, pw2, pb2;  // [C_out, 1, 3, 3] and [C_out]
 };
 
-// Writes Y [N, C_out, H_out, W_out] (and Computed, if not null) for the compacted input.
+// Writes Y [N, C_out, H_out, W_out] (and Computed, if not null) for x [N, C_in, H, W].
 // epilogue carries Skip and clip_max; its y/aux/computed fields are set here.
-bool run_zap_conv(const PackedConv& conv, const ZapParams& params, const CompactInput& input, Epilogue epilogue,
-                  float* y, bool* computed_out,
+bool run_zap_conv(const PackedConv& conv, const ZapParams& params, const float* x, int64_t n, int64_t h, int64_t w,
+                  Epilogue epilogue, float* y, bool* computed_out,
                   const ParallelFor& parallel_for, std::string* error);
 
 }  // namespace zapopt
