@@ -19,7 +19,6 @@ from zapopt.ops.spec import RULE_KEY
 
 #: IR version that introduced ``NodeProto.metadata_props``; older models get doc_string tags.
 _NODE_METADATA_IR = 10
-_DOC_TAG = RULE_KEY + "="
 
 
 def _subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
@@ -140,12 +139,17 @@ def tag_node(node: onnx.NodeProto, rule: str, ir_version: int, **extra: str) -> 
 
 def rule_of(node: onnx.NodeProto) -> str | None:
     """The rule that created ``node``, if a zapopt rule did."""
+    return tag_of(node, RULE_KEY)
+
+
+def tag_of(node: onnx.NodeProto, key: str) -> str | None:
+    """A tag :func:`tag_node` wrote (``zapopt.rule``, ``zapopt.origin``, ...), or None."""
     for entry in node.metadata_props:
-        if entry.key == RULE_KEY:
+        if entry.key == key:
             return entry.value
     for part in node.doc_string.split(";"):
-        if part.startswith(_DOC_TAG):
-            return part[len(_DOC_TAG) :]
+        if part.startswith(key + "="):
+            return part[len(key) + 1 :]
     return None
 
 
