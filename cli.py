@@ -49,7 +49,6 @@ def _show_warnings() -> None:
     for handler in [h for h in LOGGER.handlers if isinstance(h, _WarningLines)]:
         LOGGER.removeHandler(handler)  # one per command run (CliRunner invokes several in one process)
     LOGGER.addHandler(_WarningLines())
-    LOGGER.propagate = False
 
 
 @cli.command("info")
