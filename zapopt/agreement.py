@@ -72,14 +72,17 @@ def measure_agreement(model: onnx.ModelProto, held_out: Dataset, reference: np.n
 def warn_about_losses(layers: Sequence[tuple[str, float, float]], agreement: Agreement | None,
                       searched_accuracy: bool) -> None:
     """Warn per layer (name, activation mass lost, threshold) losing much, and when the model
-    as a whole disagrees with the original, pointing to the option that measures accuracy."""
-    remedy = ("use --max-drop X --eval DATA to choose each layer's threshold by the measured accuracy drop, or a "
-              "lower --threshold" if not searched_accuracy else
-              "add --drop-margin 1 or more --eval images so the search's measurement is less noisy")
-    for name, lost, tau in layers:
-        if lost > LARGE_LAYER_LOSS:
-            warn(f"layer {name} loses {100 * lost:.1f}% of its activation mass at threshold {tau:g} (held-out "
-                 f"calibration images): its output changes noticeably; {remedy}")
-    if agreement is not None and agreement.share < LOW_AGREEMENT:
+    as a whole disagrees with the original; then once, what to do about it."""
+    lossy = [(name, lost, tau) for name, lost, tau in layers if lost > LARGE_LAYER_LOSS]
+    for name, lost, tau in lossy:
+        warn(f"layer {name} loses {100 * lost:.1f}% of its activation mass at threshold {tau:g} (on the held-out "
+             "calibration images)")
+    disagrees = agreement is not None and agreement.share < LOW_AGREEMENT
+    if disagrees:
         warn(f"the optimized model keeps the original's top-1 class on only {agreement.same_top1} of "
-             f"{agreement.images} held-out calibration images ({100 * agreement.share:.1f}%); {remedy}")
+             f"{agreement.images} held-out calibration images ({100 * agreement.share:.1f}%)")
+    if lossy or disagrees:
+        warn("to bound what the rewrite may cost, use --max-drop X --eval DATA (each layer's threshold chosen by the "
+             "measured accuracy drop) or a lower --threshold" if not searched_accuracy else
+             "the --max-drop search measured on --eval; add --drop-margin 1 or more --eval images to make its "
+             "pick hold on other data")
