@@ -175,3 +175,28 @@ def test_help_texts_say_what_the_options_do(args, wanted, unwanted) -> None:
         assert phrase in text, phrase
     for phrase in unwanted:
         assert phrase not in text, phrase
+
+
+def test_info_falls_back_to_the_report_beside_the_model(fixed_batch, tmp_path: Path) -> None:
+    model = onnx.load(str(fixed_batch["zap"]))
+    kept = [entry for entry in model.metadata_props if entry.key != "zapopt.expected_macs"]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    bare = tmp_path / "bare.onnx"
+    onnx.save(model, str(bare))
+    assert json.loads(invoke("info", bare, "--json").stdout)["zap"]["expected_macs"] is None
+    report = Path(f"{fixed_batch['zap']}.report.json")
+    Path(f"{bare}.report.json").write_text(report.read_text())
+    info = json.loads(invoke("info", bare, "--json").stdout)["zap"]
+    assert info["expected_macs"] == pytest.approx(json.loads(report.read_text())["macs_after"])
+
+
+def test_a_max_drop_of_zero_with_zero_standard_error_is_not_presented_as_certain() -> None:
+    from zapopt.report import OptimizeReport
+
+    report = OptimizeReport(model="m", output=None, pattern="checkerboard", selection="max accuracy drop 1%",
+                            calibration_images=16, curve_images=4, total_macs=100, layers=[], skipped=[],
+                            measured_drop=0.0, drop_standard_error=0.0)
+    text = report.format_table()
+    assert "standard error 0.00 only because no prediction changed" in text
+    assert "+- 0.00" not in text

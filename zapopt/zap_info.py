@@ -7,13 +7,14 @@ activation plus the predictors, so it looks dearer, and its convs no longer matc
 eligibility pattern. This module finds the ZAP layers in both forms (ZapConv nodes, or the
 nodes tagged ``zapopt.rule=ExpandZapToOnnx`` grouped by ``zapopt.origin``) and counts each
 at its full cost, its predictor's, and the expected cost after skipping that ``optimize``
-recorded in the model's metadata.
+recorded in the model's metadata (or, for older files, in the report beside it).
 """
 from __future__ import annotations
 
 import json
 import math
 import os
+from pathlib import Path
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -112,8 +113,15 @@ def _expected(model: onnx.ModelProto) -> dict[str, dict[str, float]]:
     return {}
 
 
-def _per_image(total: int, batch: int) -> int:
-    return total // batch if batch > 0 else total
+def _expected_from_report(path: Path) -> dict[str, dict[str, float]]:
+    """The same numbers from the OUTPUT.report.json optimize wrote beside the model, for
+    models written before the metadata existed (or with it stripped)."""
+    try:
+        report = json.loads(path.read_text())
+        return {layer["name"]: {"macs": layer["macs"], "macs_after": layer["macs_after"]}
+                for layer in report.get("layers", []) if layer.get("status") == "zap"}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
 
 
 def _zapconv_layers(model: onnx.ModelProto, expected: Mapping[str, Any]) -> list[ZapLayerCost]:
@@ -157,7 +165,7 @@ def describe(model: str | os.PathLike, input_shapes: Mapping[str, Sequence[int]]
     """The graph analysis of ``model`` and, for a model ``zapopt optimize`` wrote, its ZAP layers."""
     graph = analyze(model, input_shapes)
     proto = load_model(model, load_external_data=False, check=False)
-    expected = _expected(proto)
+    expected = _expected(proto) or _expected_from_report(Path(f"{model}.report.json"))
     zap = _zapconv_layers(proto, expected)
     if zap:
         return OptimizedModelInfo(graph, "zap", zap)
