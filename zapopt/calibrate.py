@@ -234,8 +234,10 @@ def calibrate(
     selected = layer_outputs(layers)
     if max_images is not None and max_images <= 0:
         raise ZapoptError(f"max_images must be positive, got {max_images}")
-    proto = onnx.ModelProto()
-    proto.CopyFrom(load_model(model))  # outputs are added to a copy: the input is never modified
+    proto = load_model(model)
+    if proto is model:  # outputs are added to a copy: the caller's model is never modified
+        proto = onnx.ModelProto()
+        proto.CopyFrom(model)
     proto = _with_extra_outputs(proto, selected.values())
     session = _session(proto, intra_op_threads)
     initializers = {init.name for init in proto.graph.initializer}
