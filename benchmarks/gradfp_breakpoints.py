@@ -2,20 +2,18 @@
 
     python benchmarks/gradfp_breakpoints.py
 
-Writes benchmarks/results/gradfp_breakpoints.json and prints a markdown table.
+Writes benchmarks/results/gradfp_breakpoints/breakpoints.json and prints a markdown table.
 """
 from __future__ import annotations
 
-import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from gradtools.fp import format_breakpoints  # noqa: E402
+from benchmarks.result_files import results_dir, write_result  # noqa: E402
 
 #: The reference's lookup (sigma2 = std of log2|g|): E = k from the k-th entry on.
 PAPER = {3: (0, 0.7), 4: (0, 0.5, 1.2), 5: (0, 0.2, 1, 2.4), 6: (0, 0.3, 0.9, 2, 4.9),
@@ -31,12 +29,7 @@ def main() -> None:
                       "ours_exp_bits": [e for _, e in ours]}
         lines.append(f"| {bits} | {', '.join(f'{v:g}' for v in paper[1:])} | "
                      f"{', '.join(f'{s:.2f}' for s, _ in ours)} |")
-    out = REPO_ROOT / "benchmarks" / "results" / "gradfp_breakpoints.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump({"command": "python benchmarks/gradfp_breakpoints.py", "breakpoints": rows}, f, indent=1)
-    os.replace(tmp, out)
+    write_result(results_dir("gradfp_breakpoints") / "breakpoints.json", {"breakpoints": rows})
     print("\n".join(lines))
     print("\nreproduce: python benchmarks/gradfp_breakpoints.py")
 

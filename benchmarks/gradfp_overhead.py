@@ -10,11 +10,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import os
-import shlex
 import sys
-import tempfile
 import time
 from pathlib import Path
 from statistics import median
@@ -28,6 +24,7 @@ sys.path.insert(0, str(REPO_ROOT))
 from gradtools.fp import FPFormat, quantize_fp  # noqa: E402
 from gradtools.quantize import GradientQuantizer  # noqa: E402
 from models.architectures import build_model  # noqa: E402
+from benchmarks.result_files import command_line, results_dir, write_result  # noqa: E402
 
 
 def step_time(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -71,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--width", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", default=str(REPO_ROOT / "benchmarks" / "results" / "gradfp_overhead.json"))
+    parser.add_argument("--out", default=str(results_dir("gradfp_overhead") / "overhead.json"))
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     rows = []
@@ -86,15 +83,8 @@ def main(argv: list[str] | None = None) -> None:
     rates = {str(dtype): throughput(1 << 21, dtype) for dtype in (torch.float32, torch.float64)}
     for name, rate in rates.items():
         print(f"quantize_fp {name}: {rate / 1e6:.0f} M elements/s (1 thread)")
-    command = "python benchmarks/gradfp_overhead.py " + shlex.join(sys.argv[1:] if argv is None else argv)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump({"command": command, "settings": vars(args), "torch": torch.__version__,
-                   "step_ratios": rows, "quantize_fp_elements_per_s": rates}, f, indent=1)
-    os.replace(tmp, out)
-    print(f"\nreproduce: {command}")
+    write_result(args.out, {"settings": vars(args), "step_ratios": rows, "quantize_fp_elements_per_s": rates}, argv)
+    print(f"\nreproduce: {command_line(argv)}")
 
 
 if __name__ == "__main__":

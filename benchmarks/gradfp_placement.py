@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
-import shlex
 import sys
 from pathlib import Path
 
@@ -30,13 +28,11 @@ from torch.nn.grad import conv2d_weight
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from benchmarks.gradfp_train import write_json_atomic  # noqa: E402
 from benchmarks.gradprune_common import load_fashion  # noqa: E402
+from benchmarks.result_files import command_line, results_dir, write_result  # noqa: E402
 from gradtools.fp import FPFormat, best_format, quantize_fp  # noqa: E402
 from gradtools.quantize import log2_moments, max_scale_exponent, weighted_scale_exponent  # noqa: E402
 from models.architectures import build_model  # noqa: E402
-
-RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 
 
 def capture(args: argparse.Namespace) -> dict[int, dict[str, dict]]:
@@ -150,10 +146,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--width", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", default=None, help="JSON path (default results/gradfp_placement_resnet18.json)")
+    parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/gradfp_placement/resnet18.json)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    command = "python benchmarks/gradfp_placement.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    command = command_line(argv)
     snapshots = capture(args)
     results: dict[str, dict] = {}
     for step, layers in sorted(snapshots.items()):
@@ -178,9 +174,8 @@ def main(argv: list[str] | None = None) -> None:
                           "mean_rel_error": float(np.mean([r["placements"][label]["rel_error"]
                                                            for layers in results.values() for r in layers.values()]))}
     print("\nsummary over layers and steps:", json.dumps(summary, indent=1))
-    out = Path(args.out) if args.out else RESULTS_DIR / "gradfp_placement_resnet18.json"
-    write_json_atomic(out, {"command": command, "settings": vars(args), "torch": torch.__version__,
-                            "machine": platform.machine(), "summary": summary, "steps": results})
+    out = Path(args.out) if args.out else results_dir("gradfp_placement") / "resnet18.json"
+    write_result(out, {"settings": vars(args), "summary": summary, "steps": results}, argv)
     print(f"\nreproduce: {command}")
 
 

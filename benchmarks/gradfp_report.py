@@ -1,4 +1,4 @@
-"""One markdown table from every benchmarks/results/gradfp_train*.json (all seeds).
+"""One markdown table from every benchmarks/results/gradfp_train/*.json (all seeds).
 
     python benchmarks/gradfp_report.py
 
@@ -12,12 +12,12 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parent / "results" / "gradfp_train"
 
 
 def main() -> None:
     runs: dict[tuple[str, str, int], dict] = {}
-    for path in sorted(RESULTS.glob("gradfp_train*.json")):
+    for path in sorted(RESULTS.glob("*.json")):
         payload = json.loads(path.read_text())
         for r in payload["runs"]:
             seed = r.get("seed", payload["settings"].get("seed", 0))
@@ -30,8 +30,8 @@ def main() -> None:
     header = "| arch | config | formats | " + " | ".join(f"acc seed {s} (vs FP32)" for s in seeds) + " |"
     lines = [header, "|---" * (3 + len(seeds)) + "|"]
     for (arch, config), per_seed in sorted(by_config.items(), key=lambda kv: (kv[0][0], kv[0][1] != "fp32", kv[0][1])):
-        any_run = next(iter(per_seed.values()))
-        fmts = sorted(set(any_run.get("layer_formats", {}).values()) - {"-", "None"}) or ["FP32"]
+        used = {fmt for r in per_seed.values() for fmt in r.get("layer_formats", {}).values()}  # every seed's
+        fmts = sorted(used - {"-", "None"}) or ["FP32"]
         cells = []
         for s in seeds:
             r, base = per_seed.get(s), by_config.get((arch, "fp32"), {}).get(s)

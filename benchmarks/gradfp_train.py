@@ -8,18 +8,13 @@ training subset, 1 thread. Every config starts from the same seed and data order
     python benchmarks/gradfp_train.py --arch resnet18 --configs all
     python benchmarks/gradfp_train.py --arch vgg16 --configs fp32,auto6-scaled,auto6-none
 
-Writes benchmarks/results/gradfp_train_<arch>.json and prints a markdown table.
+Writes benchmarks/results/gradfp_train/<arch>.json (or --out) and prints a markdown table.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
-import platform
-import shlex
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,8 +30,7 @@ from gradtools.fp import FPFormat  # noqa: E402
 from gradtools.quantize import GradientQuantizer  # noqa: E402
 from models.architectures import build_model  # noqa: E402
 from benchmarks.gradprune_common import load_fashion  # noqa: E402
-
-RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
+from benchmarks.result_files import command_line, results_dir, write_result  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -147,14 +141,6 @@ def train_one(arch: str, cfg: GradConfig, args: argparse.Namespace,
     return row
 
 
-def write_json_atomic(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(payload, f, indent=1)
-    os.replace(tmp, path)
-
-
 def markdown(rows: list[dict]) -> str:
     base = {r["arch"]: r for r in rows if r["config"] == "fp32"}
     lines = ["| arch | config | formats | test acc | vs FP32 | step cost vs FP32 |",
@@ -186,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="quantize gradients of conv outputs only, or of conv and linear")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", default=None, help="JSON path (default results/gradfp_train_<arch>.json)")
+    parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/gradfp_train/<arch>.json)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     names = list(CONFIGS) if args.configs == "all" else [c.strip() for c in args.configs.split(",")]
@@ -196,16 +182,15 @@ def main(argv: list[str] | None = None) -> None:
     names = ["fp32"] + [n for n in names if n != "fp32"]
     train = load_fashion("train", args.train_size, args.seed)
     test = load_fashion("test", None, args.seed)
-    out = Path(args.out) if args.out else RESULTS_DIR / f"gradfp_train_{args.arch}.json"
-    command = "python benchmarks/gradfp_train.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    out = Path(args.out) if args.out else results_dir("gradfp_train") / f"{args.arch}.json"
+    command = command_line(argv)
     rows: list[dict] = []
     for name in names:
         rows.append(train_one(args.arch, CONFIGS[name], args, train, test))
         r = rows[-1]
         print(f"{r['arch']} {r['config']}: acc {r['test_accuracy']:.4f} loss {r['final_train_loss']:.3f} "
               f"step {r['median_step_s'] * 1e3:.0f} ms", flush=True)
-        write_json_atomic(out, {"command": command, "settings": vars(args), "torch": torch.__version__,
-                                "machine": platform.machine(), "runs": rows})
+        write_result(out, {"settings": vars(args), "runs": rows}, argv)
     print(markdown(rows))
     print(f"\nreproduce: {command}")
 

@@ -1,15 +1,11 @@
-"""Shared pieces of the gradient-pruning benchmarks: data, models, result files.
+"""Shared pieces of the gradient-pruning benchmarks: data, models, tables.
 
 Kept separate so the training and the overhead benchmark measure the same models on the
 same Fashion-MNIST tensors.
 """
 from __future__ import annotations
 
-import json
-import os
-import platform
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +17,6 @@ if str(REPO_ROOT) not in sys.path:
 
 from models.architectures import build_model  # noqa: E402
 from zapopt.data import load_fashion_mnist  # noqa: E402
-
-RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 
 
 def load_fashion(split: str, limit: int | None = None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,23 +37,6 @@ def make_model(arch: str, width: int, seed: int, upsample_to: int | None = None,
     """A reference CNN, deterministic in ``seed``; native 28x28 unless ``upsample_to``."""
     torch.manual_seed(seed)
     return build_model(arch, width=width, upsample_to=upsample_to, **kwargs)
-
-
-def write_json(name: str, payload: dict) -> Path:
-    """Write ``benchmarks/results/<name>`` atomically (temp file + os.replace)."""
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / name
-    environment = {"torch": torch.__version__, "python": platform.python_version(),
-                   "threads": torch.get_num_threads(), "cpu": platform.processor()}
-    if torch.cuda.is_initialized():
-        environment["gpu"] = torch.cuda.get_device_name()
-    payload = {**payload, "environment": environment}
-    fd, tmp = tempfile.mkstemp(dir=RESULTS_DIR, prefix=f".{name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(payload, f, indent=2)
-    os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared
-    os.replace(tmp, path)
-    return path
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:

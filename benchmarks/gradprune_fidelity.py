@@ -11,12 +11,12 @@ lose only the small entries. Layers are listed from the output back to the input
 from __future__ import annotations
 
 import argparse
-import sys
 
 import torch
 from torch import nn
 
-from gradprune_common import load_fashion, make_model, markdown_table, write_json
+from gradprune_common import load_fashion, make_model, markdown_table
+from result_files import REPO_ROOT, command_line, results_dir, write_result
 
 from gradtools import GradientPruner  # noqa: E402  (gradprune_common put the repo root on sys.path)
 
@@ -68,15 +68,15 @@ def main() -> None:
     torch.set_num_threads(1)
     out = fidelity(args.arch, args.width, args.batch, args.draws, args.methods, args.sparsities,
                    args.pretrain_steps)
-    path = write_json(f"gradprune_fidelity_{args.arch}.json", {"args": vars(args), **out})
+    path = write_result(results_dir("gradprune_fidelity") / f"{args.arch}.json", {"args": vars(args), **out})
     keys = list(out["results"])
     rows = [[layer] + [f"{out['results'][k]['relative_error'][layer]:.2f}" for k in keys]
             for layer in reversed(out["layers"])]
     print(f"Relative L2 error of conv weight gradients ({args.arch}, one batch, mean of {args.draws} draws), "
           "output layer first:\n")
     print(markdown_table(["layer"] + keys, rows))
-    print(f"\nwritten {path.relative_to(path.parents[2])}")
-    print("reproduce: python benchmarks/gradprune_fidelity.py " + " ".join(sys.argv[1:]))
+    print(f"\nwritten {path.relative_to(REPO_ROOT)}")
+    print("reproduce: " + command_line())
 
 
 if __name__ == "__main__":

@@ -15,13 +15,12 @@ tests whether the small 28x28 maps are why the 85 % headline does not transfer.
 from __future__ import annotations
 
 import argparse
-import shlex
-import sys
 
 import torch
 from torch import nn
 
-from gradprune_common import load_fashion, make_model, markdown_table, write_json
+from gradprune_common import load_fashion, make_model, markdown_table
+from result_files import REPO_ROOT, command_line, results_dir, write_result
 
 from gradtools import GradientPruner  # noqa: E402  (gradprune_common put the repo root on sys.path)
 
@@ -75,19 +74,19 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=2)
     parser.add_argument("--pretrain-steps", type=int, default=60)
     parser.add_argument("--sparsities", nargs="+", type=float, default=[0.8, 0.85])
-    parser.add_argument("--out", default=None, help="file name under benchmarks/results/")
+    parser.add_argument("--out", default=None, help="file name under benchmarks/results/gradprune_noise/")
     args = parser.parse_args()
     torch.set_num_threads(1)
     out = noise_ratio(args)
-    name = args.out or f"gradprune_noise_{args.arch}_{args.upsample or 28}.json"
-    cmd = "python benchmarks/gradprune_noise.py " + shlex.join(sys.argv[1:])
-    path = write_json(name, {"args": vars(args), "command": cmd, **out})
+    name = args.out or f"{args.arch}_{args.upsample or 28}.json"
+    cmd = command_line()
+    path = write_result(results_dir("gradprune_noise") / name, {"args": vars(args), **out})
     keys = list(out["pruning"])
     rows = [[n] + [f"{out['pruning'][k]['ratio'][n]:.2f}" for k in keys] for n in reversed(out["layers"])]
     print(f"Pruning variance / minibatch variance of conv weight gradients ({args.arch}, "
           f"{args.upsample or 28}x{args.upsample or 28}), output layer first:\n")
     print(markdown_table(["layer"] + [f"stochastic@{k}" for k in keys], rows))
-    print(f"\nwritten {path.relative_to(path.parents[2])}\nreproduce: {cmd}")
+    print(f"\nwritten {path.relative_to(REPO_ROOT)}\nreproduce: {cmd}")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ cached between refreshes (refresh_every=100), plus the baselines. Configurations
 interleaved round by round and the median is reported, because this machine is shared.
 
     python benchmarks/gradprune_overhead.py            # ~3 minutes on one thread
-    python benchmarks/gradprune_overhead.py --device cuda --out gradprune_overhead_cuda.json
+    python benchmarks/gradprune_overhead.py --device cuda --out cuda.json
 """
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ import time
 import torch
 from torch import nn
 
-from gradprune_common import load_fashion, make_model, markdown_table, write_json
+from gradprune_common import load_fashion, make_model, markdown_table
+from result_files import REPO_ROOT, command_line, results_dir, write_result
 
 from gradtools import GradientPruner  # noqa: E402  (gradprune_common put the repo root on sys.path)
 
@@ -84,7 +85,7 @@ def main() -> None:
     parser.add_argument("--sparsity", type=float, default=0.85)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
-    parser.add_argument("--out", default="gradprune_overhead.json", help="file name under benchmarks/results/")
+    parser.add_argument("--out", default="overhead.json", help="file name under benchmarks/results/gradprune_overhead/")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     payload = {"args": vars(args), "results": {}}
@@ -96,10 +97,10 @@ def main() -> None:
             rows.append([arch, name, f"{1000 * r['median_step_s']:.1f}", f"{r['ratio_to_unpruned']:.3f}",
                          f"{r['mean_layer_sparsity']:.3f}"])
         print(f"done {arch}", file=sys.stderr, flush=True)
-    path = write_json(args.out, payload)
+    path = write_result(results_dir("gradprune_overhead") / args.out, payload)
     print(markdown_table(["model", "pruner", "ms / step", "ratio to unpruned", "mean layer sparsity"], rows))
-    print(f"\nwritten {path.relative_to(path.parents[2])}")
-    print("reproduce: python benchmarks/gradprune_overhead.py " + " ".join(sys.argv[1:]))
+    print(f"\nwritten {path.relative_to(REPO_ROOT)}")
+    print("reproduce: " + command_line())
 
 
 if __name__ == "__main__":

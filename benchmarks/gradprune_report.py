@@ -5,8 +5,8 @@ moves by 2-2.5 points from seed to seed. Every pruned run is therefore paired wi
 unpruned run of the same model, seed and schedule (same init, data and order), and the
 table reports the mean paired difference with its standard error over seeds.
 
-    python benchmarks/gradprune_report.py                       # every gradprune_train_*.json
-    python benchmarks/gradprune_report.py benchmarks/results/gradprune_train_vgg16_recipe_seed*.json
+    python benchmarks/gradprune_report.py                       # every results/gradprune_train/*.json
+    python benchmarks/gradprune_report.py benchmarks/results/gradprune_train/vgg16_recipe_seed*.json
 """
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from gradprune_common import RESULTS_DIR, make_model, markdown_table
+from gradprune_common import make_model, markdown_table
+from result_files import results_dir
 
 #: Settings that change an unpruned run; the pruner's own (warmup, exclude, ...) do not.
 TRAINING_KEYS = ("width", "train_size", "epochs", "batch", "seed", "lr", "lr_warmup", "device")
@@ -112,7 +113,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("files", nargs="*", type=Path)
     args = parser.parse_args()
-    files = args.files or sorted(RESULTS_DIR.glob("gradprune_train_*.json"))
+    files = args.files or sorted(results_dir("gradprune_train").glob("*.json"))
     unpruned, groups = load(files)
     header = ["model", "train images", "epochs", "warm-up", "refresh", "unpruned layers; other targets", "target", "achieved (all convs)",
               "MAC-weighted", "seeds", "unpruned %", "pruned %", "paired diff ± SE", "min / max diff"]

@@ -6,14 +6,15 @@ rule at several sparsities, and at the high sparsities the biased baselines (mag
 pruning below the lognormal quantile, exact top-k). Accuracy is on the full 10k test set.
 Sized for a shared 2-core CPU (native 28x28, narrow models, a train subset, 2 epochs).
 
-    python benchmarks/gradprune_train.py --archs vgg16 --out gradprune_train_vgg16.json
-    python benchmarks/gradprune_train.py --archs resnet18 --out gradprune_train_resnet18.json
+    python benchmarks/gradprune_train.py --archs vgg16 --out vgg16.json
+    python benchmarks/gradprune_train.py --archs resnet18 --out resnet18.json
 
 12 runs per model: an estimated 10 min (VGG) and 20 min (ResNet) on one idle core; measured
 ~25 and ~35 min on this busy shared machine. Fewer --sparsities or an empty --baselines is shorter.
 
 Finished runs are kept in the JSON file and skipped when the script is rerun with the same
-settings, so an interrupted sweep resumes. Each file records its command.
+settings, so an interrupted sweep resumes. Files go to benchmarks/results/gradprune_train/;
+each records its commands, git commit and machine.
 
 Every run also reports ``overall_sparsity``: the zeros in the gradient each conv's backward
 really receives (counted after the pruner, over the steps after the warm-up),
@@ -23,7 +24,7 @@ target raised so that 85 % is measured), one seed per file, paired with
 benchmarks/gradprune_report.py:
 
     python benchmarks/gradprune_train.py --archs vgg16 --seed 0 --sparsities 0.875 --baselines \
-        --warmup 39 --exclude 'features\.(34|37|40)$' --out gradprune_train_vgg16_recipe_seed0.json
+        --warmup 39 --exclude 'features\.(34|37|40)$' --out vgg16_recipe_seed0.json
 """
 from __future__ import annotations
 
@@ -31,14 +32,14 @@ import argparse
 import json
 import math
 import re
-import shlex
 import sys
 import time
 
 import torch
 from torch import nn
 
-from gradprune_common import RESULTS_DIR, load_fashion, make_model, markdown_table, write_json
+from gradprune_common import load_fashion, make_model, markdown_table
+from result_files import command_line, results_dir, write_result
 
 from gradtools import GradientPruner  # noqa: E402  (gradprune_common put the repo root on sys.path)
 
@@ -272,7 +273,7 @@ def main() -> None:
                         help="torch device to train on, e.g. cuda (a CUDA run pairs only with CUDA runs: "
                              "its kernels and random draws differ from the CPU's)")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", default="gradprune_train.json", help="file name under benchmarks/results/")
+    parser.add_argument("--out", default="runs.json", help="file name under benchmarks/results/gradprune_train/")
     args = parser.parse_args()
     if args.unpruned_only and args.no_unpruned:
         parser.error("--unpruned-only and --no-unpruned leave nothing to run")
@@ -284,11 +285,11 @@ def main() -> None:
         parser.error("--device cuda: this torch sees no CUDA device")
     torch.set_num_threads(args.threads)
 
-    path = RESULTS_DIR / args.out
+    path = results_dir("gradprune_train") / args.out
     previous = json.loads(path.read_text()) if path.exists() else {}
     same = previous.get("settings") == settings_key(args)
     runs = previous.get("runs", []) if same else []
-    command = "python benchmarks/gradprune_train.py " + shlex.join(sys.argv[1:])
+    command = command_line()
     commands = [c for c in previous.get("commands", [previous.get("command")]) if c] if same else []
     commands += [] if command in commands else [command]
     done = {(r["arch"], r["method"], r["sparsity"]) for r in runs}
@@ -299,8 +300,8 @@ def main() -> None:
             continue
         result = train_once(arch, method, sparsity, data, args)
         runs.append(result)
-        write_json(args.out, {"settings": settings_key(args), "command": command, "commands": commands,
-                              "runs": runs})
+        write_result(path, {"settings": settings_key(args), "command": command, "commands": commands,
+                            "runs": runs})
         print(f"{arch} {method} {sparsity}: acc {result['test_accuracy']:.4f} "
               f"sparsity {result['mean_layer_sparsity']:.3f} overall {result.get('overall_sparsity', 0):.3f} "
               f"({result['train_seconds']:.0f} s)",
@@ -325,7 +326,7 @@ def report(runs: list[dict], args: argparse.Namespace) -> str:
                 cells.append(f"{100 * r['test_accuracy']:.2f}{delta} @ {100 * r['mean_layer_sparsity']:.1f} %")
             rows.append(cells)
     table = markdown_table(["model", "target sparsity", "stochastic (ours)", "magnitude", "top-k"], rows)
-    cmd = "python benchmarks/gradprune_train.py " + shlex.join(sys.argv[1:])
+    cmd = command_line()
     return (f"{table}\n\nTest accuracy % on the 10k test set (difference to unpruned) @ achieved "
             f"gradient sparsity averaged over layers.\nreproduce: {cmd}")
 

@@ -1,6 +1,6 @@
 """ZAP on torchvision's ImageNet MobileNetV2, judged by agreement with the original on real photos.
 
-    python benchmarks/zap_mobilenet.py --json benchmarks/results/zap_mobilenet_v2.json
+    python benchmarks/zap_mobilenet.py --json benchmarks/results/zap_mobilenet/mobilenet_v2.json
 
 There is no labeled ImageNet data here, so the measure is top-1 agreement (and top-5
 overlap) with the original model. Images: random resized crops (scale 0.3-1, flips) of

@@ -1,7 +1,7 @@
 """How much compute ZAP saves at a given accuracy cost, per pattern (issue: optimize targets).
 
     python benchmarks/zap_savings.py models/vgg16/vgg16.onnx --patterns checkerboard tile5x5-60 \
-        tile5x5-40 diag3x3-33 --drops 0.5 1.5 --json benchmarks/results/zap_savings_vgg16.json
+        tile5x5-40 diag3x3-33 --drops 0.5 1.5 --json benchmarks/results/zap_savings/vgg16_patterns.json
 
 For each pattern: predictors are trained once (calibration: the first --calib-images
 Fashion-MNIST *train* images), then for each accuracy budget X the thresholds are chosen
