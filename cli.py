@@ -1,7 +1,8 @@
 """The ``zapopt`` command: parse arguments, call the Python API, print. No logic here.
 
-User mistakes surface as one ``error:`` line and a non-zero exit status; set
-ZAPOPT_DEBUG=1 to see the full traceback instead.
+User mistakes (``ZapoptError``, and ``OSError`` from the files they name) surface as one
+``error:`` line and a non-zero exit status; set ZAPOPT_DEBUG=1 to see the full traceback
+instead. Any other exception is a bug in zapopt and keeps its traceback.
 """
 from __future__ import annotations
 
@@ -445,7 +446,7 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    except (ZapoptError, ValueError, TypeError, OSError, MemoryError) as exc:
+    except (ZapoptError, OSError) as exc:  # user mistakes; anything else is a bug: let it show
         if os.environ.get("ZAPOPT_DEBUG"):
             raise
         message = str(exc) or type(exc).__name__

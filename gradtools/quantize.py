@@ -56,7 +56,7 @@ from torch import nn
 from gradtools._hooks import DEFAULT_LAYER_TYPES, ModuleFilter, attach_output_grad_transform, select_modules
 from gradtools.fp import FPFormat, Rounding, best_format, check_bits, quantize_fp_unchecked
 
-__all__ = ["GradientQuantizer", "QuantLayerStats", "log2_moments", "log2_mean", "max_scale_exponent",
+__all__ = ["GradientQuantizer", "QuantizerConfig", "QuantLayerStats", "log2_moments", "log2_mean", "max_scale_exponent",
            "weighted_scale_exponent"]
 
 Scaling = Literal["per-layer", "max", "none"]
@@ -206,15 +206,9 @@ def _resolve_format(fmt: object, bits: object) -> FPFormat | None:
     return fmt
 
 
-class GradientQuantizer:
-    """Round the neural gradients entering the selected layers' outputs to an FP format.
-
-    Usage::
-
-        with GradientQuantizer(model, bits=6) as quantizer:   # auto format, per-layer scale
-            for x, y in loader:
-                loss_fn(model(x), y).backward(); opt.step(); opt.zero_grad()
-        print(quantizer.summary())
+@dataclass(frozen=True)
+class QuantizerConfig:
+    """How a GradientQuantizer rounds (the counterpart of ``PrunerConfig``).
 
     ``fmt="auto"`` picks ``best_format(sigma2, bits)`` per layer from the measured spread;
     an FPFormat (or a name such as "e5m2") fixes the format (its width must equal
@@ -225,10 +219,53 @@ class GradientQuantizer:
     the |g|-weighted error (``weighted_scale_exponent``; round-to-nearest, no generator
     draws), followed between refreshes as an offset from the per-call amax exponent
     ("weighted-max") or as a target for the per-call mean ("weighted-mean").
-    ``refresh_every``: calls per layer between re-measuring sigma2 (and
-    re-choosing the format, and refitting a weighted placement) and updating ``stats()``;
-    the scale is recomputed on every call without host synchronization. ``generator``
-    seeds stochastic rounding (same device as the gradients).
+    ``refresh_every``: calls per layer between re-measuring sigma2 (and re-choosing the
+    format, and refitting a weighted placement) and updating ``stats()``; the scale is
+    recomputed on every call without host synchronization.
+    """
+
+    bits: int = 8
+    fmt: FormatSpec = "auto"
+    scaling: Scaling = "per-layer"
+    placement: Placement = "centre"
+    rounding: Rounding = "nearest"
+    refresh_every: int = 100
+
+    def __post_init__(self) -> None:
+        _resolve_format(self.fmt, self.bits)
+        if self.scaling not in _SCALINGS:
+            raise ValueError(f"scaling must be one of {_SCALINGS}, got {self.scaling!r}")
+        if self.placement not in _PLACEMENTS:
+            raise ValueError(f"placement must be one of {_PLACEMENTS}, got {self.placement!r}")
+        if self.placement != "centre" and self.scaling != "per-layer":
+            raise ValueError(f"placement={self.placement!r} needs scaling='per-layer', got {self.scaling!r}")
+        if self.rounding not in _ROUNDINGS:
+            raise ValueError(f"rounding must be one of {_ROUNDINGS}, got {self.rounding!r}")
+        if isinstance(self.refresh_every, bool) or not isinstance(self.refresh_every, int):
+            raise TypeError(f"refresh_every must be an int, got {type(self.refresh_every).__name__}")
+        if self.refresh_every < 1:
+            raise ValueError(f"refresh_every must be >= 1, got {self.refresh_every}")
+
+    @property
+    def fixed_format(self) -> FPFormat | None:
+        """The format every layer uses, or None when each layer's is chosen ("auto")."""
+        return _resolve_format(self.fmt, self.bits)
+
+
+class GradientQuantizer:
+    """Round the neural gradients entering the selected layers' outputs to an FP format.
+
+    Usage::
+
+        with GradientQuantizer(model, bits=6) as quantizer:   # auto format, per-layer scale
+            for x, y in loader:
+                loss_fn(model(x), y).backward(); opt.step(); opt.zero_grad()
+        print(quantizer.summary())
+
+    The keyword arguments ``bits`` .. ``refresh_every`` are a :class:`QuantizerConfig`
+    (what each means is documented there), kept as ``quantizer.config``; ``layer_types``
+    and ``include`` select the layers, as for ``GradientPruner``. ``generator`` seeds
+    stochastic rounding (same device as the gradients).
     """
 
     def __init__(self, model: nn.Module, bits: int = 8, fmt: FormatSpec = "auto", *,
@@ -237,26 +274,11 @@ class GradientQuantizer:
                  layer_types: Iterable[type[nn.Module]] = DEFAULT_LAYER_TYPES,
                  include: str | ModuleFilter | None = None, refresh_every: int = 100,
                  generator: torch.Generator | None = None) -> None:
-        self.fixed_format = _resolve_format(fmt, bits)
-        self.bits = bits
-        if scaling not in _SCALINGS:
-            raise ValueError(f"scaling must be one of {_SCALINGS}, got {scaling!r}")
-        if placement not in _PLACEMENTS:
-            raise ValueError(f"placement must be one of {_PLACEMENTS}, got {placement!r}")
-        if placement != "centre" and scaling != "per-layer":
-            raise ValueError(f"placement={placement!r} needs scaling='per-layer', got {scaling!r}")
-        if rounding not in _ROUNDINGS:
-            raise ValueError(f"rounding must be one of {_ROUNDINGS}, got {rounding!r}")
-        if isinstance(refresh_every, bool) or not isinstance(refresh_every, int):
-            raise TypeError(f"refresh_every must be an int, got {type(refresh_every).__name__}")
-        if refresh_every < 1:
-            raise ValueError(f"refresh_every must be >= 1, got {refresh_every}")
+        self.config = QuantizerConfig(bits=bits, fmt=fmt, scaling=scaling, placement=placement,
+                                      rounding=rounding, refresh_every=refresh_every)
+        self.fixed_format = self.config.fixed_format
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-        self.scaling = scaling
-        self.placement = placement
-        self.rounding = rounding
-        self.refresh_every = refresh_every
         self.generator = generator
         selected = select_modules(model, layer_types, include)
         self._states = {name: _LayerState(name, self.fixed_format) for name, _ in selected}
@@ -273,28 +295,28 @@ class GradientQuantizer:
         if grad.dtype not in _SUPPORTED_DTYPES:
             raise TypeError(f"GradientQuantizer supports float32/float16/bfloat16/float64 gradients, "
                             f"got {grad.dtype} in layer {state.name!r}")
-        refresh = state.calls % self.refresh_every == 0 or state.fmt is None
+        refresh = state.calls % self.config.refresh_every == 0 or state.fmt is None
         state.calls += 1
         if refresh:
             mu2, sigma2, count = log2_moments(grad)
             state.refreshes += 1
             state.mu2, state.sigma2 = float(mu2), float(sigma2)
             if self.fixed_format is None and float(count) > 0:
-                state.fmt = best_format(state.sigma2, self.bits)
+                state.fmt = best_format(state.sigma2, self.config.bits)
         fmt = state.fmt
         if fmt is None:  # auto format and no nonzero gradient seen yet: nothing to round
             return grad
         scale = None
-        if self.scaling != "none":
-            if self.scaling == "per-layer":  # mean log2|g| -> within 0.5 of the target
+        if self.config.scaling != "none":
+            if self.config.scaling == "per-layer":  # mean log2|g| -> within 0.5 of the target
                 if refresh:
-                    if self.placement == "centre" or float(count) == 0:  # nothing to fit
+                    if self.config.placement == "centre" or float(count) == 0:  # nothing to fit
                         state.mean_target, state.top_offset = fmt.log2_centre, 0
                     else:  # fitted on this gradient, then tracked through a per-call statistic
                         k_fit = weighted_scale_exponent(grad, fmt)
                         state.mean_target = k_fit + state.mu2
                         state.top_offset = k_fit - int(max_scale_exponent(grad, fmt))
-                if self.placement == "weighted-max":  # the fitted offset from amax
+                if self.config.placement == "weighted-max":  # the fitted offset from amax
                     scale_exp = max_scale_exponent(grad, fmt) + state.top_offset
                 else:
                     if not refresh:
@@ -305,7 +327,7 @@ class GradientQuantizer:
             # clamped so that the scale and its inverse stay float32 normals
             scale_exp = scale_exp.clamp_(-_MAX_SCALE_EXP, _MAX_SCALE_EXP)
             scale = torch.exp2(scale_exp)
-        out = quantize_fp_unchecked(grad, fmt, stochastic=self.rounding == "stochastic",
+        out = quantize_fp_unchecked(grad, fmt, stochastic=self.config.rounding == "stochastic",
                                     scale=scale, generator=self.generator)
         if refresh:
             state.scale_exp = int(scale_exp) if scale is not None else 0
@@ -338,9 +360,9 @@ class GradientQuantizer:
     def summary(self) -> str:
         """A fixed-width table of ``stats()`` for logs."""
         fmt = "auto" if self.fixed_format is None else str(self.fixed_format)
-        placement = f" placement={self.placement}" if self.scaling == "per-layer" else ""
-        header = (f"GradientQuantizer: bits={self.bits} fmt={fmt} scaling={self.scaling}{placement} "
-                  f"rounding={self.rounding} refresh_every={self.refresh_every}")
+        placement = f" placement={self.config.placement}" if self.config.scaling == "per-layer" else ""
+        header = (f"GradientQuantizer: bits={self.config.bits} fmt={fmt} scaling={self.config.scaling}{placement} "
+                  f"rounding={self.config.rounding} refresh_every={self.config.refresh_every}")
         rows = [("layer", "calls", "format", "scale", "mu2", "target", "sigma2", "zeros_in",
                  "underflow", "saturated", "rel_err")]
         for s in self.stats().values():

@@ -52,8 +52,9 @@ class FashionInput(nn.Module):
         return (x - self.mean) / self.std
 
 
-def _kaiming_init(module: nn.Module) -> None:
-    """He initialization for ReLU nets; matters for the BN-free VGG to train at all."""
+def _kaiming_init(module: nn.Module, linear_std: float | None = None) -> None:
+    """He initialization for ReLU nets; matters for the BN-free VGG to train at all.
+    ``linear_std``: draw Linear weights from N(0, std) instead (torchvision's MobileNetV2)."""
     for m in module.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -63,7 +64,10 @@ def _kaiming_init(module: nn.Module) -> None:
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Linear):
-            nn.init.kaiming_uniform_(m.weight, nonlinearity="relu")
+            if linear_std is None:
+                nn.init.kaiming_uniform_(m.weight, nonlinearity="relu")
+            else:
+                nn.init.normal_(m.weight, 0, linear_std)
             nn.init.zeros_(m.bias)
 
 
@@ -304,17 +308,7 @@ class MobileNetV2(nn.Module):
         self.features = nn.Sequential(*features)
         self.classifier = nn.Sequential(nn.Dropout(p=dropout),
                                         nn.Linear(self.last_channel, num_classes))
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
-                nn.init.zeros_(m.bias)
+        _kaiming_init(self, linear_std=0.01)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(x)

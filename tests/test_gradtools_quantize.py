@@ -11,7 +11,7 @@ from torch import nn
 from gradtools._hooks import attach_output_grad_transform
 from gradtools.fp import FPFormat, best_format, quantize_fp
 from gradtools.prune import GradientPruner
-from gradtools.quantize import GradientQuantizer, _LayerState, log2_mean, log2_moments, weighted_scale_exponent
+from gradtools.quantize import GradientQuantizer, QuantizerConfig, _LayerState, log2_mean, log2_moments, weighted_scale_exponent
 
 
 def small_net(seed: int = 0) -> nn.Sequential:
@@ -186,6 +186,17 @@ def test_quantizer_first_leaves_off_grid_values() -> None:
 def test_bad_arguments(kwargs: dict, error: type, match: str) -> None:
     with pytest.raises(error, match=match):
         GradientQuantizer(small_net(), **kwargs)
+    if "include" not in kwargs and "generator" not in kwargs:  # the rest are the config's
+        with pytest.raises(error, match=match):
+            QuantizerConfig(**kwargs)
+
+
+def test_config_is_frozen_and_kept_by_the_quantizer() -> None:
+    quantizer = GradientQuantizer(small_net(), bits=6, fmt="e3m2", placement="weighted-max", refresh_every=7)
+    assert quantizer.config == QuantizerConfig(bits=6, fmt="e3m2", placement="weighted-max", refresh_every=7)
+    assert quantizer.config.fixed_format == FPFormat(3, 2) and QuantizerConfig().fixed_format is None
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        quantizer.config.bits = 4  # type: ignore[misc]
 
 
 def test_format_by_name_and_layer_selection() -> None:
@@ -338,3 +349,5 @@ def test_centre_placement_is_the_default_and_other_scalings_have_no_target() -> 
 def test_bad_placement(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         GradientQuantizer(small_net(), **kwargs)
+    with pytest.raises(ValueError, match=match):
+        QuantizerConfig(**kwargs)

@@ -7,7 +7,7 @@ import pytest
 from tests.zap_builders import chain_model, ort_run
 from zapopt.errors import ZapoptError
 from zapopt.rewrite import FoldBatchNorm, rule_of
-from zapopt.rewrite.match import BatchNormParams, fold_batchnorm
+from zapopt.rewrite.fold_bn import BatchNormParams, fold_batchnorm
 
 
 def test_folding_every_bn_keeps_outputs() -> None:

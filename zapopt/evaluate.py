@@ -18,12 +18,12 @@ import onnx
 from zapopt.data import Dataset, ImageOptions, model_input, open_dataset
 from zapopt.errors import ZapoptError
 from zapopt.graph import analyze, load_model
+from zapopt.ops.spec import PREDICTOR_MACS_PER_ACTIVATION
 from zapopt.rewrite.expand import ExpandZapToOnnx
 from zapopt.rewrite.graph_edit import rule_of
 from zapopt.rewrite.zap_layers import read_zap_layers
 from zapopt.progress import progress_bar
 from zapopt.runtime import make_session, prepare, run_batches
-from zapopt.thresholds import PREDICTOR_MACS_PER_ACTIVATION
 
 
 @dataclass(frozen=True)

@@ -190,8 +190,7 @@ def build_zap_model(original: onnx.ModelProto, trained: Mapping[str, TrainedLaye
         if tau == -math.inf:
             continue  # computing everything: the original layer is cheaper
         layer = trained[name]
-        pw1, pb1, pw2, pb2 = layer.params.folded
-        params[name] = ZapParams(pw1, pb1, pw2, pb2, get_pattern(layer.pattern), float(tau),
+        params[name] = ZapParams(layer.params.folded, get_pattern(layer.pattern), float(tau),
                                  layer.params.predictor_input.kind)
     result = ReplaceWithZap(params)(original).model  # a pass works on its own copy
     meta = {p.key: p for p in result.metadata_props}

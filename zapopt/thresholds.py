@@ -25,6 +25,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from zapopt.errors import ZapoptError
+from zapopt.ops.spec import PREDICTOR_MACS_PER_ACTIVATION
 from zapopt.predictor.inputs import PredictorInput
 
 __all__ = [
@@ -43,8 +44,6 @@ __all__ = [
     "uniform",
 ]
 
-#: Two depthwise 3x3 convolutions per output activation.
-PREDICTOR_MACS_PER_ACTIVATION = 18
 #: Tile granularities (channels, consecutive predicted positions in a row) reported.
 DEFAULT_TILES: tuple[tuple[int, int], ...] = ((1, 16), (4, 8), (8, 8), (16, 16))
 

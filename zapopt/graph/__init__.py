@@ -4,18 +4,21 @@
 it returns (``LayerInfo``, ``ConvActivation``) are what calibration and rewriting build on.
 Node names in reports come from ``unique_node_names`` (empty or duplicated names in the file
 become ``{op_type}_{index}``); ``with_unique_node_names`` gives a model copy using them.
+``match_conv_chain`` is the one Conv [+BN] [+Add] + ReLU-like pattern that analysis and the
+rewrite passes share (``GraphIndex`` is the lookup table both read the graph through).
 """
 from __future__ import annotations
 
 from zapopt.graph.analyze import analyze
-from zapopt.graph.eligibility import MAX_PREDICTOR_COST_SHARE, PREDICTOR_MACS_PER_OUTPUT
-from zapopt.graph.index import unique_node_names, with_unique_node_names
+from zapopt.graph.conv_chain import ConvChain, match_conv_chain
+from zapopt.graph.eligibility import MAX_PREDICTOR_COST_SHARE
+from zapopt.graph.index import GraphIndex, unique_node_names, with_unique_node_names
 from zapopt.graph.loading import load_model
 from zapopt.graph.records import ConvActivation, LayerInfo, ModelInfo, TensorSpec
 from zapopt.graph.shapes import DEFAULT_BATCH, parse_input_shape
 
 __all__ = [
-    "DEFAULT_BATCH", "MAX_PREDICTOR_COST_SHARE", "PREDICTOR_MACS_PER_OUTPUT", "ConvActivation",
-    "LayerInfo", "ModelInfo", "TensorSpec", "analyze", "load_model", "parse_input_shape",
+    "DEFAULT_BATCH", "MAX_PREDICTOR_COST_SHARE", "ConvActivation", "ConvChain", "GraphIndex",
+    "LayerInfo", "ModelInfo", "TensorSpec", "analyze", "load_model", "match_conv_chain", "parse_input_shape",
     "unique_node_names", "with_unique_node_names",
 ]

@@ -11,8 +11,8 @@ import onnx
 from onnx import external_data_helper
 
 from zapopt.errors import ZapoptError
-from zapopt.graph.eligibility import (MAX_PREDICTOR_COST_SHARE, conv_problems,
-                                      match_activation_chain)
+from zapopt.graph.conv_chain import match_conv_chain
+from zapopt.graph.eligibility import MAX_PREDICTOR_COST_SHARE, conv_problems
 from zapopt.graph.index import GraphIndex
 from zapopt.graph.loading import PROTOBUF_LIMIT, load_model
 from zapopt.graph.opset import default_opset
@@ -202,8 +202,8 @@ def _conv_record(index: GraphIndex, shapes: InferredShapes, resolver: _ShapeReso
     if geometry.output_spatial != tuple(y[2:]):
         problems.append(f"its attributes give an output of {list(geometry.output_spatial)} but shape "
                         f"inference says {list(y[2:])}, so its padding cannot be trusted")
-    chain = match_activation_chain(index, shapes, i)
-    problems.extend(chain.problems)
+    chain = match_conv_chain(index, i, shapes)
+    problems.extend(chain.reasons)
     if chain.output is not None and shapes.static_shape(chain.output) is None:
         problems.append(f"no static output shape for its activation output {chain.output!r}")
     node_name = lambda k: None if k is None else index.names[k]  # noqa: E731

@@ -10,10 +10,13 @@ import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
+
+from zapopt.errors import ZapoptError
 
 
 #: Ops whose output is not a function of constant inputs alone (randomness, subgraphs).
@@ -21,6 +24,26 @@ _NOT_FOLDABLE_OPS = frozenset({
     "RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial",
     "Bernoulli", "Dropout", "If", "Loop", "Scan",
 })
+
+
+def subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
+    """The subgraphs (If branches, Loop/Scan bodies) a node carries."""
+    for attr in node.attribute:
+        if attr.type == onnx.AttributeProto.GRAPH:
+            yield attr.g
+        elif attr.type == onnx.AttributeProto.GRAPHS:
+            yield from attr.graphs
+
+
+def names_used_in(graph: onnx.GraphProto) -> set[str]:
+    """Every tensor a graph (and its nested subgraphs) reads or outputs."""
+    used: set[str] = set()
+    for node in graph.node:
+        used.update(n for n in node.input if n)
+        for sub in subgraphs(node):
+            used |= names_used_in(sub)
+    used.update(o.name for o in graph.output)
+    return used
 
 
 def unique_node_names(graph: onnx.GraphProto) -> list[str]:
@@ -56,7 +79,11 @@ def with_unique_node_names(model: onnx.ModelProto) -> onnx.ModelProto:
 
 @dataclass
 class GraphIndex:
-    """Who produces and who consumes each tensor of the main graph, and its constants."""
+    """Who produces and who consumes each tensor of the main graph, and its constants.
+
+    A snapshot: analysis reads it as is, a rewrite builds a new one after each edit. Nodes
+    are addressed by position in ``graph.node``; ``names`` gives each a unique name.
+    """
 
     graph: onnx.GraphProto
     base_dir: Path | None = None
@@ -66,6 +93,7 @@ class GraphIndex:
     initializers: dict[str, onnx.TensorProto] = field(init=False)
     graph_inputs: list[str] = field(init=False)
     graph_outputs: set[str] = field(init=False)
+    used_in_subgraphs: set[str] = field(init=False)
     _constant_memo: dict[str, bool] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -76,6 +104,7 @@ class GraphIndex:
         self.graph_outputs = {o.name for o in self.graph.output}
         self.producer = {}
         self.consumers = defaultdict(list)
+        self.used_in_subgraphs = set()
         for index, node in enumerate(self.graph.node):
             for name in node.output:
                 if name:
@@ -83,6 +112,8 @@ class GraphIndex:
             for name in dict.fromkeys(node.input):  # a node reading a tensor twice counts once
                 if name:
                     self.consumers[name].append(index)
+            for sub in subgraphs(node):
+                self.used_in_subgraphs |= names_used_in(sub)
 
     def node(self, index: int) -> onnx.NodeProto:
         return self.graph.node[index]
@@ -92,6 +123,34 @@ class GraphIndex:
 
     def producer_node(self, tensor: str) -> int | None:
         return self.producer.get(tensor)
+
+    def in_use(self, tensor: str) -> bool:
+        """Read by a node, by a subgraph, or a graph output."""
+        return bool(self.consumers.get(tensor)) or tensor in self.graph_outputs \
+            or tensor in self.used_in_subgraphs
+
+    def find_node(self, name: str, op_types: Iterable[str] = ()) -> int:
+        """The position of a node by its name, by the name analysis reports for it
+        (``Conv_3`` for an unnamed or duplicated one), else by the name of its first output."""
+        wanted = set(op_types)
+
+        def fits(position: int) -> bool:
+            return not wanted or self.graph.node[position].op_type in wanted
+
+        for position, reported in enumerate(self.names):
+            if reported == name and fits(position):
+                return position
+        if sum(1 for n in self.graph.node if n.name == name) > 1:
+            raise ZapoptError(
+                f"several nodes are named {name!r}; use the names zapopt.graph reports (e.g. 'Conv_3'), "
+                "which are unique")
+        position = self.producer.get(name)
+        if position is not None and self.graph.node[position].output[0] == name and fits(position):
+            return position
+        candidates = [reported for k, reported in enumerate(self.names) if fits(k)]
+        shown = ", ".join(candidates[:10]) + (" ..." if len(candidates) > 10 else "")
+        kinds = "/".join(sorted(wanted)) or "node"
+        raise ZapoptError(f"no {kinds} named {name!r} in the graph; known: {shown or 'none'}")
 
     def is_constant(self, tensor: str) -> bool:
         """True when the tensor's value is fixed at load time: initializers, ``Constant``
@@ -130,6 +189,13 @@ class GraphIndex:
             return None if value is None or to is None else value.astype(
                 onnx.helper.tensor_dtype_to_np_dtype(to))
         return None
+
+    def require_constant(self, tensor: str, what: str) -> np.ndarray:
+        """``constant_value``, or a ZapoptError naming ``what`` needed it."""
+        value = self.constant_value(tensor)
+        if value is None:
+            raise ZapoptError(f"{what} {tensor!r} must be an initializer or Constant, it is computed at run time")
+        return value
 
     def scalar(self, tensor: str) -> float | None:
         """A constant single-element tensor as a float, else None."""

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import onnx
 
+from zapopt.errors import ZapoptError
 from zapopt.graph.index import attribute
+
+_AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
 
 #: Ops whose MACs we count; every other op is reported as 0 MACs.
 MAC_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
@@ -50,6 +53,8 @@ def conv_geometry(node: onnx.NodeProto, input_spatial: Sequence[int],
     auto_pad = attribute(node, "auto_pad", "NOTSET") or "NOTSET"
     if len(strides) != rank or len(dilations) != rank:
         raise ValueError(f"strides/dilations of {node.op_type} do not match its {rank}-D kernel")
+    if auto_pad not in _AUTO_PADS:
+        raise ValueError(f"unknown auto_pad {auto_pad!r}")
     effective = [(k - 1) * d + 1 for k, d in zip(kernel, dilations)]
     if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
         out = [math.ceil(i / s) for i, s in zip(input_spatial, strides)]
@@ -71,6 +76,34 @@ def conv_geometry(node: onnx.NodeProto, input_spatial: Sequence[int],
                for a, (i, e, s) in enumerate(zip(input_spatial, effective, strides))]
     return ConvGeometry(strides=strides, pads=pads, dilations=dilations, group=group,
                         kernel=tuple(kernel), output_spatial=tuple(out))
+
+
+def conv_geometry_2d(node: onnx.NodeProto, weight_shape: Sequence[int],
+                     input_shape: Sequence[int | str | None] | None) -> ConvGeometry:
+    """``conv_geometry`` of a 2-D Conv that a rewrite turns into an op with explicit pads.
+
+    ZapoptError for anything else. The input size may be unknown when it cannot change the
+    pads (no SAME_* auto_pad with a stride above 1); ``output_spatial`` is then empty.
+    """
+    label = node.name or node.output[0]
+    if len(weight_shape) != 4:
+        raise ZapoptError(f"Conv {label!r} is not 2-D (weights {tuple(weight_shape)}); ZAP handles 2-D convs only")
+    kernel = tuple(int(k) for k in weight_shape[2:])
+    declared = tuple(int(k) for k in attribute(node, "kernel_shape", kernel))
+    if declared != kernel:
+        raise ZapoptError(f"Conv {label!r}: kernel_shape {list(declared)} disagrees with weights {tuple(weight_shape)}")
+    known = input_shape is not None and len(input_shape) == 4 and all(isinstance(d, int) for d in input_shape[2:])
+    if not known and attribute(node, "auto_pad", "NOTSET") in ("SAME_UPPER", "SAME_LOWER") \
+            and tuple(attribute(node, "strides", (1, 1))) != (1, 1):
+        raise ZapoptError(
+            f"Conv {label!r} uses auto_pad={attribute(node, 'auto_pad')} with strides "
+            f"{list(attribute(node, 'strides'))} but its input's spatial size is unknown; "
+            "give the model static input shapes")
+    try:  # with stride 1 SAME padding does not depend on the size: any stand-in will do
+        geometry = conv_geometry(node, tuple(input_shape[2:]) if known else kernel, kernel)  # type: ignore[index]
+    except ValueError as exc:
+        raise ZapoptError(f"Conv {label!r}: {exc}") from None
+    return geometry if known else replace(geometry, output_spatial=())
 
 
 def conv_macs(output_shape: Sequence[int], weight_shape: Sequence[int]) -> int:

@@ -30,6 +30,9 @@ RULE_KEY = "zapopt.rule"
 #: paper's choice, and the default when the attribute is absent) or the pre-activation
 #: ``V``, which also says how far below zero a computed neighbour is.
 PREDICTOR_INPUTS = ("activation", "preactivation")
+#: What the predictor costs: two depthwise 3x3 convolutions (PW1, PW2, BN folded), i.e.
+#: 2 * 9 MACs per output activation it scores.
+PREDICTOR_MACS_PER_ACTIVATION = 2 * 3 * 3
 
 
 def is_zap_node(node: onnx.NodeProto) -> bool:

@@ -64,7 +64,7 @@ class FoldedPredictor:
     pb2: np.ndarray
 
     def __post_init__(self) -> None:
-        channels = self.pb1.shape[0] if self.pb1.ndim == 1 else -1
+        channels: int | str = self.pb1.shape[0] if np.ndim(self.pb1) == 1 else "C"
         expected = {"pw1": (channels, 1, 3, 3), "pb1": (channels,),
                     "pw2": (channels, 1, 3, 3), "pb2": (channels,)}
         for name, shape in expected.items():
@@ -72,7 +72,7 @@ class FoldedPredictor:
             if not isinstance(value, np.ndarray) or value.dtype != np.float32:
                 raise TypeError(f"{name} must be a float32 numpy array")
             if value.shape != shape:
-                raise ZapoptError(f"{name} has shape {value.shape}, expected {shape}")
+                raise ZapoptError(f"predictor {name} must have shape {shape}, got {value.shape}")
 
     def __iter__(self):  # type: ignore[no-untyped-def]
         """Unpack as ``pw1, pb1, pw2, pb2 = folded`` (the op's input order)."""

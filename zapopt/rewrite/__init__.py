@@ -5,12 +5,11 @@ from zapopt.rewrite.base import Pass, PassManager, PassResult
 from zapopt.rewrite.expand import ExpandZapToOnnx, mask_output_name
 from zapopt.rewrite.fold_bn import FoldBatchNorm
 from zapopt.rewrite.graph_edit import rule_of
-from zapopt.rewrite.match import ConvChain, match_conv_chain
 from zapopt.rewrite.replace import ReplaceWithZap, ZapParams
 from zapopt.rewrite.zap_layers import SetThresholds, ZapLayer, read_zap_layers
 
 __all__ = [
-    "ConvChain", "ExpandZapToOnnx", "FoldBatchNorm", "Pass", "PassManager", "PassResult",
+    "ExpandZapToOnnx", "FoldBatchNorm", "Pass", "PassManager", "PassResult",
     "ReplaceWithZap", "SetThresholds", "ZapLayer", "ZapParams", "mask_output_name",
-    "match_conv_chain", "read_zap_layers", "rule_of",
+    "read_zap_layers", "rule_of",
 ]

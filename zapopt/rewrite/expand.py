@@ -14,11 +14,11 @@ import onnx
 from onnx import helper, numpy_helper
 
 from zapopt.errors import ZapoptError
+from zapopt.graph.index import GraphIndex
 from zapopt.ops.reference import conv_output_size
 from zapopt.ops.spec import DOMAIN, ZapConvAttrs, is_zap_node
 from zapopt.rewrite.base import Pass, PassResult
 from zapopt.rewrite.graph_edit import (
-    GraphIndex,
     NameAllocator,
     default_opset,
     drop_opset,
@@ -149,7 +149,7 @@ class ExpandZapToOnnx(Pass):
     @staticmethod
     def _channels(index: GraphIndex, model: onnx.ModelProto, w: str, pw1: str, label: str) -> int:
         for name in (w, pw1):
-            value = index.constant(name)
+            value = index.constant_value(name)
             if value is not None:
                 return int(value.shape[0])
             shape = tensor_shape(model, name)
@@ -166,7 +166,7 @@ class ExpandZapToOnnx(Pass):
         if y_shape is not None and len(y_shape) == 4 and all(isinstance(d, int) and d > 0 for d in y_shape[2:]):
             return int(y_shape[2]), int(y_shape[3])
         x_shape = tensor_shape(inferred, node.input[0])
-        weight = index.constant(node.input[1])
+        weight = index.constant_value(node.input[1])
         if x_shape is None or weight is None or len(x_shape) != 4:
             return None
         if not all(isinstance(d, int) and d > 0 for d in x_shape[2:]):

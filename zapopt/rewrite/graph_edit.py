@@ -1,104 +1,22 @@
-"""Small helpers every rewrite pass needs: who produces/consumes a tensor, constants,
-fresh names, node tags, dead-initializer cleanup.
+"""Small helpers every rewrite pass needs: fresh names, node tags, node replacement,
+dead-initializer cleanup. (Who produces/consumes a tensor: ``zapopt.graph.index.GraphIndex``.)
 
 Kept separate from the passes so each pass reads as the rule it implements.
 """
 from __future__ import annotations
 
 import re
-from typing import Iterable, Iterator
+from typing import Iterable
 
-import numpy as np
 import onnx
 from onnx import helper
 
 from zapopt.errors import ZapoptError
-from zapopt.graph.index import GraphIndex as AnalysisIndex
-from zapopt.graph.index import unique_node_names
+from zapopt.graph.index import names_used_in, subgraphs
 from zapopt.ops.spec import RULE_KEY
 
 #: IR version that introduced ``NodeProto.metadata_props``; older models get doc_string tags.
 _NODE_METADATA_IR = 10
-
-
-def _subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
-    for attr in node.attribute:
-        if attr.type == onnx.AttributeProto.GRAPH:
-            yield attr.g
-        elif attr.type == onnx.AttributeProto.GRAPHS:
-            yield from attr.graphs
-
-
-def _names_used_in(graph: onnx.GraphProto) -> set[str]:
-    used: set[str] = set()
-    for node in graph.node:
-        used.update(n for n in node.input if n)
-        for sub in _subgraphs(node):
-            used |= _names_used_in(sub)
-    used.update(o.name for o in graph.output)
-    return used
-
-
-class GraphIndex:
-    """A snapshot of producer/consumer relations of a graph (rebuild after editing)."""
-
-    def __init__(self, graph: onnx.GraphProto) -> None:
-        self.graph = graph
-        self.producer: dict[str, onnx.NodeProto] = {}
-        self.consumers: dict[str, list[onnx.NodeProto]] = {}
-        self.used_in_subgraphs: set[str] = set()
-        for node in graph.node:
-            for out in node.output:
-                if out:
-                    self.producer[out] = node
-            for inp in node.input:
-                if inp:
-                    self.consumers.setdefault(inp, []).append(node)
-            for sub in _subgraphs(node):
-                self.used_in_subgraphs |= _names_used_in(sub)
-        self.initializers = {t.name: t for t in graph.initializer}
-        self.graph_outputs = {o.name for o in graph.output}
-        self._analysis = AnalysisIndex(graph)
-
-    def find_node(self, name: str, op_types: Iterable[str] = ()) -> onnx.NodeProto:
-        """A node by its name, by the name ``zapopt.graph`` reports for it (``Conv_3`` for an
-        unnamed or duplicated one), else by the name of its first output."""
-        wanted = set(op_types)
-        fits = lambda n: not wanted or n.op_type in wanted  # noqa: E731
-        reported_names = unique_node_names(self.graph)
-        for node, reported in zip(self.graph.node, reported_names):
-            if reported == name and fits(node):
-                return node
-        if sum(1 for n in self.graph.node if n.name == name) > 1:
-            raise ZapoptError(
-                f"several nodes are named {name!r}; use the names zapopt.graph reports (e.g. 'Conv_3'), "
-                "which are unique"
-            )
-        node = self.producer.get(name)
-        if node is not None and node.output[0] == name and fits(node):
-            return node
-        candidates = [reported for n, reported in zip(self.graph.node, reported_names) if fits(n)]
-        shown = ", ".join(candidates[:10]) + (" ..." if len(candidates) > 10 else "")
-        kinds = "/".join(sorted(wanted)) or "node"
-        raise ZapoptError(f"no {kinds} named {name!r} in the graph; known: {shown or 'none'}")
-
-    def sole_consumer(self, tensor: str) -> onnx.NodeProto | None:
-        """The only node reading ``tensor``, or None if it is shared, a graph output or unused."""
-        users = self.consumers.get(tensor, [])
-        if len(users) != 1 or tensor in self.graph_outputs or tensor in self.used_in_subgraphs:
-            return None
-        return users[0]
-
-    def constant(self, name: str) -> np.ndarray | None:
-        """The value of an initializer or ``Constant`` output (also through ``Identity``/``Cast``,
-        exactly as ``zapopt.graph`` resolves it, so every layer it calls eligible has one)."""
-        return self._analysis.constant_value(name)
-
-    def require_constant(self, name: str, what: str) -> np.ndarray:
-        value = self.constant(name)
-        if value is None:
-            raise ZapoptError(f"{what} {name!r} must be an initializer or Constant, it is computed at run time")
-        return value
 
 
 class NameAllocator:
@@ -115,7 +33,7 @@ class NameAllocator:
             self.taken.add(node.name)
             self.taken.update(node.input)
             self.taken.update(node.output)
-            for sub in _subgraphs(node):
+            for sub in subgraphs(node):
                 self._collect(sub)
 
     def fresh(self, base: str) -> str:
@@ -186,8 +104,8 @@ def _names_read(graph: onnx.GraphProto, skip: set[int]) -> set[str]:
     for position, node in enumerate(graph.node):
         if position not in skip:
             used.update(n for n in node.input if n)
-            for sub in _subgraphs(node):
-                used |= _names_used_in(sub)
+            for sub in subgraphs(node):
+                used |= names_used_in(sub)
     return used
 
 

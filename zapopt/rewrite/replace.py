@@ -6,7 +6,7 @@ tables and reports all key layers the same way.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Mapping
 
 import numpy as np
@@ -14,11 +14,15 @@ import onnx
 from onnx import helper, numpy_helper
 
 from zapopt.errors import ZapoptError
+from zapopt.graph.conv_chain import match_conv_chain
+from zapopt.graph.index import GraphIndex
+from zapopt.graph.macs import conv_geometry_2d
 from zapopt.ops.patterns import Pattern
 from zapopt.ops.spec import DOMAIN, PREDICTOR_INPUTS, VERSION, ZapConvAttrs, make_zap_node
+from zapopt.predictor.folded import FoldedPredictor
 from zapopt.rewrite.base import Pass, PassResult
+from zapopt.rewrite.fold_bn import batchnorm_params, conv_weights, fold_batchnorm
 from zapopt.rewrite.graph_edit import (
-    GraphIndex,
     NameAllocator,
     ensure_opset,
     remove_if_unused,
@@ -28,49 +32,52 @@ from zapopt.rewrite.graph_edit import (
     tensor_shape,
     value_info_for,
 )
-from zapopt.rewrite.match import ConvChain, batchnorm_params, conv_geometry, fold_batchnorm, match_conv_chain
 
 
-def _as_float32(name: str, value: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+def _as_float32(name: str, value: np.ndarray) -> np.ndarray:
     array = np.asarray(value)
     if not np.issubdtype(array.dtype, np.floating):
         raise TypeError(f"ZapParams.{name} must be a float array, got {array.dtype}")
-    array = np.ascontiguousarray(array, dtype=np.float32)
-    if array.shape != shape:
-        raise ZapoptError(f"ZapParams.{name} must have shape {shape}, got {array.shape}")
-    if not np.isfinite(array).all():
-        raise ZapoptError(f"ZapParams.{name} contains NaN or inf")
-    return array
+    return np.ascontiguousarray(array, dtype=np.float32)
 
 
 @dataclass(frozen=True, eq=False)
 class ZapParams:
-    """A trained predictor for one layer (BNs already folded), its pattern and threshold."""
+    """A trained predictor for one layer (BNs already folded), its pattern and threshold.
 
-    pw1: np.ndarray
-    pb1: np.ndarray
-    pw2: np.ndarray
-    pb2: np.ndarray
+    The weights and their shape checks are ``FoldedPredictor``'s; ``from_arrays`` builds one
+    from any float arrays. Added here: they must be finite, since they go into the model.
+    """
+
+    predictor: FoldedPredictor
     pattern: Pattern
     threshold: float
     predictor_input: str = "activation"
-    channels: int = field(init=False)
+
+    @classmethod
+    def from_arrays(cls, pw1: np.ndarray, pb1: np.ndarray, pw2: np.ndarray, pb2: np.ndarray,
+                    pattern: Pattern, threshold: float, predictor_input: str = "activation") -> ZapParams:
+        """The op's PW1, PB1, PW2, PB2 as float arrays of any precision (stored as float32)."""
+        arrays = {"pw1": pw1, "pb1": pb1, "pw2": pw2, "pb2": pb2}
+        predictor = FoldedPredictor(**{name: _as_float32(name, value) for name, value in arrays.items()})
+        return cls(predictor, pattern, threshold, predictor_input)
 
     def __post_init__(self) -> None:
-        c = int(np.shape(self.pw1)[0]) if np.ndim(self.pw1) == 4 else -1
-        if c < 1:
-            raise ZapoptError(f"ZapParams.pw1 must have shape (C, 1, 3, 3), got {np.shape(self.pw1)}")
-        object.__setattr__(self, "channels", c)
-        object.__setattr__(self, "pw1", _as_float32("pw1", self.pw1, (c, 1, 3, 3)))
-        object.__setattr__(self, "pb1", _as_float32("pb1", self.pb1, (c,)))
-        object.__setattr__(self, "pw2", _as_float32("pw2", self.pw2, (c, 1, 3, 3)))
-        object.__setattr__(self, "pb2", _as_float32("pb2", self.pb2, (c,)))
+        if not isinstance(self.predictor, FoldedPredictor):
+            raise TypeError(f"ZapParams.predictor must be a FoldedPredictor, got {type(self.predictor).__name__}")
+        for name, value in self.predictor.to_arrays().items():
+            if not np.isfinite(value).all():
+                raise ZapoptError(f"ZapParams: the predictor's {name} contains NaN or inf")
         if not isinstance(self.pattern, Pattern):
             raise TypeError(f"ZapParams.pattern must be a Pattern, got {type(self.pattern).__name__}")
         if self.predictor_input not in PREDICTOR_INPUTS:
             raise ZapoptError(
                 f"ZapParams.predictor_input must be one of {', '.join(PREDICTOR_INPUTS)}, got {self.predictor_input!r}"
             )
+
+    @property
+    def channels(self) -> int:
+        return self.predictor.channels
 
 
 class ReplaceWithZap(Pass):
@@ -96,7 +103,7 @@ class ReplaceWithZap(Pass):
         names = NameAllocator(model)
         # Resolve every name before editing: analysis names like 'Conv_3' count positions.
         index = GraphIndex(model.graph)
-        outputs = {name: index.find_node(name, ("Conv",)).output[0] for name in self.layers}
+        outputs = {name: index.node(index.find_node(name, ("Conv",))).output[0] for name in self.layers}
         for conv_name, params in self.layers.items():
             self._replace(model, inferred, GraphIndex(model.graph), conv_name, outputs[conv_name], params, names)
         ensure_opset(model, DOMAIN, VERSION)
@@ -114,29 +121,28 @@ class ReplaceWithZap(Pass):
         names: NameAllocator,
     ) -> None:
         graph = model.graph
-        chain: ConvChain = match_conv_chain(index, conv_output, label=conv_name)
-        conv = chain.conv
         label = conv_name
-        w = index.require_constant(conv.input[1], f"Conv {label!r} weight")
+        chain = match_conv_chain(index, index.find_node(conv_output, ("Conv",))).require(label)
+        # NodeProtos, not positions: positions go stale once the graph is edited
+        conv, act = index.node(chain.conv), index.node(chain.act)  # type: ignore[arg-type]
+        add = None if chain.add is None else index.node(chain.add)
+        chain_nodes = [index.node(k) for k in chain.positions]
+        w, b = conv_weights(index, conv, label)
         if w.dtype != np.float32:
             raise ZapoptError(f"Conv {label!r} has {w.dtype} weights; ZapConv is defined for float32 models only")
-        has_bias = len(conv.input) > 2 and bool(conv.input[2])
-        b = index.require_constant(conv.input[2], f"Conv {label!r} bias") if has_bias else None
         if chain.bn is not None:
             w, b = fold_batchnorm(w, b, batchnorm_params(index, chain.bn))
         if w.shape[0] != params.channels:
             raise ZapoptError(
                 f"layer {label!r} has {w.shape[0]} output channels but its predictor has {params.channels}"
             )
-        geometry = conv_geometry(conv, tuple(w.shape), tensor_shape(inferred, conv.input[0]))
+        geometry = conv_geometry_2d(conv, tuple(w.shape), tensor_shape(inferred, conv.input[0]))
         attrs = ZapConvAttrs(
             pattern=params.pattern, threshold=params.threshold, strides=geometry.strides,
             pads=geometry.pads, dilations=geometry.dilations, group=geometry.group,
             clip_max=chain.clip_max, predictor_input=params.predictor_input,
         )
-        tensors = {
-            "W": w.astype(np.float32), "PW1": params.pw1, "PB1": params.pb1, "PW2": params.pw2, "PB2": params.pb2,
-        }
+        tensors = {"W": w.astype(np.float32), **params.predictor.to_arrays()}
         if b is not None:
             tensors["B"] = b.astype(np.float32)
         new_names = {key: names.fresh(f"{label}.zap_{key}") for key in tensors}
@@ -148,18 +154,14 @@ class ReplaceWithZap(Pass):
             skip=chain.skip_input or "", y=chain.output, attrs=attrs,
         )
         tag_node(node, self.name, model.ir_version)
-        replace_nodes(graph, chain.nodes, [node], at=chain.act)
-        remove_value_info(graph, chain.intermediates)
+        replace_nodes(graph, chain_nodes, [node], at=act)
+        remove_value_info(graph, [n.output[0] for n in chain_nodes[:-1]])
         if value_info_for(model, chain.output) is None:
             declared = value_info_for(inferred, chain.output)
             if declared is None:
                 declared = helper.make_tensor_value_info(chain.output, onnx.TensorProto.FLOAT, None)
             graph.value_info.append(declared)
-        dead = [*conv.input[1:]]
-        for extra in (chain.bn, chain.act):
-            if extra is not None:
-                dead.extend(extra.input[1:])
-        remove_if_unused(graph, dead)
+        remove_if_unused(graph, [name for n in chain_nodes if n is not add for name in n.input[1:]])
 
     @staticmethod
     def _node_name(graph: onnx.GraphProto, conv: onnx.NodeProto, wanted: str, names: NameAllocator) -> str:

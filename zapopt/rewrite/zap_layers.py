@@ -17,7 +17,8 @@ from zapopt.errors import ZapoptError
 from zapopt.ops.patterns import Pattern
 from zapopt.ops.spec import ZapConvAttrs, is_zap_node
 from zapopt.rewrite.base import Pass, PassResult
-from zapopt.rewrite.graph_edit import GraphIndex, rule_of
+from zapopt.graph.index import GraphIndex
+from zapopt.rewrite.graph_edit import rule_of
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ def read_zap_layers(model: onnx.ModelProto) -> list[ZapLayer]:
     for node in model.graph.node:
         if not is_zap_node(node):
             continue
-        weight = index.constant(node.input[1]) if len(node.input) > 1 else None
+        weight = index.constant_value(node.input[1]) if len(node.input) > 1 else None
         layers.append(
             ZapLayer(
                 name=node.name,
