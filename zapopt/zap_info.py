@@ -126,7 +126,7 @@ def _expected_from_report(path: Path) -> dict[str, dict[str, float]]:
 
 def _zapconv_layers(model: onnx.ModelProto, expected: Mapping[str, Any]) -> list[ZapLayerCost]:
     from zapopt.rewrite.zap_layers import read_zap_layers
-    from zapopt.thresholds import PREDICTOR_MACS_PER_ACTIVATION
+    from zapopt.ops.spec import PREDICTOR_MACS_PER_ACTIVATION
 
     declared = {v.name: dims_of(v.type) for v in (*model.graph.value_info, *model.graph.output)}
     layers = []
