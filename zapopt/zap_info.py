@@ -14,14 +14,15 @@ from __future__ import annotations
 import json
 import math
 import os
-from pathlib import Path
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import onnx
 
-from zapopt.graph import ModelInfo, analyze, load_model
+import zapopt.graph.info
+from zapopt.graph import ModelInfo, load_model
 from zapopt.graph.macs import conv_macs
 from zapopt.graph.shapes import dims_of
 from zapopt.report import format_rows, pct
@@ -163,7 +164,7 @@ def _expanded_layers(model: onnx.ModelProto, graph: ModelInfo, expected: Mapping
 def describe(model: str | os.PathLike, input_shapes: Mapping[str, Sequence[int]] | None = None
              ) -> OptimizedModelInfo:
     """The graph analysis of ``model`` and, for a model ``zapopt optimize`` wrote, its ZAP layers."""
-    graph = analyze(model, input_shapes)
+    graph = zapopt.graph.info.info(model, input_shapes)  # the public `zapopt.info` analysis
     proto = load_model(model, load_external_data=False, check=False)
     expected = _expected(proto) or _expected_from_report(Path(f"{model}.report.json"))
     zap = _zapconv_layers(proto, expected)
