@@ -283,9 +283,23 @@ THRESHOLD = _Threshold()
               help="At most this many times --epochs for a small layer (their epochs are cheap and their "
                    "predictors are the ones still learning). 1 trains every layer for --epochs.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for predictor training.")
-@click.option("--format", "output_format", type=click.Choice(["zap", "onnx"]), default="zap", show_default=True,
-              help="zap: one ai.zapopt::ZapConv node per layer (thresholds retunable). onnx: standard ONNX "
-                   "ops only, runs on stock onnxruntime (computes everything, masks the output).")
+@click.option("--format", "output_format", type=click.Choice(["native", "zap", "onnx"]), default="native",
+              show_default=True,
+              help="native: ai.zapopt::ZapConv nodes for the ZAP layers (thresholds retunable) and ZeroSkipConv "
+                   "nodes for the other convs whose input can be zero; they run in onnxruntime with zapopt's op "
+                   "library registered. zap: ZapConv nodes only. onnx: standard ONNX ops only, runs on stock "
+                   "onnxruntime (computes everything; `zapopt convert` turns it back into native).")
+@click.option("--exact", is_flag=True,
+              help="No predictors: every conv whose input can be zero becomes a ZeroSkipConv, which computes every "
+                   "output and skips only multiply-adds with a zero input, so outputs equal the original's "
+                   "(float rounding aside). --calib then only serves to time the layers.")
+@click.option("--latency-check/--no-latency-check", "latency_check", default=True, show_default=True,
+              help="Time each native layer against the stock nodes it replaces on this machine (batch 1, a "
+                   "calibration input) and keep the stock nodes where they are as fast; then time the whole model "
+                   "against the original and drop the least profitable native layers while it is slower. Off: "
+                   "the speed is unmeasured.")
+@click.option("--latency-threads", type=click.IntRange(min=1), default=None,
+              help="onnxruntime threads for the latency check (default: onnxruntime's own choice).")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=str), default=None,
               help="Where to write the JSON report (default OUTPUT.report.json).")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=str), default=None,
@@ -296,8 +310,8 @@ THRESHOLD = _Threshold()
 @image_option_flags
 def optimize_command(model, output, calib, calib_images, pattern, predictor_input, magnitude_weight, threshold,
                      max_error, max_drop, sensitivity_weighting, drop_margin, eval_data, eval_images, layers,
-                     exclude, epochs, max_epoch_scale, seed, output_format, report_path, plot_path,
-                     input_shapes, as_json, quiet, image_options) -> None:
+                     exclude, epochs, max_epoch_scale, seed, output_format, exact, latency_check, latency_threads,
+                     report_path, plot_path, input_shapes, as_json, quiet, image_options) -> None:
     """Train a zero activation predictor per eligible layer and rewrite MODEL.
 
     Eligible layers are Conv [+BatchNorm] [+residual Add] + Relu/ReLU6 (see `zapopt info`);
@@ -305,6 +319,7 @@ def optimize_command(model, output, calib, calib_images, pattern, predictor_inpu
     reason in the report. Example:
 
         zapopt optimize model.onnx -o model.zap.onnx --calib images/ --threshold 0.5
+        zapopt optimize model.onnx -o model.exact.onnx --calib images/ --exact
     """
     import json
 
@@ -315,16 +330,26 @@ def optimize_command(model, output, calib, calib_images, pattern, predictor_inpu
                             eval_images=eval_images, epochs=epochs, max_epoch_scale=max_epoch_scale, seed=seed,
                             output_format=output_format,
                             predictor_input=predictor_input, magnitude_weight=magnitude_weight,
-                            sensitivity_weighting=sensitivity_weighting, drop_margin=drop_margin)
+                            sensitivity_weighting=sensitivity_weighting, drop_margin=drop_margin,
+                            exact=exact, latency_check=latency_check, latency_threads=latency_threads)
     result = optimize(model, output, calib, config=config, eval_data=eval_data, image_options=image_options,
                       input_shapes=_input_shapes(input_shapes), report_path=report_path, plot_path=plot_path,
                       progress=_progress(quiet))
+    latency = result.latency
+    if latency is not None and not latency.measured and latency.layers:
+        click.echo(f"warning: speed unmeasured: {latency.note}", err=True)
+    elif latency is not None and latency.measured and not latency.native_layers:
+        click.echo("warning: no native layer was faster than its stock nodes on this machine, so the written model "
+                   "computes like the original (--no-latency-check writes them anyway)", err=True)
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=1))
     else:
-        click.echo(result.report.format_table())
+        click.echo(result.format_table())
         written = [output, report_path or output + ".report.json", *([plot_path] if plot_path else [])]
         click.echo("\nwrote " + ", ".join(written))
+        agreement = getattr(result.report, "agreement", None)
+        if agreement is not None:  # last, where nobody can miss it
+            click.echo(agreement.headline())
 
 
 @cli.command("eval")
@@ -416,6 +441,66 @@ def retune_command(model, output, threshold, layer_thresholds, max_error, report
     for name, value in chosen.items():
         click.echo(f"{name}: {value:g}")
     click.echo(f"wrote {output}")
+
+
+@cli.command("convert")
+@click.argument("model", type=click.Path(dir_okay=False, path_type=str))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=str),
+              help="Where to write the converted model (never the input file).")
+@click.option("--to", "form", required=True, type=click.Choice(["native", "portable"]),
+              help="native: zapopt's ZapConv/ZeroSkipConv nodes (needs its op library to run, fast). portable: "
+                   "standard ONNX ops only (any onnxruntime, no speed-up).")
+def convert_command(model, output, form) -> None:
+    """Move a model zapopt wrote between its native and portable forms, without retraining.
+
+    The way back to native needs the zapopt.rule/zapopt.origin tags that the portable form's
+    nodes carry; a model without them is refused.
+    """
+    from zapopt.model_form import convert
+    from zapopt.rewrite.graph_edit import is_native_node
+
+    converted = convert(model, output, to=form)
+    count = sum(1 for n in converted.graph.node if is_native_node(n))
+    click.echo(f"wrote {output} ({form} form" + (f", {count} native layers)" if form == "native" else ")"))
+
+
+@cli.command("bench")
+@click.argument("model", type=click.Path(dir_okay=False, path_type=str))
+@click.option("--reference", required=True, type=click.Path(dir_okay=False, path_type=str),
+              help="The original model MODEL was optimized from (run in stock onnxruntime, ORT_ENABLE_ALL).")
+@click.option("--data", required=True, metavar="DATA", help="Inputs to time on (image folder, .npy, .npz, embedded:...).")
+@click.option("--batch", "batches", default="1,8", show_default=True, metavar="B1,B2,...", help="Batch sizes.")
+@click.option("--threads", default="1,2", show_default=True, metavar="T1,T2,...", help="onnxruntime intra-op threads.")
+@click.option("--runs", type=click.IntRange(min=3), default=20, show_default=True,
+              help="Alternated runs of each model per batch size and thread count.")
+@click.option("--per-layer/--no-per-layer", default=True, show_default=True,
+              help="Also profile each native layer against the stock nodes it replaced (batch 1).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=str), default=None,
+              help="Also write the full report (with the machine it ran on) as JSON here.")
+@image_option_flags
+def bench_command(model, reference, data, batches, threads, runs, per_layer, json_path, image_options) -> None:
+    """End-to-end latency of MODEL against its original, runs alternated in one process.
+
+    Reports the speed-up per batch size and thread count as a median with its interquartile
+    range, and per layer each native node's time against the stock nodes it replaced.
+    """
+    from zapopt.bench import bench
+
+    report = bench(model, reference, data, batches=_int_list(batches, "--batch"), threads=_int_list(threads, "--threads"),
+                   runs=runs, per_layer=per_layer, image_options=image_options, json_path=json_path)
+    click.echo(report.format_table())
+    if json_path:
+        click.echo(f"\nwrote {json_path}")
+
+
+def _int_list(text: str, flag: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ZapoptError(f"{flag} takes comma-separated positive integers, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise ZapoptError(f"{flag} takes comma-separated positive integers, got {text!r}")
+    return values
 
 
 @cli.command("demo")

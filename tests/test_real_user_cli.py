@@ -50,7 +50,7 @@ def test_fixed_batch_model_optimizes_and_prints_its_agreement_last(fixed_batch) 
     lines = fixed_batch["optimize_stdout"].strip().splitlines()
     headline = next(line for line in lines if line.startswith("AGREEMENT WITH THE ORIGINAL"))
     assert re.search(r"on 4 held-out calibration images: \d of 4 keep their top-1 class", headline)
-    assert lines.index(headline) >= len(lines) - 3  # at the end, next to "wrote ..."
+    assert lines[-1] == headline and lines[-2].startswith("wrote ")  # the very last line
     report = json.loads(Path(f"{fixed_batch['zap']}.report.json").read_text())
     assert report["held_out_agreement"]["images"] == 4
 

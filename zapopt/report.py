@@ -232,7 +232,7 @@ class OptimizeReport:
                      "whole skippable tiles of A channels x B positions")
         if self.warnings:
             lines += ["", "warnings:"] + [f"  - {text}" for text in self.warnings]
-        if self.agreement is not None:  # last, where nobody can miss it
+        if self.agreement is not None:  # the CLI repeats it as its very last line
             lines += ["", self.agreement.headline()]
         return "\n".join(lines)
 

@@ -13,7 +13,7 @@ from onnx import helper
 
 from zapopt.errors import ZapoptError
 from zapopt.graph.index import names_used_in, subgraphs
-from zapopt.ops.spec import RULE_KEY
+from zapopt.ops.spec import RULE_KEY, is_zap_node, is_zero_skip_node
 
 #: IR version that introduced ``NodeProto.metadata_props``; older models get doc_string tags.
 _NODE_METADATA_IR = 10
@@ -55,13 +55,13 @@ def tag_node(node: onnx.NodeProto, rule: str, ir_version: int, **extra: str) -> 
         node.doc_string = ";".join(f"{k}={v}" for k, v in entries.items())
 
 
-def rule_of(node: onnx.NodeProto) -> str | None:
-    """The rule that created ``node``, if a zapopt rule did."""
-    return tag_of(node, RULE_KEY)
+def is_native_node(node: onnx.NodeProto) -> bool:
+    """True for any ``ai.zapopt`` op zapopt's library runs (ZapConv or ZeroSkipConv)."""
+    return is_zap_node(node) or is_zero_skip_node(node)
 
 
 def tag_of(node: onnx.NodeProto, key: str) -> str | None:
-    """A tag :func:`tag_node` wrote (``zapopt.rule``, ``zapopt.origin``, ...), or None."""
+    """The value of the tag ``key`` (e.g. ``zapopt.origin``) that :func:`tag_node` set, if any."""
     for entry in node.metadata_props:
         if entry.key == key:
             return entry.value
@@ -69,6 +69,11 @@ def tag_of(node: onnx.NodeProto, key: str) -> str | None:
         if part.startswith(key + "="):
             return part[len(key) + 1 :]
     return None
+
+
+def rule_of(node: onnx.NodeProto) -> str | None:
+    """The rule that created ``node``, if a zapopt rule did."""
+    return tag_of(node, RULE_KEY)
 
 
 def replace_nodes(
