@@ -17,7 +17,6 @@ nothing and costs nothing (no predictor), so it is every layer's fallback option
 from __future__ import annotations
 
 import math
-import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -354,17 +353,18 @@ def compute_curves(
     progress: bool | None = None,
 ) -> dict[str, LayerCurve]:
     """Curves for every layer that has a predictor, from a ``CalibrationStore``."""
-    from tqdm import tqdm
+    from zapopt.progress import progress_bar
 
     missing = [name for name in predictors if name not in macs]
     if missing:
         raise ZapoptError(f"no MAC count for layers {', '.join(missing)}")
     curves: dict[str, LayerCurve] = {}
-    enabled = sys.stderr.isatty() if progress is None else progress
-    for name in tqdm(list(predictors), desc="curves", file=sys.stderr, disable=not enabled):
-        curves[name] = layer_curve(
-            name, store.layer_array(name), predictors[name], macs=macs[name], taus=taus, tiles=tiles
-        )
+    with progress_bar(len(predictors), "curves", "layer", progress) as bar:
+        for name in predictors:
+            curves[name] = layer_curve(
+                name, store.layer_array(name), predictors[name], macs=macs[name], taus=taus, tiles=tiles
+            )
+            bar.update(1)
     return curves
 
 
