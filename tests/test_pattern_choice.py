@@ -6,10 +6,11 @@ import math
 import numpy as np
 import pytest
 
+from zapopt.curves import LayerCurve, default_taus
 from zapopt.errors import ZapoptError
 from zapopt.optimize import OptimizeConfig
 from zapopt.pattern_choice import PAPER_PATTERNS, merge_curves, parse_patterns
-from zapopt.thresholds import LayerCurve, default_taus, error_budget
+from zapopt.thresholds import error_budget
 
 
 def test_parse_patterns() -> None:

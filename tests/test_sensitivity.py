@@ -6,9 +6,9 @@ import math
 import numpy as np
 import pytest
 
-from tests.test_thresholds import _synthetic_curve
+from tests.curve_builders import synthetic_curve
+from zapopt.curves import LayerCurve
 from zapopt.errors import ZapoptError
-from zapopt.thresholds import LayerCurve
 from zapopt.sensitivity import (
     DIVERGENCE_FLOOR,
     PROBE_ERRORS,
@@ -36,14 +36,14 @@ def test_output_divergence_is_the_softmax_kl() -> None:
 
 
 def test_probe_index_picks_the_lossy_point_nearest_the_probe_error() -> None:
-    curve = _synthetic_curve("c", np.random.default_rng(1), points=6)
+    curve = synthetic_curve("c", np.random.default_rng(1), points=6)
     errors = curve.error.copy()
     index = probe_index(curve, 0.02)
     lossy = np.flatnonzero(errors > 0)
     assert index in lossy
     distances = np.abs(np.log(errors[lossy] / 0.02))
     assert distances.min() == pytest.approx(abs(math.log(errors[index] / 0.02)))
-    flat = _synthetic_curve("flat", np.random.default_rng(2))
+    flat = synthetic_curve("flat", np.random.default_rng(2))
     flat = type(flat)(**{**flat.__dict__, "error": np.zeros_like(flat.error)})
     assert probe_index(flat, 0.02) is None
 

@@ -20,6 +20,7 @@ import onnx
 from tqdm import tqdm
 
 from zapopt.calibrate import calibrate
+from zapopt.curves import LayerCurve, default_taus, json_float, layer_curve
 from zapopt.data import ImageOptions, model_input, open_dataset
 from zapopt.errors import ZapoptError
 from zapopt.evaluate import accuracy_drop, accuracy_drop_standard_error, run_model
@@ -39,16 +40,7 @@ from zapopt.sensitivity import (
     layer_sensitivities,
     output_divergence,
 )
-from zapopt.thresholds import (
-    AccuracyTargetResult,
-    LayerCurve,
-    accuracy_target,
-    default_taus,
-    error_budget,
-    json_float,
-    layer_curve,
-    uniform,
-)
+from zapopt.thresholds import AccuracyTargetResult, accuracy_target, error_budget, uniform
 
 FORMATS = ("zap", "onnx")
 #: Without --threshold/--max-error/--max-drop, a position this likely to be nonzero sits at

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from zapopt.curves import LayerCurve
 from zapopt.errors import ZapoptError
 from zapopt.ops.patterns import get_pattern
-from zapopt.thresholds import LayerCurve
 
 __all__ = ["AUTO", "PAPER_PATTERNS", "CODE_STRIDE", "MergedCurves", "parse_patterns", "merge_curves"]
 

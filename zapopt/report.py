@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from zapopt.thresholds import LayerCurve, json_float
+from zapopt.curves import LayerCurve, json_float
 
 
 def pct(value: float | None, digits: int = 1) -> str:

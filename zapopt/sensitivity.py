@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from zapopt.curves import LayerCurve
 from zapopt.errors import ZapoptError
-from zapopt.thresholds import LayerCurve
 
 __all__ = ["PROBE_ERRORS", "LayerSensitivity", "SensitivityProbes", "budgets_divergence", "divergence_curves",
            "layer_sensitivities", "output_divergence", "probe_index"]
