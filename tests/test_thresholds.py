@@ -67,7 +67,8 @@ def test_accuracy_target_respects_the_limit_with_few_evaluations() -> None:
     curves = {f"l{i}": synthetic_curve(f"l{i}", rng, points=12) for i in range(6)}
     calls: list[dict[str, float]] = []
 
-    def evaluate(thresholds: dict[str, float]) -> float:
+    def evaluate(thresholds: dict[str, float], patterns: dict[str, str]) -> float:
+        assert patterns == {}  # curves of one pattern
         calls.append(thresholds)
         return 40.0 * uniform_error(curves, thresholds)  # monotone in the calibration error
 
@@ -92,18 +93,18 @@ def uniform_error(curves: dict[str, LayerCurve], thresholds: dict[str, float]) -
 def test_accuracy_target_falls_back_to_the_original_model() -> None:
     rng = np.random.default_rng(6)
     curves = {f"l{i}": synthetic_curve(f"l{i}", rng) for i in range(3)}
-    result = accuracy_target(curves, 0.5, lambda thresholds: 99.0, max_evaluations=4)
+    result = accuracy_target(curves, 0.5, lambda thresholds, patterns: 99.0, max_evaluations=4)
     assert result.drop is None
     assert all(t == -math.inf for t in result.selection.thresholds.values())
     assert len(result.evaluations) <= 4
     with pytest.raises(ZapoptError, match="drop limit"):
-        accuracy_target(curves, -1, lambda thresholds: 0.0)
+        accuracy_target(curves, -1, lambda thresholds, patterns: 0.0)
 
 
 def test_accuracy_target_takes_everything_when_everything_fits() -> None:
     rng = np.random.default_rng(7)
     curves = {f"l{i}": synthetic_curve(f"l{i}", rng) for i in range(3)}
-    result = accuracy_target(curves, 5.0, lambda thresholds: 0.0)
+    result = accuracy_target(curves, 5.0, lambda thresholds, patterns: 0.0)
     assert len(result.evaluations) == 1 and result.drop == 0.0
     assert result.selection.savings == pytest.approx(error_budget(curves, 10.0).savings)
 
@@ -114,7 +115,7 @@ def test_accuracy_target_interpolates_close_to_the_limit() -> None:
     rng = np.random.default_rng(8)
     curves = {f"l{i}": synthetic_curve(f"l{i}", rng, points=40) for i in range(8)}
 
-    def evaluate(thresholds: dict[str, float]) -> float:
+    def evaluate(thresholds: dict[str, float], patterns: dict[str, str]) -> float:
         error = uniform_error(curves, thresholds)
         return 30.0 * error + 300.0 * error**2
 
@@ -123,7 +124,7 @@ def test_accuracy_target_interpolates_close_to_the_limit() -> None:
     # The best point of the frontier that fits, found by brute force over budgets:
     budgets = np.linspace(0.0, 0.2, 4001)
     fits = [error_budget(curves, b) for b in budgets]
-    best = max(sel.savings for sel in fits if evaluate(dict(sel.thresholds)) <= 1.5)
+    best = max(sel.savings for sel in fits if evaluate(dict(sel.thresholds), {}) <= 1.5)
     assert result.selection.savings >= best - 0.02 * abs(best)
     assert len(result.evaluations) <= 8
 
@@ -161,4 +162,5 @@ def test_accuracy_target_does_not_take_a_lucky_draw() -> None:
     # Without the violation the largest raw fit wins.
     clean = [replace(e, drop=d, feasible=d <= 1.0) for e, d in zip(evaluations, (0.5, 0.8, 0.95, 1.8))]
     assert thresholds_module._pick_monotone(clean, 1.0)[1].budget == 0.025
-    json.dumps(thresholds_module.accuracy_target(curves, 1.0, lambda t: 40.0 * uniform_error(curves, t)).to_dict())
+    found = thresholds_module.accuracy_target(curves, 1.0, lambda t, _: 40.0 * uniform_error(curves, t))
+    json.dumps(found.to_dict())

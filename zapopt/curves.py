@@ -65,6 +65,11 @@ def json_float(value: float) -> float | str:
     return value if math.isfinite(value) else ("inf" if value > 0 else "-inf")
 
 
+def _strictly_increasing(values: np.ndarray) -> bool:
+    """A non-empty 1-D list of numbers, each larger than the one before."""
+    return bool(values.ndim == 1 and values.size > 0 and not np.isnan(values).any() and np.all(np.diff(values) > 0))
+
+
 def _json_floats(values: Iterable[float]) -> list[float | str]:
     return [json_float(v) for v in values]
 
@@ -78,6 +83,11 @@ class LayerCurve:
     activations at ``taus[i]``) that lies in whole skippable tiles of granularity ``k``
     (see :func:`layer_curve` for the exact tile definition); ``oracle_tile_shares`` is
     the same for the true zeros in ``T``.
+
+    ``patterns`` names each point's pattern on a curve that joins several patterns'
+    curves (:func:`zapopt.pattern_choice.merge_curves`): a point is then the option
+    (pattern, threshold), and thresholds increase within each pattern only. Empty on one
+    pattern's own curve.
     """
 
     name: str
@@ -96,12 +106,19 @@ class LayerCurve:
     oracle_macs_after: float
     tile_shares: Mapping[str, np.ndarray] = field(default_factory=dict)
     oracle_tile_shares: Mapping[str, float] = field(default_factory=dict)
+    patterns: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         taus = np.asarray(self.taus, dtype=np.float64)
-        if taus.ndim != 1 or taus.size == 0 or np.isnan(taus).any() or np.any(np.diff(taus) <= 0):
-            raise ZapoptError("curve thresholds must be a non-empty, strictly increasing list")
         object.__setattr__(self, "taus", taus)
+        object.__setattr__(self, "patterns", tuple(self.patterns))
+        if self.patterns and taus.shape != (len(self.patterns),):
+            raise ZapoptError(f"curve {self.name!r}: {len(self.patterns)} patterns for {taus.size} thresholds")
+        # One pattern's thresholds increase; on a curve of several patterns, each one's do.
+        runs = [taus[self._points_of(p)] for p in dict.fromkeys(self.patterns)] if self.patterns else [taus]
+        if not all(_strictly_increasing(run) for run in runs):
+            raise ZapoptError("curve thresholds must be a non-empty, strictly increasing list"
+                              + (" per pattern" if self.patterns else ""))
         for name in ("predicted_zero", "false_zero", "false_nonzero", "error", "macs_after"):
             array = np.asarray(getattr(self, name), dtype=np.float64)
             if array.shape != taus.shape:
@@ -113,10 +130,21 @@ class LayerCurve:
         if not self.macs > 0:
             raise ZapoptError(f"curve {self.name!r}: the layer's MACs must be positive, got {self.macs}")
 
-    def index_of(self, tau: float) -> int | None:
-        """Where threshold ``tau`` lies on this curve (None if it was not measured)."""
-        hits = np.flatnonzero(self.taus == tau)
+    def _points_of(self, pattern: str | None) -> np.ndarray:
+        """Which points are ``pattern``'s (every point on one pattern's own curve)."""
+        if not self.patterns:
+            return np.ones(self.taus.shape, dtype=bool)
+        return np.array([p == pattern for p in self.patterns], dtype=bool)
+
+    def index_of(self, tau: float, pattern: str | None = None) -> int | None:
+        """Where threshold ``tau`` lies on this curve (None if it was not measured); on a
+        curve of several patterns, ``tau`` of ``pattern``."""
+        hits = np.flatnonzero((self.taus == tau) & self._points_of(pattern))
         return int(hits[0]) if hits.size else None
+
+    def pattern_at(self, index: int) -> str | None:
+        """The pattern of point ``index`` (None on one pattern's own curve)."""
+        return self.patterns[index] if self.patterns else None
 
     @property
     def savings(self) -> np.ndarray:
@@ -149,6 +177,7 @@ class LayerCurve:
             "oracle_savings": float(self.oracle_savings),
             "tile_shares": {k: _json_floats(v) for k, v in self.tile_shares.items()},
             "oracle_tile_shares": {k: float(v) for k, v in self.oracle_tile_shares.items()},
+            **({"patterns": list(self.patterns)} if self.patterns else {}),
         }
 
     @classmethod
@@ -173,6 +202,7 @@ class LayerCurve:
                 oracle_macs_after=float(data["oracle_macs_after"]),
                 tile_shares={k: np.array([float(x) for x in v]) for k, v in data.get("tile_shares", {}).items()},
                 oracle_tile_shares={k: float(v) for k, v in data.get("oracle_tile_shares", {}).items()},
+                patterns=tuple(str(p) for p in data.get("patterns", ())),
             )
         except (KeyError, TypeError) as exc:
             raise ZapoptError(f"not a layer curve record: missing or malformed {exc}") from exc
@@ -239,7 +269,7 @@ def layer_curve(
     if batch_size < 1:
         raise ZapoptError(f"batch_size must be positive, got {batch_size}")
     grid = default_taus() if taus is None else np.asarray(taus, dtype=np.float64)
-    if grid.ndim != 1 or grid.size == 0 or np.isnan(grid).any() or np.any(np.diff(grid) <= 0):
+    if not _strictly_increasing(grid):
         raise ZapoptError("thresholds must be a non-empty, strictly increasing list of numbers")
     for a, b in tiles:
         if a < 1 or b < 1:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -30,6 +30,7 @@ __all__ = [
     "Evaluation",
     "Selection",
     "accuracy_target",
+    "choice_key",
     "error_budget",
     "monotone_fit",
     "uniform",
@@ -41,18 +42,25 @@ class Selection:
     """Chosen per-layer thresholds and what the curves predict for them.
 
     ``macs_before``/``macs_after`` sum over the selected layers only (per image);
-    ``error`` is the sum of their calibration errors.
+    ``error`` is the sum of their calibration errors. ``patterns``: each rewritten layer's
+    pattern when its curve joins several patterns' (empty otherwise).
     """
 
     thresholds: Mapping[str, float]
     macs_before: float
     macs_after: float
     error: float
+    patterns: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def savings(self) -> float:
         """Fraction of the ZAP layers' MACs saved (the whole model's share is smaller)."""
         return 1.0 - self.macs_after / self.macs_before if self.macs_before > 0 else 0.0
+
+    @property
+    def key(self) -> tuple[tuple, tuple]:
+        """What identifies the rewrite this selection makes (see :func:`choice_key`)."""
+        return choice_key(self.thresholds, self.patterns)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -61,34 +69,63 @@ class Selection:
             "macs_after": float(self.macs_after),
             "savings": float(self.savings),
             "error": float(self.error),
+            **({"patterns": dict(self.patterns)} if self.patterns else {}),
         }
 
 
+def choice_key(thresholds: Mapping[str, float], patterns: Mapping[str, str]) -> tuple[tuple, tuple]:
+    """A hashable, order-free key for one rewrite: per-layer thresholds and patterns."""
+    return tuple(sorted(thresholds.items())), tuple(sorted(patterns.items()))
+
+
+#: The point index that stands for "leave the layer as the original conv" (threshold -inf).
+_ORIGINAL = -1
+
+
 def _options(curve: LayerCurve) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(taus, errors, MACs saved)``; option 0 is ``-inf`` = the original layer."""
-    finite = np.isfinite(curve.taus)
-    taus = np.concatenate([[-np.inf], curve.taus[finite]])
+    """``(curve points, errors, MACs saved)`` of a layer's options: option 0 is
+    ``_ORIGINAL``, the others are the curve's points with a finite threshold."""
+    finite = np.flatnonzero(np.isfinite(curve.taus))
+    points = np.concatenate([[_ORIGINAL], finite])
     errors = np.concatenate([[0.0], curve.error[finite]])
     saved = np.concatenate([[0.0], curve.macs - curve.macs_after[finite]])
-    return taus, errors, saved
+    return points, errors, saved
+
+
+def _at_points(curves: Mapping[str, LayerCurve], points: Mapping[str, int]) -> Selection:
+    """The selection that takes point ``points[name]`` of each layer's curve (its threshold,
+    and its pattern on a curve of several), or ``_ORIGINAL``."""
+    before = after = error = 0.0
+    thresholds: dict[str, float] = {}
+    patterns: dict[str, str] = {}
+    for name, curve in curves.items():
+        index = points[name]
+        before += curve.macs
+        if index == _ORIGINAL:
+            thresholds[name] = -math.inf
+            after += curve.macs
+            continue
+        thresholds[name] = float(curve.taus[index])
+        pattern = curve.pattern_at(index)
+        if pattern is not None:
+            patterns[name] = pattern
+        after += float(curve.macs_after[index])
+        error += float(curve.error[index])
+    return Selection(thresholds, before, after, error, patterns)
 
 
 def _summarize(curves: Mapping[str, LayerCurve], thresholds: Mapping[str, float]) -> Selection:
-    before = after = error = 0.0
+    """The selection of given thresholds, each a measured point of its curve or ``-inf``."""
+    points = {}
     for name, curve in curves.items():
         tau = thresholds[name]
-        before += curve.macs
-        if tau == -np.inf:
-            after += curve.macs
-            continue
-        index = curve.index_of(tau)
+        index = _ORIGINAL if tau == -np.inf else curve.index_of(tau)
         if index is None:
             raise ZapoptError(
                 f"threshold {tau} for layer {name!r} was not measured; choose one of its curve's thresholds"
             )
-        after += float(curve.macs_after[index])
-        error += float(curve.error[index])
-    return Selection(dict(thresholds), before, after, error)
+        points[name] = index
+    return _at_points(curves, points)
 
 
 def _check_curves(curves: Mapping[str, LayerCurve]) -> None:
@@ -122,10 +159,10 @@ def error_budget(curves: Mapping[str, LayerCurve], max_error: float) -> Selectio
     err = np.zeros(1)
     sav = np.zeros(1)
     parents: list[tuple[np.ndarray, np.ndarray]] = []
-    layer_taus = []
+    layer_points = []
     for name in names:
-        taus, errors, saved = _options(curves[name])
-        layer_taus.append(taus)
+        points, errors, saved = _options(curves[name])
+        layer_points.append(points)
         cand_err = (err[:, None] + errors[None, :]).ravel()
         cand_sav = (sav[:, None] + saved[None, :]).ravel()
         keep = np.flatnonzero(cand_err <= limit)
@@ -139,7 +176,7 @@ def error_budget(curves: Mapping[str, LayerCurve], max_error: float) -> Selectio
         order = keep[np.lexsort((-cand_sav[keep], cand_err[keep]))]
         best_before = np.maximum.accumulate(np.concatenate([[-np.inf], cand_sav[order][:-1]]))
         order = order[cand_sav[order] > best_before]
-        n_options = taus.size
+        n_options = points.size
         parents.append((order // n_options, order % n_options))
         err, sav = cand_err[order], cand_sav[order]
     best = int(np.argmax(sav))  # the frontier is sorted by error; savings increase along it
@@ -149,8 +186,7 @@ def error_budget(curves: Mapping[str, LayerCurve], max_error: float) -> Selectio
         parent, choice = parents[layer]
         choices[layer] = int(choice[index])
         index = int(parent[index])
-    thresholds = {name: float(layer_taus[i][choices[i]]) for i, name in enumerate(names)}
-    return _summarize(curves, thresholds)
+    return _at_points(curves, {name: int(layer_points[i][choices[i]]) for i, name in enumerate(names)})
 
 
 @dataclass(frozen=True)
@@ -245,14 +281,15 @@ def _next_budget(low: float, low_drop: float, high: float, high_drop: float, max
 def accuracy_target(
     curves: Mapping[str, LayerCurve],
     max_drop: float,
-    evaluate: Callable[[dict[str, float]], float],
+    evaluate: Callable[[dict[str, float], dict[str, str]], float],
     *,
     max_evaluations: int = 10,
     relative_tolerance: float = 0.05,
 ) -> AccuracyTargetResult:
     """Most savings whose measured accuracy drop (``evaluate``'s return, in %) is <= ``max_drop``.
 
-    ``evaluate(thresholds)`` runs the model rewritten with those thresholds on held-out
+    ``evaluate(thresholds, patterns)`` runs the model rewritten with those thresholds (and,
+    on curves of several patterns, each rewritten layer's pattern; else ``{}``) on held-out
     data and returns the top-1 drop in % (labels) or the top-1 disagreement with the
     original in % (no labels). The search walks the :func:`error_budget` frontier: it
     tries the largest useful budget first, then narrows a bracket (a budget that fits,
@@ -261,7 +298,7 @@ def accuracy_target(
     whose measured drop *and* whose drop on a non-decreasing fit over all measured points
     (:func:`monotone_fit`) meet the target: on a few thousand images a drop is only known
     to about +-0.2 points, and taking the best raw point would pick the luckiest draw.
-    A budget whose thresholds were already measured is not re-measured.
+    A budget whose thresholds (and patterns) were already measured is not re-measured.
     """
     _check_curves(curves)
     if not (isinstance(max_drop, (int, float)) and max_drop >= 0):
@@ -269,18 +306,18 @@ def accuracy_target(
     if max_evaluations < 1:
         raise ZapoptError(f"max_evaluations must be >= 1, got {max_evaluations}")
     started = time.perf_counter()
-    measured: dict[tuple[tuple[str, float], ...], float] = {}
+    measured: dict[tuple[tuple, tuple], float] = {}
     evaluations: list[Evaluation] = []
 
     def measure(budget: float) -> Evaluation | None:
         selection = error_budget(curves, budget)
-        key = tuple(sorted(selection.thresholds.items()))
+        key = selection.key
         if key in measured:
             drop = measured[key]
         elif len(measured) >= max_evaluations:
             return None
         else:
-            drop = float(evaluate(dict(selection.thresholds)))
+            drop = float(evaluate(dict(selection.thresholds), dict(selection.patterns)))
             if math.isnan(drop):
                 raise ZapoptError("the accuracy evaluation returned NaN")
             measured[key] = drop
