@@ -14,32 +14,15 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from tests.zap_builders import feeds_of, ort_run, random_zap_case, trace_of, zap_model
+from tests.zap_builders import assert_agrees, feeds_of, ort_run, random_zap_case, trace_of, zap_model
 from zapopt.errors import ZapoptError
 from zapopt.ops import ZapConvAttrs, get_pattern, is_zap_node
 from zapopt.rewrite import ExpandZapToOnnx, mask_output_name, rule_of
 
-Z_EPS = 1e-4
 LEVELS = {
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
     "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
 }
-
-
-def assert_agrees(case: dict, y: np.ndarray, computed: np.ndarray) -> None:
-    trace = trace_of(case)
-    assert y.shape == trace.Y.shape and computed.shape == trace.Computed.shape
-    assert computed.dtype == np.bool_
-    threshold = np.float32(case["attrs"].threshold)
-    near = np.abs(trace.Z.astype(np.float64) - threshold) <= Z_EPS * (1 + np.abs(trace.Z).max())
-    differ = computed != trace.Computed
-    assert not (differ & ~near).any(), f"Computed differs away from the threshold at {np.argwhere(differ & ~near)[:5]}"
-    assert computed[:, :, trace.S].all(), "pattern positions must always be computed"
-    both = computed & trace.Computed
-    scale = 1 + float(np.abs(trace.Full).max())
-    np.testing.assert_allclose(y[both], trace.Y[both], rtol=1e-5, atol=2e-6 * scale)
-    neither = ~computed & ~trace.Computed
-    assert (y[neither] == 0).all() and (trace.Y[neither] == 0).all()
 
 
 @pytest.mark.parametrize("seed", range(120))

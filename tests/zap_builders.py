@@ -11,6 +11,9 @@ from onnx import TensorProto, helper, numpy_helper
 from zapopt.ops import PATTERNS, ZapConvAttrs, make_zap_node, zap_conv_trace
 from zapopt.ops.reference import conv_output_size
 
+#: Computed may differ where the reference's Z is within Z_EPS * (1 + max|Z|) of the threshold.
+Z_EPS = 1e-4
+
 IR_VERSION = 10  # what onnxruntime 1.18+ accepts and the first with node metadata_props
 
 
@@ -175,3 +178,23 @@ def chain_model(seed: int = 0, opset: int = 17) -> onnx.ModelProto:
     model.ir_version = IR_VERSION
     onnx.checker.check_model(model, full_check=True)
     return model
+
+
+def assert_agrees(case: dict, y: np.ndarray, computed: np.ndarray, trace=None) -> None:
+    """docs/zap_op.md's conformance rule: Computed equal away from the threshold, Y to float32 tolerance.
+
+    ``trace`` is the case's reference trace if the caller already has it.
+    """
+    trace = trace_of(case) if trace is None else trace
+    assert y.shape == trace.Y.shape and computed.shape == trace.Computed.shape
+    assert computed.dtype == np.bool_
+    threshold = np.float32(case["attrs"].threshold)
+    near = np.abs(trace.Z.astype(np.float64) - threshold) <= Z_EPS * (1 + np.abs(trace.Z).max())
+    differ = computed != trace.Computed
+    assert not (differ & ~near).any(), f"Computed differs away from the threshold at {np.argwhere(differ & ~near)[:5]}"
+    assert computed[:, :, trace.S].all(), "pattern positions must always be computed"
+    both = computed & trace.Computed
+    scale = 1 + float(np.abs(trace.Full).max())
+    np.testing.assert_allclose(y[both], trace.Y[both], rtol=1e-5, atol=2e-6 * scale)
+    neither = ~computed & ~trace.Computed
+    assert (y[neither] == 0).all() and (trace.Y[neither] == 0).all()

@@ -9,7 +9,10 @@ from zapopt.errors import ZapoptError
 
 __version__ = "0.1.0"
 
-__all__ = ["OptimizeConfig", "ZapoptError", "__version__", "evaluate", "info", "optimize", "retune", "sweep"]
+__all__ = [
+    "OptimizeConfig", "ZapoptError", "__version__", "evaluate", "get_library_path", "info", "optimize",
+    "retune", "session", "sweep",
+]
 
 #: Public names imported on first use: attribute name -> (module, name in that module).
 _LAZY_EXPORTS = {
@@ -19,6 +22,8 @@ _LAZY_EXPORTS = {
     "evaluate": ("zapopt.evaluate", "evaluate"),
     "sweep": ("zapopt.sweep", "sweep"),
     "retune": ("zapopt.retune", "retune"),
+    "get_library_path": ("zapopt.native", "get_library_path"),
+    "session": ("zapopt.native", "session"),
 }
 
 

@@ -1,4 +1,4 @@
-"""The numpy reference of ``ai.zapopt::ZapConv``: the source of truth for its semantics.
+"""The numpy references of ``ai.zapopt::ZapConv`` and ``ZeroSkipConv``: the truth for their semantics.
 
 Precision (documented in docs/zap_op.md): every convolution (the layer's and the two
 predictor depthwise convs) accumulates in float64, adds its bias in float64 and rounds the
@@ -19,7 +19,7 @@ from onnx.reference.op_run import OpRun
 
 from zapopt.errors import ZapoptError
 from zapopt.ops.patterns import Pattern
-from zapopt.ops.spec import DOMAIN, ZapConvAttrs
+from zapopt.ops.spec import DOMAIN, ZapConvAttrs, ZeroSkipConvAttrs
 
 
 #: Memory budget for one im2col patch matrix (float64) in :func:`conv2d`.
@@ -106,6 +106,51 @@ def _float32(name: str, value: Any, shape: tuple[int, ...] | None = None) -> np.
     return array
 
 
+def _add_skip(V: np.ndarray, Skip: np.ndarray | None, op: str) -> np.ndarray:
+    """``V + Skip`` in float32; Skip must broadcast to V's shape."""
+    if Skip is None:
+        return V
+    Skip = _float32("Skip", Skip)
+    try:
+        broadcast = np.broadcast_shapes(V.shape, Skip.shape)
+    except ValueError:
+        broadcast = None
+    if broadcast != V.shape:
+        raise ZapoptError(f"{op} Skip of shape {Skip.shape} does not broadcast to the conv output {V.shape}")
+    return V + Skip
+
+
+def _clip(V: np.ndarray, clip_max: float) -> np.ndarray:
+    """The ReLU-like activation ``min(max(V, 0), clip_max)`` in float32."""
+    Full = np.maximum(V, np.float32(0))
+    if math.isfinite(clip_max):
+        Full = np.minimum(Full, np.float32(clip_max))
+    return Full
+
+
+def zero_skip_conv_reference(
+    X: np.ndarray,
+    W: np.ndarray,
+    B: np.ndarray | None = None,
+    Skip: np.ndarray | None = None,
+    *,
+    attrs: ZeroSkipConvAttrs | None = None,
+) -> np.ndarray:
+    """``Y`` of ZeroSkipConv: ``act(conv(X, W, B) + Skip)``; the zero skipping does not change it.
+
+    Same precision rules as ZapConv: the conv in float64 rounded once, the rest in float32.
+    """
+    attrs = ZeroSkipConvAttrs() if attrs is None else attrs
+    X = _float32("X", X)
+    W = _float32("W", W)
+    if X.ndim != 4 or W.ndim != 4:
+        raise ZapoptError(f"ZeroSkipConv needs 4-D X and W (NCHW), got X{X.shape} and W{W.shape}")
+    B = None if B is None or np.size(B) == 0 else _float32("B", B, (W.shape[0],))
+    conv = dict(strides=attrs.strides, pads=attrs.pads, dilations=attrs.dilations, group=attrs.group)
+    V = _add_skip(conv2d(X, W, B, **conv).astype(np.float32), Skip, "ZeroSkipConv")
+    return _clip(V, attrs.clip_max) if attrs.activation == "relu" else V
+
+
 def zap_conv_trace(
     X: np.ndarray,
     W: np.ndarray,
@@ -131,19 +176,8 @@ def zap_conv_trace(
     PB2 = _float32("PB2", PB2, (c_out,))
 
     conv = dict(strides=attrs.strides, pads=attrs.pads, dilations=attrs.dilations, group=attrs.group)
-    V = conv2d(X, W, B, **conv).astype(np.float32)
-    if Skip is not None:
-        Skip = _float32("Skip", Skip)
-        try:
-            broadcast = np.broadcast_shapes(V.shape, Skip.shape)
-        except ValueError:
-            broadcast = None
-        if broadcast != V.shape:
-            raise ZapoptError(f"ZapConv Skip of shape {Skip.shape} does not broadcast to the conv output {V.shape}")
-        V = V + Skip
-    Full = np.maximum(V, np.float32(0))
-    if math.isfinite(attrs.clip_max):
-        Full = np.minimum(Full, np.float32(attrs.clip_max))
+    V = _add_skip(conv2d(X, W, B, **conv).astype(np.float32), Skip, "ZapConv")
+    Full = _clip(V, attrs.clip_max)
     S = attrs.pattern.mask(V.shape[2], V.shape[3])
     P = (V if attrs.predictor_input == "preactivation" else Full) * S.astype(np.float32)
     depthwise = dict(strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1), group=c_out)
@@ -209,6 +243,19 @@ class ZapConv(OpRun):
         return (trace.Y,)
 
 
+class ZeroSkipConv(OpRun):
+    """``onnx.reference`` kernel: ``ReferenceEvaluator(model, new_ops=[ZeroSkipConv])``.
+
+    onnx.reference matches kernels by class name, which is why it is spelled like the op.
+    """
+
+    op_domain = DOMAIN
+
+    def _run(self, X, W, B=None, Skip=None, **attributes):  # type: ignore[override]
+        attrs = ZeroSkipConvAttrs.from_dict({k: v for k, v in attributes.items() if v is not None})
+        return (zero_skip_conv_reference(X, W, B, Skip, attrs=attrs),)
+
+
 def reference_session(model: onnx.ModelProto, **kwargs: Any) -> ReferenceEvaluator:
-    """A ``ReferenceEvaluator`` that also runs ZapConv nodes (slow; for checking only)."""
-    return ReferenceEvaluator(model, new_ops=[ZapConv], **kwargs)
+    """A ``ReferenceEvaluator`` that also runs ZapConv and ZeroSkipConv nodes (slow; for checking only)."""
+    return ReferenceEvaluator(model, new_ops=[ZapConv, ZeroSkipConv], **kwargs)

@@ -1,8 +1,9 @@
-"""The ``ai.zapopt::ZapConv`` contract in code: names, attributes and node construction.
+"""The ``ai.zapopt`` op contracts in code: names, attributes and node construction.
 
 ``docs/zap_op.md`` is the prose version; this module is what the rewrite passes, the
-numpy reference and the expansion share, so a node that passes :class:`ZapConvAttrs`
-validation is one every implementation accepts.
+numpy reference, the expansion and the native kernel's tests share, so a node that passes
+:class:`ZapConvAttrs` (or :class:`ZeroSkipConvAttrs`) validation is one every
+implementation accepts.
 """
 from __future__ import annotations
 
@@ -24,6 +25,12 @@ VERSION = 1
 INPUT_NAMES = ("X", "W", "B", "PW1", "PB1", "PW2", "PB2", "Skip")
 #: Output slots in order; ``Computed`` is optional.
 OUTPUT_NAMES = ("Y", "Computed")
+#: The Conv that skips the multiply-adds of zero inputs (every output computed, no predictor).
+ZERO_SKIP_OP_TYPE = "ZeroSkipConv"
+#: ZeroSkipConv's input slots; ``B`` and ``Skip`` are optional (empty name = absent).
+ZERO_SKIP_INPUT_NAMES = ("X", "W", "B", "Skip")
+#: ZeroSkipConv's ``activation`` values: ``relu`` clips to ``[0, clip_max]``, ``none`` keeps V.
+ZERO_SKIP_ACTIVATIONS = ("none", "relu")
 #: Metadata key naming the rewrite rule that created a node.
 RULE_KEY = "zapopt.rule"
 #: What the predictor reads at the pattern positions: the activation ``Full`` (the
@@ -40,16 +47,45 @@ def is_zap_node(node: onnx.NodeProto) -> bool:
     return node.op_type == OP_TYPE and node.domain == DOMAIN
 
 
-def _ints(name: str, values: Sequence[Any], length: int, minimum: int) -> tuple[int, ...]:
+def is_zero_skip_node(node: onnx.NodeProto) -> bool:
+    """True for an ``ai.zapopt::ZeroSkipConv`` node."""
+    return node.op_type == ZERO_SKIP_OP_TYPE and node.domain == DOMAIN
+
+
+def _ints(name: str, values: Sequence[Any], length: int, minimum: int, op: str = OP_TYPE) -> tuple[int, ...]:
     try:
         out = tuple(int(v) for v in values)
     except (TypeError, ValueError):
-        raise ZapoptError(f"ZapConv attribute {name} must be a list of ints, got {values!r}") from None
+        raise ZapoptError(f"{op} attribute {name} must be a list of ints, got {values!r}") from None
     if len(out) != length or any(v < minimum for v in out):
         raise ZapoptError(
-            f"ZapConv attribute {name} must be {length} ints >= {minimum} (2-D convolutions only), got {list(out)}"
+            f"{op} attribute {name} must be {length} ints >= {minimum} (2-D convolutions only), got {list(out)}"
         )
     return out
+
+
+def _normalize_conv_fields(attrs: Any, op: str) -> None:
+    """Validate and normalize the Conv-like fields (strides, pads, dilations, group, clip_max) in place."""
+    object.__setattr__(attrs, "strides", _ints("strides", attrs.strides, 2, 1, op))
+    object.__setattr__(attrs, "pads", _ints("pads", attrs.pads, 4, 0, op))
+    object.__setattr__(attrs, "dilations", _ints("dilations", attrs.dilations, 2, 1, op))
+    if int(attrs.group) < 1:
+        raise ZapoptError(f"{op} attribute group must be >= 1, got {attrs.group}")
+    object.__setattr__(attrs, "group", int(attrs.group))
+    clip_max = float(attrs.clip_max)
+    if math.isnan(clip_max) or clip_max <= 0:
+        raise ZapoptError(f"{op} clip_max must be > 0 (+inf for ReLU), got {attrs.clip_max}")
+    object.__setattr__(attrs, "clip_max", clip_max)
+
+
+def _conv_onnx_attrs(attrs: Any) -> dict[str, Any]:
+    return {
+        "strides": list(attrs.strides),
+        "pads": list(attrs.pads),
+        "dilations": list(attrs.dilations),
+        "group": attrs.group,
+        "clip_max": attrs.clip_max,
+    }
 
 
 @dataclass(frozen=True)
@@ -66,18 +102,9 @@ class ZapConvAttrs:
     predictor_input: str = "activation"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "strides", _ints("strides", self.strides, 2, 1))
-        object.__setattr__(self, "pads", _ints("pads", self.pads, 4, 0))
-        object.__setattr__(self, "dilations", _ints("dilations", self.dilations, 2, 1))
+        _normalize_conv_fields(self, OP_TYPE)
         if not isinstance(self.pattern, Pattern):
             raise TypeError(f"ZapConvAttrs.pattern must be a Pattern, got {type(self.pattern).__name__}")
-        if int(self.group) < 1:
-            raise ZapoptError(f"ZapConv attribute group must be >= 1, got {self.group}")
-        object.__setattr__(self, "group", int(self.group))
-        clip_max = float(self.clip_max)
-        if math.isnan(clip_max) or clip_max <= 0:
-            raise ZapoptError(f"ZapConv clip_max must be > 0 (+inf for ReLU), got {self.clip_max}")
-        object.__setattr__(self, "clip_max", clip_max)
         threshold = float(self.threshold)
         if math.isnan(threshold):
             raise ZapoptError("ZapConv threshold must be a number or +-inf, got NaN")
@@ -92,11 +119,7 @@ class ZapConvAttrs:
     def to_onnx_attrs(self) -> dict[str, Any]:
         """Keyword attributes for :func:`onnx.helper.make_node`."""
         return {
-            "strides": list(self.strides),
-            "pads": list(self.pads),
-            "dilations": list(self.dilations),
-            "group": self.group,
-            "clip_max": self.clip_max,
+            **_conv_onnx_attrs(self),
             "threshold": self.threshold,
             "predictor_input": self.predictor_input,
             **self.pattern.to_attrs(),
@@ -132,6 +155,65 @@ class ZapConvAttrs:
         if not is_zap_node(node):
             raise ZapoptError(f"node {node.name!r} is {node.domain}::{node.op_type}, not {DOMAIN}::{OP_TYPE}")
         return cls.from_dict({a.name: helper.get_attribute_value(a) for a in node.attribute})
+
+
+@dataclass(frozen=True)
+class ZeroSkipConvAttrs:
+    """Validated attributes of one ZeroSkipConv node (pads are ``[top, left, bottom, right]``).
+
+    ``clip_max`` applies to ``activation="relu"`` only (``6`` = ReLU6); with ``"none"`` it
+    must stay ``+inf``, so a node never carries a setting that does nothing.
+    """
+
+    strides: tuple[int, ...] = (1, 1)
+    pads: tuple[int, ...] = (0, 0, 0, 0)
+    dilations: tuple[int, ...] = (1, 1)
+    group: int = 1
+    activation: str = "relu"
+    clip_max: float = math.inf
+
+    def __post_init__(self) -> None:
+        _normalize_conv_fields(self, ZERO_SKIP_OP_TYPE)
+        if isinstance(self.activation, bytes):
+            object.__setattr__(self, "activation", self.activation.decode("utf-8", "replace"))
+        if self.activation not in ZERO_SKIP_ACTIVATIONS:
+            raise ZapoptError(
+                f"ZeroSkipConv activation must be one of {', '.join(ZERO_SKIP_ACTIVATIONS)}, got {self.activation!r}"
+            )
+        if self.activation == "none" and math.isfinite(self.clip_max):
+            raise ZapoptError("ZeroSkipConv clip_max applies only to activation 'relu'; leave it +inf with 'none'")
+
+    def to_onnx_attrs(self) -> dict[str, Any]:
+        """Keyword attributes for :func:`onnx.helper.make_node`."""
+        return {**_conv_onnx_attrs(self), "activation": self.activation}
+
+    @classmethod
+    def from_dict(cls, attrs: dict[str, Any]) -> ZeroSkipConvAttrs:
+        """Build from decoded attribute values (missing ones take their defaults)."""
+        unknown = set(attrs) - {"strides", "pads", "dilations", "group", "activation", "clip_max"}
+        if unknown:
+            raise ZapoptError(f"ZeroSkipConv has unknown attributes {sorted(unknown)}")
+        return cls(**attrs)
+
+    @classmethod
+    def from_node(cls, node: onnx.NodeProto) -> ZeroSkipConvAttrs:
+        """Read and validate the attributes of a ZeroSkipConv node."""
+        if not is_zero_skip_node(node):
+            raise ZapoptError(
+                f"node {node.name!r} is {node.domain}::{node.op_type}, not {DOMAIN}::{ZERO_SKIP_OP_TYPE}"
+            )
+        return cls.from_dict({a.name: helper.get_attribute_value(a) for a in node.attribute})
+
+
+def make_zero_skip_node(
+    *, name: str, x: str, w: str, y: str, attrs: ZeroSkipConvAttrs, b: str = "", skip: str = ""
+) -> onnx.NodeProto:
+    """One ZeroSkipConv node; a trailing absent ``Skip`` is dropped, an absent ``B`` stays ''."""
+    for label, value in (("x", x), ("w", w), ("y", y)):
+        if not value:
+            raise ZapoptError(f"make_zero_skip_node: tensor name {label} must not be empty")
+    inputs = [x, w, b] + ([skip] if skip else [])
+    return helper.make_node(ZERO_SKIP_OP_TYPE, inputs, [y], name=name, domain=DOMAIN, **attrs.to_onnx_attrs())
 
 
 def make_zap_node(

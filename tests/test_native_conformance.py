@@ -1,0 +1,78 @@
+"""The native kernels agree with the numpy references on 1,000 random layers, on every path.
+
+Each instruction-set path this CPU has (``zapopt.native.kernel_paths()``) is forced with
+``ZAPOPT_KERNEL_PATH`` (read when a session creates its kernels) and runs the same cases,
+50 layers per session to keep the suite fast.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.native_cases import Case, assert_case_agrees, batch_model, random_case
+from zapopt import native
+
+pytestmark = pytest.mark.skipif(
+    not native.library_available(), reason="libzapopt_ops.so is not built (pip install -e . builds it)"
+)
+
+CASES_PER_OP = 500
+LAYERS_PER_SESSION = 50
+
+
+@pytest.fixture(scope="module")
+def cases() -> list[Case]:
+    rng = np.random.default_rng(20261202)
+    out = [random_case(rng, op) for op in ("ZeroSkipConv", "ZapConv") for _ in range(CASES_PER_OP)]
+    order = rng.permutation(len(out))  # mix both ops in every session
+    return [out[i] for i in order]
+
+
+def paths() -> list[str]:
+    return list(native.kernel_paths()) if native.library_available() else []
+
+
+@pytest.mark.parametrize("path", paths())
+def test_every_path_matches_the_reference_on_random_layers(path: str, cases: list[Case],
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(native.PATH_ENV, path)
+    assert native.selected_path() == path
+    assert len(cases) >= 1000
+    for start in range(0, len(cases), LAYERS_PER_SESSION):
+        chunk = cases[start : start + LAYERS_PER_SESSION]
+        model, feeds, names = batch_model(chunk)
+        session = native.session(model, threads=2)
+        flat = session.run([n for group in names for n in group], feeds)
+        position = 0
+        for index, (case, group) in enumerate(zip(chunk, names)):
+            outputs = flat[position : position + len(group)]
+            position += len(group)
+            try:
+                assert_case_agrees(case, outputs)
+            except AssertionError as exc:
+                raise AssertionError(f"path {path}, case {start + index} ({case.op}, {case.attrs}): {exc}") from None
+
+
+def test_the_cases_cover_what_the_kernel_must_handle(cases: list[Case]) -> None:
+    """The random layers really reach the corners the conformance test claims."""
+    shapes = [c.arrays["W"].shape for c in cases]
+    assert {s[2] for s in shapes} == set(range(1, 8)) and {s[3] for s in shapes} == set(range(1, 8))
+    assert any(c.attrs.group > 1 and c.arrays["W"].shape[1] == 1 for c in cases)  # depthwise
+    assert any(c.attrs.group > 1 and c.arrays["W"].shape[1] > 1 for c in cases)
+    assert any(c.attrs.dilations != (1, 1) for c in cases) and any(c.attrs.strides != (1, 1) for c in cases)
+    assert any(len(set(c.attrs.pads)) > 1 for c in cases)
+    assert any(c.arrays["X"].shape[0] > 1 for c in cases)
+    assert any(c.arrays["W"].shape[0] // c.attrs.group > 64 for c in cases)
+    zero_shares = [float((c.arrays["X"] == 0).mean()) for c in cases]
+    assert min(zero_shares) == 0.0 and max(zero_shares) == 1.0
+    skips = {c.arrays["Skip"].ndim for c in cases if c.arrays["Skip"] is not None}
+    assert {0, 1, 3, 4} <= skips
+    zap = [c for c in cases if c.op == "ZapConv"]
+    assert {c.attrs.pattern.name for c in zap} == set(__import__("zapopt.ops", fromlist=["PATTERNS"]).PATTERNS)
+    thresholds = [c.attrs.threshold for c in zap]
+    assert -np.inf in thresholds and np.inf in thresholds and any(np.isfinite(thresholds))
+    assert {c.attrs.predictor_input for c in zap} == {"activation", "preactivation"}
+    assert {c.with_computed for c in zap} == {True, False}
+    zero_skip = [c for c in cases if c.op == "ZeroSkipConv"]
+    assert {c.attrs.activation for c in zero_skip} == {"relu", "none"}
+    assert any(c.attrs.clip_max == 6.0 for c in cases)

@@ -1,0 +1,51 @@
+// The two inner loops of the zero-skipping convolution, one implementation per instruction set:
+// compacting the nonzero inputs of a receptive field, and accumulating them into the outputs.
+//
+// This header is included by the AVX2 and AVX-512 translation units, which are compiled with
+// extra -m flags: it must stay free of inline functions and templates that other translation
+// units also instantiate (one definition rule across instruction sets).
+#pragma once
+#include <cstdint>
+
+namespace zapopt {
+
+// Lists may be written up to this many entries past their final length (vector stores).
+constexpr int kCompactSlack = 16;
+
+// Appends the nonzero values of x[0..n) to values[] and their indices k0 + i to ks[] (the
+// order is kept); returns how many. NaN counts as nonzero.
+using CompactFn = int (*)(const float* x, int n, int32_t k0, int32_t* ks, float* values);
+
+// For a tile of output positions, the nonzero list each one reads for one (tap, channel chunk),
+// and where to add them.
+struct AccumulateArgs {
+  const int32_t* const* channels;  // position t's list: channels[t][j], values[t][j], j < counts[t]
+  const float* const* values;
+  const int32_t* counts;
+  int32_t positions;
+  const uint8_t* needed;    // nullable; needed[t * needed_stride] == 0: skip position t
+  int32_t needed_stride;
+  const float* weights;     // [chunk][ocb] packed weights of this tap, chunk and channel block
+  float* acc;               // position t's ocb accumulators at acc + t * acc_stride
+  int32_t acc_stride;
+  bool first;               // start from zero instead of acc
+};
+
+// acc[t][0..ocb) (+)= sum over position t's entries of value * weights[channel][0..ocb).
+using AccumulateFn = void (*)(const AccumulateArgs& args, int ocb);
+
+// One row of an NCHW tensor to NHWC: out[x][ch] = in[ch * channel_stride + x] for ch < c, x < w.
+using TransposeRowFn = void (*)(const float* in, int64_t channel_stride, int64_t c, int64_t w, float* out);
+
+void transpose_row_portable(const float* in, int64_t channel_stride, int64_t c, int64_t w, float* out);
+void transpose_row_avx2(const float* in, int64_t channel_stride, int64_t c, int64_t w, float* out);
+
+int compact_portable(const float* x, int n, int32_t k0, int32_t* ks, float* values);
+int compact_avx2(const float* x, int n, int32_t k0, int32_t* ks, float* values);
+int compact_avx512(const float* x, int n, int32_t k0, int32_t* ks, float* values);
+
+void accumulate_portable(const AccumulateArgs& args, int ocb);
+void accumulate_avx2(const AccumulateArgs& args, int ocb);    // ocb in {8, 16, ..., 64}
+void accumulate_avx512(const AccumulateArgs& args, int ocb);  // ocb in {16, 32, 48, 64}
+
+}  // namespace zapopt

@@ -1,0 +1,112 @@
+// AVX2+FMA inner loops. Compaction: compare 8 inputs with zero, look the lane order of the
+// nonzeros up in a 256-entry table and permute values and indices with it (SparseTrain's
+// idea). Accumulation: NV ymm accumulators (8 output channels each) per position; each
+// nonzero costs one broadcast and NV fused multiply-adds with its packed weight row.
+// Compiled with -mavx2 -mfma -mpopcnt; only called after cpuid says the CPU has AVX2 and FMA.
+#include <immintrin.h>
+
+#include <cstdint>
+
+#include "microkernel.h"
+
+namespace zapopt {
+namespace {
+
+// kLanes[mask]: byte i = the lane of the i-th set bit of mask (the rest 0).
+struct LaneTable {
+  uint64_t entry[256];
+  constexpr LaneTable() : entry() {
+    for (int mask = 0; mask < 256; ++mask) {
+      uint64_t packed = 0;
+      int out = 0;
+      for (int lane = 0; lane < 8; ++lane) {
+        if (mask & (1 << lane)) packed |= static_cast<uint64_t>(lane) << (8 * out++);
+      }
+      entry[mask] = packed;
+    }
+  }
+};
+constexpr LaneTable kLanes;
+
+template <int NV>
+void run(const AccumulateArgs& a) {
+  constexpr int kOcb = NV * 8;
+  for (int32_t t = 0; t < a.positions; ++t) {
+    if (a.needed != nullptr && a.needed[t * a.needed_stride] == 0) continue;
+    float* acc = a.acc + static_cast<int64_t>(t) * a.acc_stride;
+    __m256 c[NV];
+    for (int i = 0; i < NV; ++i) c[i] = a.first ? _mm256_setzero_ps() : _mm256_loadu_ps(acc + 8 * i);
+    const int32_t* ks = a.channels[t];
+    const float* values = a.values[t];
+    const int32_t n = a.counts[t];
+    for (int32_t j = 0; j < n; ++j) {
+      const __m256 x = _mm256_broadcast_ss(values + j);
+      const float* w = a.weights + static_cast<int64_t>(ks[j]) * kOcb;
+      for (int i = 0; i < NV; ++i) c[i] = _mm256_fmadd_ps(x, _mm256_loadu_ps(w + 8 * i), c[i]);
+    }
+    for (int i = 0; i < NV; ++i) _mm256_storeu_ps(acc + 8 * i, c[i]);
+  }
+}
+
+}  // namespace
+
+void transpose_row_avx2(const float* in, int64_t channel_stride, int64_t c, int64_t w, float* out) {
+  int64_t c0 = 0;
+  for (; c0 + 8 <= c; c0 += 8) {
+    int64_t x = 0;
+    for (; x + 8 <= w; x += 8) {  // 8 channels x 8 columns, transposed in registers
+      __m256 r[8];
+      for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(in + (c0 + i) * channel_stride + x);
+      const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+      const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+      const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+      const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+      const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+      const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+      const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+      const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+      const __m256 col[8] = {
+          _mm256_permute2f128_ps(u0, u4, 0x20), _mm256_permute2f128_ps(u1, u5, 0x20),
+          _mm256_permute2f128_ps(u2, u6, 0x20), _mm256_permute2f128_ps(u3, u7, 0x20),
+          _mm256_permute2f128_ps(u0, u4, 0x31), _mm256_permute2f128_ps(u1, u5, 0x31),
+          _mm256_permute2f128_ps(u2, u6, 0x31), _mm256_permute2f128_ps(u3, u7, 0x31)};
+      for (int i = 0; i < 8; ++i) _mm256_storeu_ps(out + (x + i) * c + c0, col[i]);
+    }
+    for (; x < w; ++x) {
+      for (int64_t ch = c0; ch < c0 + 8; ++ch) out[x * c + ch] = in[ch * channel_stride + x];
+    }
+  }
+  for (int64_t x = 0; c0 < c && x < w; ++x) {  // the last c % 8 channels
+    for (int64_t ch = c0; ch < c; ++ch) out[x * c + ch] = in[ch * channel_stride + x];
+  }
+}
+
+int compact_avx2(const float* x, int n, int32_t k0, int32_t* ks, float* values) {
+  int count = 0, i = 0;
+  const __m256 zero = _mm256_setzero_ps();
+  for (; i + 8 <= n; i += 8) {
+    const __m256 v = _mm256_loadu_ps(x + i);
+    const int mask = _mm256_movemask_ps(_mm256_cmp_ps(v, zero, _CMP_NEQ_UQ));
+    const __m256i lanes = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(static_cast<long long>(kLanes.entry[mask])));
+    _mm256_storeu_ps(values + count, _mm256_permutevar8x32_ps(v, lanes));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(ks + count), _mm256_add_epi32(lanes, _mm256_set1_epi32(k0 + i)));
+    count += _mm_popcnt_u32(static_cast<unsigned>(mask));
+  }
+  return count + compact_portable(x + i, n - i, k0 + i, ks + count, values + count);
+}
+
+void accumulate_avx2(const AccumulateArgs& a, int ocb) {
+  switch (ocb) {
+    case 8: run<1>(a); break;
+    case 16: run<2>(a); break;
+    case 24: run<3>(a); break;
+    case 32: run<4>(a); break;
+    case 40: run<5>(a); break;
+    case 48: run<6>(a); break;
+    case 56: run<7>(a); break;
+    case 64: run<8>(a); break;
+    default: accumulate_portable(a, ocb); break;
+  }
+}
+
+}  // namespace zapopt

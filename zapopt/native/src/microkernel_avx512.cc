@@ -1,0 +1,59 @@
+// AVX-512F inner loops, mirroring the AVX2 ones. Compaction: compare 16 inputs with zero into
+// a mask and compress values and indices with it (vcompressps). Accumulation: NV zmm
+// accumulators (16 output channels each) per position.
+// Compiled with -mavx512f -mfma -mpopcnt; only called after cpuid says the CPU has AVX-512F.
+#include <immintrin.h>
+
+#include "microkernel.h"
+
+namespace zapopt {
+namespace {
+
+template <int NV>
+void run(const AccumulateArgs& a) {
+  constexpr int kOcb = NV * 16;
+  for (int32_t t = 0; t < a.positions; ++t) {
+    if (a.needed != nullptr && a.needed[t * a.needed_stride] == 0) continue;
+    float* acc = a.acc + static_cast<int64_t>(t) * a.acc_stride;
+    __m512 c[NV];
+    for (int i = 0; i < NV; ++i) c[i] = a.first ? _mm512_setzero_ps() : _mm512_loadu_ps(acc + 16 * i);
+    const int32_t* ks = a.channels[t];
+    const float* values = a.values[t];
+    const int32_t n = a.counts[t];
+    for (int32_t j = 0; j < n; ++j) {
+      const __m512 x = _mm512_set1_ps(values[j]);
+      const float* w = a.weights + static_cast<int64_t>(ks[j]) * kOcb;
+      for (int i = 0; i < NV; ++i) c[i] = _mm512_fmadd_ps(x, _mm512_loadu_ps(w + 16 * i), c[i]);
+    }
+    for (int i = 0; i < NV; ++i) _mm512_storeu_ps(acc + 16 * i, c[i]);
+  }
+}
+
+}  // namespace
+
+int compact_avx512(const float* x, int n, int32_t k0, int32_t* ks, float* values) {
+  int count = 0, i = 0;
+  const __m512 zero = _mm512_setzero_ps();
+  const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  for (; i + 16 <= n; i += 16) {
+    const __m512 v = _mm512_loadu_ps(x + i);
+    const __mmask16 mask = _mm512_cmp_ps_mask(v, zero, _CMP_NEQ_UQ);
+    _mm512_storeu_ps(values + count, _mm512_maskz_compress_ps(mask, v));
+    const __m512i index = _mm512_add_epi32(lane, _mm512_set1_epi32(k0 + i));
+    _mm512_storeu_si512(ks + count, _mm512_maskz_compress_epi32(mask, index));
+    count += _mm_popcnt_u32(static_cast<unsigned>(mask));
+  }
+  return count + compact_portable(x + i, n - i, k0 + i, ks + count, values + count);
+}
+
+void accumulate_avx512(const AccumulateArgs& a, int ocb) {
+  switch (ocb) {
+    case 16: run<1>(a); break;
+    case 32: run<2>(a); break;
+    case 48: run<3>(a); break;
+    case 64: run<4>(a); break;
+    default: accumulate_portable(a, ocb); break;
+  }
+}
+
+}  // namespace zapopt

@@ -1,0 +1,97 @@
+// The zero-skipping direct convolution shared by ZeroSkipConv and ZapConv.
+//
+// Vectorized along output channels. Each input pixel's channel vector (per group, in chunks of
+// `chunk` channels) is compacted into a list of its nonzero (channel, value) entries: once for
+// the whole input when those lists are small, otherwise per job (a run of consecutive output
+// positions) for the input rows it reads, so the lists are still in cache when read. Each output position then walks, tap by
+// tap, the lists of the pixels under its receptive field; each entry costs one broadcast and
+// ocb/lanes fused multiply-adds with the packed weight row W[(tap, channel), oc-block]. Zero
+// inputs and padding are simply not in the lists. Weights are packed once, at kernel
+// creation, as [group][oc-block][tap][channel][ocb].
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "dispatch.h"
+#include "microkernel.h"
+
+namespace zapopt {
+
+struct ConvGeometry {
+  int64_t c_in = 0, c_out = 0, group = 1, kh = 1, kw = 1;
+  int64_t stride_h = 1, stride_w = 1, dilation_h = 1, dilation_w = 1;
+  int64_t pad_top = 0, pad_left = 0, pad_bottom = 0, pad_right = 0;
+
+  int64_t cg_in() const { return c_in / group; }
+  int64_t cg_out() const { return c_out / group; }
+  int64_t k_size() const { return cg_in() * kh * kw; }
+  // ONNX Conv output length; < 1 means the output would be empty.
+  int64_t out_h(int64_t h) const;
+  int64_t out_w(int64_t w) const;
+};
+
+// Runs body(i) for i in [0, total), possibly in parallel; false if the pool failed.
+using ParallelFor = std::function<bool(size_t total, const std::function<void(size_t)>& body)>;
+
+// What happens to each computed conv value v = acc + bias (+ Skip).
+struct Epilogue {
+  const float* skip = nullptr;      // broadcast through skip_strides ([N, C_out, H_out, W_out])
+  int64_t skip_strides[4] = {0, 0, 0, 0};
+  bool relu = true;                 // Full = min(max(v, 0), clip_max) if relu, else v
+  float clip_max = 0.0f;            // +inf for plain ReLU
+  float* y = nullptr;               // [N, C_out, H_out, W_out]: Full
+  float* aux = nullptr;             // nullable: also write v (aux_preactivation) or Full here
+  bool aux_preactivation = false;
+  const uint8_t* computed = nullptr;  // nullable, like y: where 0, y gets 0 and aux is untouched
+};
+
+class PackedConv {
+ public:
+  // Packs W [C_out, C_in/group, kH, kW] for path; B may be null. Returns null and sets *error
+  // if the geometry is invalid.
+  static std::unique_ptr<PackedConv> create(const ConvGeometry& geometry, const float* weights,
+                                            const float* bias, KernelPath path, std::string* error);
+
+  const ConvGeometry& geometry() const { return geometry_; }
+  const char* path() const { return path_name(path_); }
+
+  // Computes the output positions positions[n] (indices oh * W_out + ow, ascending) of every
+  // batch item n of x [N, C_in, H, W] and hands them to the epilogue. Returns false with
+  // *error set if the thread pool or an allocation failed.
+  bool run(const float* x, int64_t n, int64_t h, int64_t w,
+           const std::vector<const std::vector<int32_t>*>& positions, const Epilogue& epilogue,
+           const ParallelFor& parallel_for, std::string* error) const;
+
+ private:
+  PackedConv() = default;
+  struct Job;
+  struct Band;
+  void compact_band(const float* x, int64_t n, int64_t g, int64_t h, int64_t w, int64_t row_begin, int64_t row_end,
+                    Band* band) const;
+  void run_job(const Job& job, const float* x, int64_t h, int64_t w, int64_t ho, int64_t wo,
+               const std::vector<const std::vector<int32_t>*>& positions, const Epilogue& epilogue,
+               const Band* shared_band) const;
+
+  // Not inlined into run_job: on its own it keeps its loop state in registers.
+  template <bool kSkip, bool kAux, bool kMasked>
+  __attribute__((noinline)) void finish_tile(const Job& job, const int32_t* pos, int32_t tile, float* acc, int acc_stride, int64_t wo,
+                   int64_t plane_out, const Epilogue& ep) const;
+
+  ConvGeometry geometry_;
+  KernelPath path_ = KernelPath::kPortable;
+  TransposeRowFn transpose_row_ = nullptr;
+  CompactFn compact_ = nullptr;
+  AccumulateFn accumulate_ = nullptr;
+  int ocb_ = 1;        // output channels per block (a multiple of the path's lanes)
+  int blocks_ = 1;     // blocks per group
+  int chunk_ = 64;     // input channels per list (keeps one tap x chunk x ocb weight slab in L1)
+  int chunks_ = 1;     // chunks per group
+  std::vector<float> weights_;  // [group][block][K = (tap, c)][ocb], zero-padded channels
+  std::vector<float> bias_;     // [C_out]
+  std::vector<float> padded_bias_;  // [group][block][ocb], like the packed output channels
+};
+
+}  // namespace zapopt
