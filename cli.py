@@ -247,9 +247,23 @@ THRESHOLD = _Threshold()
               help="At most this many times --epochs for a small layer (their epochs are cheap and their "
                    "predictors are the ones still learning). 1 trains every layer for --epochs.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for predictor training.")
-@click.option("--format", "output_format", type=click.Choice(["zap", "onnx"]), default="zap", show_default=True,
-              help="zap: one ai.zapopt::ZapConv node per layer (thresholds retunable). onnx: standard ONNX "
-                   "ops only, runs on stock onnxruntime (computes everything, masks the output).")
+@click.option("--format", "output_format", type=click.Choice(["native", "zap", "onnx"]), default="native",
+              show_default=True,
+              help="native: ai.zapopt::ZapConv nodes for the ZAP layers (thresholds retunable) and ZeroSkipConv "
+                   "nodes for the other convs whose input can be zero; they run in onnxruntime with zapopt's op "
+                   "library registered. zap: ZapConv nodes only. onnx: standard ONNX ops only, runs on stock "
+                   "onnxruntime (computes everything; `zapopt convert` turns it back into native).")
+@click.option("--exact", is_flag=True,
+              help="No predictors: every conv whose input can be zero becomes a ZeroSkipConv, which computes every "
+                   "output and skips only multiply-adds with a zero input, so outputs equal the original's "
+                   "(float rounding aside). --calib then only serves to time the layers.")
+@click.option("--latency-check/--no-latency-check", "latency_check", default=True, show_default=True,
+              help="Time each native layer against the stock nodes it replaces on this machine (batch 1, a "
+                   "calibration input) and keep the stock nodes where they are as fast; then time the whole model "
+                   "against the original and drop the least profitable native layers while it is slower. Off: "
+                   "the speed is unmeasured.")
+@click.option("--latency-threads", type=click.IntRange(min=1), default=None,
+              help="onnxruntime threads for the latency check (default: onnxruntime's own choice).")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=str), default=None,
               help="Where to write the JSON report (default OUTPUT.report.json).")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=str), default=None,
@@ -260,8 +274,8 @@ THRESHOLD = _Threshold()
 @image_option_flags
 def optimize_command(model, output, calib, calib_images, pattern, predictor_input, magnitude_weight, threshold,
                      max_error, max_drop, sensitivity_weighting, drop_margin, eval_data, eval_images, layers,
-                     exclude, epochs, max_epoch_scale, seed, output_format, report_path, plot_path,
-                     input_shapes, as_json, quiet, image_options) -> None:
+                     exclude, epochs, max_epoch_scale, seed, output_format, exact, latency_check, latency_threads,
+                     report_path, plot_path, input_shapes, as_json, quiet, image_options) -> None:
     """Train a zero activation predictor per eligible layer and rewrite MODEL.
 
     Eligible layers are Conv [+BatchNorm] [+residual Add] + Relu/ReLU6 (see `zapopt info`);
@@ -269,6 +283,7 @@ def optimize_command(model, output, calib, calib_images, pattern, predictor_inpu
     reason in the report. Example:
 
         zapopt optimize model.onnx -o model.zap.onnx --calib images/ --threshold 0.5
+        zapopt optimize model.onnx -o model.exact.onnx --calib images/ --exact
     """
     import json
 
@@ -279,14 +294,21 @@ def optimize_command(model, output, calib, calib_images, pattern, predictor_inpu
                             eval_images=eval_images, epochs=epochs, max_epoch_scale=max_epoch_scale, seed=seed,
                             output_format=output_format,
                             predictor_input=predictor_input, magnitude_weight=magnitude_weight,
-                            sensitivity_weighting=sensitivity_weighting, drop_margin=drop_margin)
+                            sensitivity_weighting=sensitivity_weighting, drop_margin=drop_margin,
+                            exact=exact, latency_check=latency_check, latency_threads=latency_threads)
     result = optimize(model, output, calib, config=config, eval_data=eval_data, image_options=image_options,
                       input_shapes=_input_shapes(input_shapes), report_path=report_path, plot_path=plot_path,
                       progress=_progress(quiet))
+    latency = result.latency
+    if latency is not None and not latency.measured and latency.layers:
+        click.echo(f"warning: speed unmeasured: {latency.note}", err=True)
+    elif latency is not None and latency.measured and not latency.native_layers:
+        click.echo("warning: no native layer was faster than its stock nodes on this machine, so the written model "
+                   "computes like the original (--no-latency-check writes them anyway)", err=True)
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=1))
     else:
-        click.echo(result.report.format_table())
+        click.echo(result.format_table())
         written = [output, report_path or output + ".report.json", *([plot_path] if plot_path else [])]
         click.echo("\nwrote " + ", ".join(written))
 
@@ -378,6 +400,141 @@ def retune_command(model, output, threshold, layer_thresholds, max_error, report
     for name, value in chosen.items():
         click.echo(f"{name}: {value:g}")
     click.echo(f"wrote {output}")
+
+
+@cli.command("finetune")
+@click.argument("model", type=click.Path(dir_okay=False, path_type=str))
+@click.option("--data", required=True, metavar="DATA",
+              help="Labeled training data: a .npz with x and y, a folder with one subfolder of images per class, "
+                   "embedded:fashion-mnist-train or fashion-mnist:train (after `zapopt data fetch`).")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=str),
+              help="Where to write the fine-tuned model (same ZapConv format; never the input file).")
+@click.option("--val", "val_data", default=None, metavar="DATA",
+              help="Labeled validation data: top-1 after each epoch, and accuracy and MAC savings before/after.")
+@click.option("--epochs", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Global batch; under torchrun the ranks split it.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-4, show_default=True,
+              help="SGD learning rate (the ZAP paper's recipe: 1e-4, momentum 0.9, weight decay 5e-4).")
+@click.option("--momentum", type=click.FloatRange(min=0), default=0.9, show_default=True)
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=5e-4, show_default=True)
+@click.option("--grad-sparsity", type=click.FloatRange(min=0, max=1, min_open=True, max_open=True), default=None,
+              metavar="S", help="Prune the neural gradients of every conv/linear to this sparsity (gradtools, "
+                                "unbiased stochastic pruning), e.g. 0.85.")
+@click.option("--grad-bits", type=click.IntRange(min=3, max=16), default=None, metavar="B",
+              help="Round the neural gradients to B-bit floating point, format chosen per layer (gradtools).")
+@click.option("--grad-format", default=None, metavar="E,M",
+              help="Instead of --grad-bits: a fixed [1, E, M] gradient format, e.g. 5,2 for FP8 E5M2.")
+@click.option("--train-images", type=click.IntRange(min=1), default=None, help="Use the first N training samples.")
+@click.option("--val-images", type=click.IntRange(min=1), default=None, help="Use the first N validation samples.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for shuffling and gradient pruning.")
+@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=str), default=None,
+              help="Checkpoint written after every epoch (default OUTPUT.ckpt).")
+@click.option("--resume", is_flag=True, help="Continue from --checkpoint (same model and settings; --epochs may grow).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--curve", "curve", default=None, metavar="T1,T2,...",
+              help="Also sweep both models over these uniform thresholds on --val (accuracy vs savings curves).")
+@click.option("--max-drop", type=click.FloatRange(min=0), default=None,
+              help="After training, re-choose every layer's threshold as `optimize --max-drop` does (top-1 drop "
+                   "in percent on --val), on the new weights with the kept predictors. Needs --calib.")
+@click.option("--calib", default=None, metavar="DATA", help="Images for the layer curves of --max-drop.")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=str), default=None,
+              help="Where to write the JSON report (default OUTPUT.report.json).")
+@json_option
+@quiet_option
+@image_option_flags
+def finetune_command(model, data, output, val_data, epochs, batch_size, lr, momentum, weight_decay, grad_sparsity,
+                     grad_bits, grad_format, train_images, val_images, seed, checkpoint, resume, device, curve,
+                     max_drop, calib, report_path, as_json, quiet, image_options) -> None:
+    """Fine-tune an optimized MODEL with its ZAP masks active; write it back in the same format.
+
+    Skipped activations are zero in the forward pass and get no gradient; predictors and
+    thresholds stay. For several processes (DistributedDataParallel, gloo on CPU, NCCL on GPUs):
+
+        torchrun --nproc_per_node 2 --no-python zapopt finetune MODEL --data D -o OUT
+    """
+    import json
+
+    from zapopt.finetuning.api import finetune
+    from zapopt.finetuning.train import FinetuneConfig
+
+    fmt = None
+    if grad_format is not None:
+        try:
+            fmt = tuple(int(v) for v in grad_format.split(","))
+        except ValueError:
+            raise ZapoptError(f"--grad-format expects E,M (two integers, e.g. 5,2), got {grad_format!r}") from None
+    thresholds = None if curve is None else [THRESHOLD.convert(v.strip(), None, None)
+                                             for v in curve.split(",") if v.strip()]
+    config = FinetuneConfig(epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
+                            weight_decay=weight_decay, grad_sparsity=grad_sparsity, grad_bits=grad_bits,
+                            grad_format=fmt, seed=seed, train_images=train_images, val_images=val_images)
+    result = finetune(model, output, data, val=val_data, config=config, checkpoint=checkpoint, resume=resume,
+                      image_options=image_options, device=device, curve_thresholds=thresholds,
+                      max_drop=max_drop, calib=calib, report_path=report_path, progress=_progress(quiet))
+    if os.environ.get("RANK", "0") != "0":
+        return  # under torchrun only rank 0 prints
+    click.echo(json.dumps(result.to_dict(), indent=1) if as_json else result.format_table())
+
+
+@cli.command("convert")
+@click.argument("model", type=click.Path(dir_okay=False, path_type=str))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=str),
+              help="Where to write the converted model (never the input file).")
+@click.option("--to", "form", required=True, type=click.Choice(["native", "portable"]),
+              help="native: zapopt's ZapConv/ZeroSkipConv nodes (needs its op library to run, fast). portable: "
+                   "standard ONNX ops only (any onnxruntime, no speed-up).")
+def convert_command(model, output, form) -> None:
+    """Move a model zapopt wrote between its native and portable forms, without retraining.
+
+    The way back to native needs the zapopt.rule/zapopt.origin tags that the portable form's
+    nodes carry; a model without them is refused.
+    """
+    from zapopt.model_form import convert
+    from zapopt.rewrite.graph_edit import is_native_node
+
+    converted = convert(model, output, to=form)
+    count = sum(1 for n in converted.graph.node if is_native_node(n))
+    click.echo(f"wrote {output} ({form} form" + (f", {count} native layers)" if form == "native" else ")"))
+
+
+@cli.command("bench")
+@click.argument("model", type=click.Path(dir_okay=False, path_type=str))
+@click.option("--reference", required=True, type=click.Path(dir_okay=False, path_type=str),
+              help="The original model MODEL was optimized from (run in stock onnxruntime, ORT_ENABLE_ALL).")
+@click.option("--data", required=True, metavar="DATA", help="Inputs to time on (image folder, .npy, .npz, embedded:...).")
+@click.option("--batch", "batches", default="1,8", show_default=True, metavar="B1,B2,...", help="Batch sizes.")
+@click.option("--threads", default="1,2", show_default=True, metavar="T1,T2,...", help="onnxruntime intra-op threads.")
+@click.option("--runs", type=click.IntRange(min=3), default=20, show_default=True,
+              help="Alternated runs of each model per batch size and thread count.")
+@click.option("--per-layer/--no-per-layer", default=True, show_default=True,
+              help="Also profile each native layer against the stock nodes it replaced (batch 1).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=str), default=None,
+              help="Also write the full report (with the machine it ran on) as JSON here.")
+@image_option_flags
+def bench_command(model, reference, data, batches, threads, runs, per_layer, json_path, image_options) -> None:
+    """End-to-end latency of MODEL against its original, runs alternated in one process.
+
+    Reports the speed-up per batch size and thread count as a median with its interquartile
+    range, and per layer each native node's time against the stock nodes it replaced.
+    """
+    from zapopt.bench import bench
+
+    report = bench(model, reference, data, batches=_int_list(batches, "--batch"), threads=_int_list(threads, "--threads"),
+                   runs=runs, per_layer=per_layer, image_options=image_options, json_path=json_path)
+    click.echo(report.format_table())
+    if json_path:
+        click.echo(f"\nwrote {json_path}")
+
+
+def _int_list(text: str, flag: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ZapoptError(f"{flag} takes comma-separated positive integers, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise ZapoptError(f"{flag} takes comma-separated positive integers, got {text!r}")
+    return values
 
 
 @cli.command("demo")

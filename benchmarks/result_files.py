@@ -23,6 +23,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from zapopt.files import write_text_atomically  # noqa: E402
+from zapopt.machine import cpu_model  # noqa: E402
 
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 
@@ -56,17 +57,6 @@ def git_state(root: Path = REPO_ROOT) -> dict[str, Any]:
     except (OSError, subprocess.CalledProcessError) as exc:
         return {"commit": None, "dirty": None, "why": f"git unavailable: {exc}"}
     return {"commit": commit, "dirty": bool(changes.strip())}
-
-
-def cpu_model() -> str:
-    """The CPU's model name (/proc/cpuinfo on Linux, else what ``platform`` knows)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith(("model name", "hardware", "cpu model")):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
 
 
 def machine() -> dict[str, Any]:

@@ -2,17 +2,15 @@
 
     python benchmarks/zap_latency.py models/vgg16/vgg16.onnx zapopt-demo/vgg16.zap.onnx
 
-Both run on the CPU with ORT_ENABLE_ALL (the default). Until the native ZapConv kernel
-exists, the ZAP model runs in its portable form (standard ops, computing everything and
-masking), so this measures the *overhead* that a kernel must first win back; the ratio
-is the number to watch. Prints a markdown table and the command; writes JSON if --json.
+Both run on the CPU with ORT_ENABLE_ALL (the default). The optimized model runs in its
+portable form here (standard ops, computing everything and masking), so this measures the
+*overhead* of the portable form; `benchmarks/native_models.py` and `zapopt bench` measure
+the native ops. Prints a markdown table and the command; writes JSON if --json.
 """
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,21 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from zapopt.data import model_input  # noqa: E402
 from zapopt.runtime import make_session, prepare  # noqa: E402
+from zapopt.timing import time_alternated  # noqa: E402
 from zap_common import save_results  # noqa: E402
-
-
-def time_interleaved(sessions: dict, feed: dict, repeats: int, warmup: int = 3) -> dict[str, float]:
-    """Median seconds per run of each session, runs alternating so machine noise hits all alike."""
-    for session in sessions.values():
-        for _ in range(warmup):
-            session.run(None, feed)
-    times: dict[str, list[float]] = {name: [] for name in sessions}
-    for _ in range(repeats):
-        for name, session in sessions.items():
-            start = time.perf_counter()
-            session.run(None, feed)
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def main() -> None:
@@ -50,7 +35,7 @@ def main() -> None:
     args = parser.parse_args()
 
     original = onnx.load(args.original)
-    zap = prepare(onnx.load(args.optimized)).model
+    zap = prepare(onnx.load(args.optimized), native=False).model
     spec = model_input(original)
     sessions = {"stock onnxruntime": make_session(original, threads=args.threads),
                 "zapopt (portable form)": make_session(zap, threads=args.threads)}
@@ -59,7 +44,9 @@ def main() -> None:
     for batch in args.batch:
         shape = [batch if d is None else d for d in spec.shape]
         feed = {spec.name: rng.random(shape, dtype=np.float32)}
-        medians = time_interleaved(sessions, feed, args.repeats)
+        timings = time_alternated({name: (lambda s=s: s.run(None, feed)) for name, s in sessions.items()},
+                                  repeats=args.repeats, warmup=3)
+        medians = {name: timings.median(name) for name in sessions}
         base = medians["stock onnxruntime"]
         for name, value in medians.items():
             rows.append({"batch": batch, "model": name, "median_ms": 1000 * value, "ratio_vs_stock": value / base})

@@ -20,6 +20,7 @@ from zapopt.evaluate import evaluate, run_model
 from zapopt.optimize import OptimizeConfig, optimize
 from zapopt.retune import retune
 from zapopt.rewrite.zap_layers import read_zap_layers
+from zapopt.model_form import convert, model_form
 from zapopt.runtime import make_session, prepare
 from zapopt.sensitivity import PROBE_ERRORS
 from zapopt.sweep import sweep
@@ -74,7 +75,7 @@ def small_cnn(tmp_path_factory) -> Path:
 def optimized(small_cnn: Path, tmp_path_factory):
     out = tmp_path_factory.mktemp("out") / "small.zap.onnx"
     before = hashlib.sha256(small_cnn.read_bytes()).hexdigest()
-    result = optimize(small_cnn, out, CALIB, config=OptimizeConfig(calib_images=128, epochs=2), progress=False)
+    result = optimize(small_cnn, out, CALIB, config=OptimizeConfig(latency_check=False, calib_images=128, epochs=2), progress=False)
     assert hashlib.sha256(small_cnn.read_bytes()).hexdigest() == before, "the input model was modified"
     return out, result
 
@@ -115,7 +116,7 @@ def test_compute_everything_equals_original(small_cnn: Path, optimized, tmp_path
 def test_portable_format_matches_zap_format(small_cnn: Path, optimized, tmp_path: Path) -> None:
     out, _ = optimized
     portable = tmp_path / "portable.onnx"
-    optimize(small_cnn, portable, CALIB, config=OptimizeConfig(calib_images=128, epochs=2, output_format="onnx"),
+    optimize(small_cnn, portable, CALIB, config=OptimizeConfig(latency_check=False, calib_images=128, epochs=2, output_format="onnx"),
              progress=False)
     model = onnx.load(portable)
     assert not read_zap_layers(model)
@@ -135,7 +136,7 @@ def test_papers_activation_input_is_selectable_and_realises_its_curves(small_cnn
     out, result = optimized
     assert _predictor_inputs(out) == {"preactivation"} and result.report.predictor_input == "preactivation"
     paper = tmp_path / "paper.onnx"
-    config = OptimizeConfig(calib_images=128, epochs=2, predictor_input="activation")
+    config = OptimizeConfig(latency_check=False, calib_images=128, epochs=2, predictor_input="activation")
     paper_result = optimize(small_cnn, paper, CALIB, config=config, progress=False)
     assert _predictor_inputs(paper) == {"activation"}
     assert json.loads(Path(f"{paper}.report.json").read_text())["predictor_input"] == "activation"
@@ -248,19 +249,23 @@ def test_layers_left_exact_cost_no_predictor(small_cnn: Path, optimized, tmp_pat
     assert report.savings == pytest.approx(0.0, abs=1e-12)
 
 
-def test_eval_refuses_portable_form_for_savings(small_cnn: Path, tmp_path: Path) -> None:
+def test_eval_counts_the_portable_form_as_its_native_layers(small_cnn: Path, tmp_path: Path) -> None:
     portable = tmp_path / "p.onnx"
-    optimize(small_cnn, portable, CALIB, config=OptimizeConfig(calib_images=32, epochs=1, output_format="onnx"),
+    optimize(small_cnn, portable, CALIB, config=OptimizeConfig(latency_check=False, calib_images=32, epochs=1, output_format="onnx"),
              progress=False)
-    with pytest.raises(ZapoptError, match="--format zap"):
-        evaluate(portable, TEST, limit=16, progress=False)
+    assert model_form(onnx.load(portable)) == "portable"
+    native = tmp_path / "n.onnx"
+    convert(portable, native, to="native")
+    from_portable = evaluate(portable, TEST, limit=16, progress=False)
+    from_native = evaluate(native, TEST, limit=16, progress=False)
+    assert from_portable.layers and from_portable.to_dict() | {"model": ""} == from_native.to_dict() | {"model": ""}
 
 
 def test_eval_without_max_drop_and_float32_twin_threshold(small_cnn: Path, tmp_path: Path) -> None:
     with pytest.raises(ZapoptError, match="--eval is only used"):
         optimize(small_cnn, tmp_path / "a.onnx", CALIB, eval_data=TEST, progress=False)
     # 0.100000001 rounds to the same float32 as the grid's 0.1: must not break the curves
-    config = OptimizeConfig(calib_images=32, epochs=1, threshold=0.100000001)
+    config = OptimizeConfig(latency_check=False, calib_images=32, epochs=1, threshold=0.100000001)
     assert optimize(small_cnn, tmp_path / "b.onnx", CALIB, config=config, progress=False).report.zap_layers
 
 
@@ -273,7 +278,8 @@ def test_labels_out_of_range_are_an_error(optimized, tmp_path: Path) -> None:
 
 def test_optimize_plots_layer_curves(small_cnn: Path, tmp_path: Path) -> None:
     result = cli("optimize", str(small_cnn), "-o", str(tmp_path / "m.onnx"), "--calib", CALIB, "--calib-images", "32",
-                 "--epochs", "1", "--max-error", "0.2", "--plot", str(tmp_path / "curves.png"), "-q")
+                 "--epochs", "1", "--max-error", "0.2", "--plot", str(tmp_path / "curves.png"), "-q",
+                 "--no-latency-check")
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
     assert "curves.png" in result.stdout
@@ -282,7 +288,7 @@ def test_optimize_plots_layer_curves(small_cnn: Path, tmp_path: Path) -> None:
 @pytest.mark.parametrize("weighting", [True, False])
 def test_max_drop_meets_its_limit_on_the_eval_data(small_cnn: Path, tmp_path: Path, weighting: bool) -> None:
     out = tmp_path / "drop.onnx"
-    config = OptimizeConfig(calib_images=64, epochs=1, max_drop=1.0, eval_images=300,
+    config = OptimizeConfig(latency_check=False, calib_images=64, epochs=1, max_drop=1.0, eval_images=300,
                             sensitivity_weighting=weighting)
     result = optimize(small_cnn, out, CALIB, config=config, eval_data=TEST, progress=False)
     assert result.report.measured_drop is not None and result.report.measured_drop <= 1.0
@@ -311,9 +317,9 @@ def test_max_drop_meets_its_limit_on_the_eval_data(small_cnn: Path, tmp_path: Pa
 
 def test_drop_margin_makes_the_search_conservative(small_cnn: Path, tmp_path: Path) -> None:
     base = dict(calib_images=64, epochs=1, max_drop=1.0, eval_images=300)
-    plain = optimize(small_cnn, tmp_path / "plain.onnx", CALIB, config=OptimizeConfig(**base), eval_data=TEST,
+    plain = optimize(small_cnn, tmp_path / "plain.onnx", CALIB, config=OptimizeConfig(latency_check=False, **base), eval_data=TEST,
                      progress=False).report
-    careful = optimize(small_cnn, tmp_path / "careful.onnx", CALIB, config=OptimizeConfig(**base, drop_margin=2.0),
+    careful = optimize(small_cnn, tmp_path / "careful.onnx", CALIB, config=OptimizeConfig(latency_check=False, **base, drop_margin=2.0),
                        eval_data=TEST, progress=False).report
     assert careful.savings <= plain.savings + 1e-12
     # Every point the careful search accepted had drop + 2 standard errors within the limit.
@@ -328,7 +334,7 @@ def test_pattern_chosen_per_layer_is_written_and_reported(small_cnn: Path, tmp_p
     from zapopt.optimize import choose_thresholds, finish, prepare_layers
     from zapopt.thresholds import error_budget
 
-    config = OptimizeConfig(pattern="checkerboard,diag3x3-33", calib_images=96, epochs=1, max_error=0.05)
+    config = OptimizeConfig(latency_check=False, pattern="checkerboard,diag3x3-33", calib_images=96, epochs=1, max_error=0.05)
     prepared = prepare_layers(small_cnn, CALIB, config=config, progress=False)
     assert set(prepared.by_pattern) == {"checkerboard", "diag3x3-33"}
     choice = choose_thresholds(prepared, config)
@@ -357,7 +363,7 @@ def test_sensitivity_probes_with_several_patterns_report_real_thresholds(small_c
     report names each one's pattern and that pattern's own threshold."""
     from zapopt.optimize import choose_thresholds, prepare_layers
 
-    config = OptimizeConfig(pattern="checkerboard,diag3x3-33", calib_images=64, epochs=1, max_drop=1.0,
+    config = OptimizeConfig(latency_check=False, pattern="checkerboard,diag3x3-33", calib_images=64, epochs=1, max_drop=1.0,
                             eval_images=200)
     prepared = prepare_layers(small_cnn, CALIB, config=config, eval_data=TEST, progress=False)
     choice = choose_thresholds(prepared, config, eval_data=TEST, progress=False)
@@ -374,7 +380,7 @@ def test_max_drop_nothing_fits_is_a_clear_error(small_cnn: Path, monkeypatch: py
     import zapopt.optimize as optimize_module
     from zapopt.optimize import choose_thresholds, prepare_layers
 
-    config = OptimizeConfig(calib_images=32, epochs=1, max_drop=0.5, eval_images=100)
+    config = OptimizeConfig(latency_check=False, calib_images=32, epochs=1, max_drop=0.5, eval_images=100)
     prepared = prepare_layers(small_cnn, CALIB, config=config, eval_data=TEST, progress=False)
     monkeypatch.setattr(optimize_module, "accuracy_drop", lambda *_: 5.0)  # every point misses the limit
     choice = choose_thresholds(prepared, config, eval_data=TEST, progress=False)
@@ -391,7 +397,7 @@ def test_a_second_max_drop_search_reuses_the_probes(small_cnn: Path, monkeypatch
     import zapopt.optimize as optimize_module
     from zapopt.optimize import choose_thresholds, prepare_layers
 
-    config = OptimizeConfig(calib_images=32, epochs=1, max_drop=0.5, eval_images=200)
+    config = OptimizeConfig(latency_check=False, calib_images=32, epochs=1, max_drop=0.5, eval_images=200)
     prepared = prepare_layers(small_cnn, CALIB, config=config, eval_data=TEST, progress=False)
     first = choose_thresholds(prepared, config, eval_data=TEST, progress=False)
     assert first.probes is not None and set(first.probes.layers) == set(prepared.curves)

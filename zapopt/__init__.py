@@ -10,8 +10,8 @@ from zapopt.errors import ZapoptError
 __version__ = "0.1.0"
 
 __all__ = [
-    "OptimizeConfig", "ZapoptError", "__version__", "evaluate", "get_library_path", "info", "optimize",
-    "retune", "session", "sweep",
+    "FinetuneConfig", "OptimizeConfig", "ZapoptError", "__version__", "bench", "convert", "evaluate", "finetune",
+    "get_library_path", "info", "optimize", "retune", "session", "sweep",
 ]
 
 #: Public names imported on first use: attribute name -> (module, name in that module).
@@ -22,6 +22,10 @@ _LAZY_EXPORTS = {
     "evaluate": ("zapopt.evaluate", "evaluate"),
     "sweep": ("zapopt.sweep", "sweep"),
     "retune": ("zapopt.retune", "retune"),
+    "finetune": ("zapopt.finetuning.api", "finetune"),
+    "FinetuneConfig": ("zapopt.finetuning.train", "FinetuneConfig"),
+    "bench": ("zapopt.bench", "bench"),
+    "convert": ("zapopt.model_form", "convert"),
     "get_library_path": ("zapopt.native", "get_library_path"),
     "session": ("zapopt.native", "session"),
 }

@@ -51,3 +51,10 @@ def select_layers(convs: Sequence[ConvActivation], layers: Sequence[str] = (), e
         raise ZapoptError("no layer to optimize: " + ("; ".join(f"{n}: {r}" for n, r in skipped[:5])
                                                         or "the model has no Conv layer"))
     return selected, skipped
+
+
+def named_subset(names: Sequence[str], layers: Sequence[str] = (), exclude: Sequence[str] = ()) -> list[str]:
+    """``names`` restricted to --layers (when given) and without --exclude, in order."""
+    named = set().union(*(_matcher(p, "--layers", names) for p in layers))
+    excluded = set().union(*(_matcher(p, "--exclude", names) for p in exclude))
+    return [n for n in names if n not in excluded and (not layers or n in named)]

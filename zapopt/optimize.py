@@ -25,8 +25,17 @@ from zapopt.data import ImageOptions, model_input, open_dataset
 from zapopt.errors import ZapoptError
 from zapopt.evaluate import accuracy_drop, accuracy_drop_standard_error, run_model
 from zapopt.files import check_distinct_outputs, check_output_path, save_model_atomically, write_text_atomically
-from zapopt.graph import ConvActivation, analyze, load_model
-from zapopt.layer_selection import select_layers
+from zapopt.graph import ConvActivation, analyze, load_model, with_unique_node_names
+from zapopt.latency import LatencyReport
+from zapopt.layer_selection import named_subset, select_layers
+from zapopt.native_model import (
+    ExactReport,
+    NativeResult,
+    choose_native_layers,
+    native_builder,
+    native_ops,
+    zero_skip_layers,
+)
 from zapopt.ops.patterns import get_pattern
 from zapopt.pattern_choice import merge_curves, parse_patterns
 from zapopt.predictor.inputs import PredictorInput
@@ -42,7 +51,9 @@ from zapopt.sensitivity import (
 )
 from zapopt.thresholds import AccuracyTargetResult, accuracy_target, choice_key, error_budget, uniform
 
-FORMATS = ("zap", "onnx")
+#: native: ZapConv + ZeroSkipConv nodes (zapopt's op library); zap: ZapConv nodes only;
+#: onnx: the portable expansion (standard ops, no speed-up).
+FORMATS = ("native", "zap", "onnx")
 #: Without --threshold/--max-error/--max-drop, a position this likely to be nonzero sits at
 #: the threshold (see :func:`default_threshold`).
 DEFAULT_NONZERO_CHANCE = 0.1
@@ -82,14 +93,31 @@ class OptimizeConfig:
     batch_size: int = 32  # images per onnxruntime batch (calibration)
     train_batch_size: int = 8  # images per predictor training step
     seed: int = 0
-    output_format: str = "zap"
+    output_format: str = "native"
     predictor_input: str = "preactivation"  # "activation" = the paper's predictor input
     magnitude_weight: float = 6.0  # 0 = the paper's plain MSE loss
     sensitivity_weighting: bool = True  # --max-drop: budget each layer's measured effect on the output
     drop_margin: float = 0.0  # --max-drop: standard errors added to the measured drop before comparing
+    exact: bool = False  # no predictors: every eligible conv becomes ZeroSkipConv (outputs unchanged)
+    latency_check: bool = True  # keep a native layer only where it is faster on this machine
+    latency_threads: int | None = None  # onnxruntime intra-op threads for the latency check (None: its default)
 
     def __post_init__(self) -> None:
         patterns = parse_patterns(self.pattern)
+        for name in ("exact", "latency_check"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if self.latency_threads is not None and (not isinstance(self.latency_threads, int) or self.latency_threads < 1):
+            raise ZapoptError(f"latency threads must be a positive integer, got {self.latency_threads!r}")
+        if self.exact:
+            given = [flag for flag, value in (("--threshold", self.threshold), ("--max-error", self.max_error),
+                                              ("--max-drop", self.max_drop)) if value is not None]
+            if given or self.pattern != "checkerboard":
+                raise ZapoptError(f"--exact trains no predictors, so it takes no {', '.join(given) or '--pattern'}; "
+                                  "drop it, or leave out --exact for ZAP")
+            if self.output_format == "zap":
+                raise ZapoptError("--exact writes ZeroSkipConv nodes, not ZapConv: use --format native (the default) "
+                                  "or --format onnx")
         chosen = [n for n in ("threshold", "max_error", "max_drop") if getattr(self, n) is not None]
         if len(chosen) > 1:
             raise ZapoptError("give only one of --threshold, --max-error and --max-drop")
@@ -133,6 +161,8 @@ class OptimizeConfig:
 
     @property
     def selection_text(self) -> str:
+        if self.exact:
+            return "exact (no predictors)"
         if self.max_drop is not None:
             return f"max accuracy drop {self.max_drop}%"
         if self.max_error is not None:
@@ -159,13 +189,20 @@ class TrainedLayer:
 @dataclass(frozen=True)
 class OptimizeResult:
     model: onnx.ModelProto
-    report: OptimizeReport
+    report: OptimizeReport | ExactReport
     curves: dict[str, LayerCurve] = field(default_factory=dict)
+    latency: LatencyReport | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = self.report.to_dict()
         out["curves"] = {name: curve.to_dict() for name, curve in self.curves.items()}
+        if self.latency is not None:
+            out["latency"] = self.latency.to_dict()
         return out
+
+    def format_table(self) -> str:
+        text = self.report.format_table()
+        return text if self.latency is None else f"{text}\n\n{self.latency.format_table()}"
 
 
 def build_zap_model(original: onnx.ModelProto, trained: Mapping[str, TrainedLayer],
@@ -351,6 +388,12 @@ class ThresholdChoice:
     probes: SensitivityProbes | None = None
 
 
+def _named(model: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
+    """The model with every node named as ``zapopt.graph`` reports it, so that layer names
+    stay valid while layers are rewritten one after another."""
+    return with_unique_node_names(model if isinstance(model, onnx.ModelProto) else load_model(model))
+
+
 def prepare_layers(model: str | os.PathLike | onnx.ModelProto, calib: Any, *,
                    config: OptimizeConfig = OptimizeConfig(), eval_data: Any = None,
                    image_options: ImageOptions | None = None,
@@ -361,7 +404,7 @@ def prepare_layers(model: str | os.PathLike | onnx.ModelProto, calib: Any, *,
         raise TypeError("config must be an OptimizeConfig")
     if config.max_drop is not None and eval_data is None:
         raise ZapoptError("--max-drop needs held-out data to measure the drop on: add --eval DATA")
-    original = model if isinstance(model, onnx.ModelProto) else load_model(model)
+    original = _named(model)
     info = analyze(original, input_shapes)
     selected, skipped = select_layers(info.convs, config.layers, config.exclude, config.include_first)
     spec = model_input(original)
@@ -457,15 +500,22 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
     if plot_path is not None:
         check_output_path(plot_path, inputs=inputs, what="plot")
     check_distinct_outputs(**{"output model": output, "report": report_path, "plot": plot_path})
-    prepared = prepare_layers(model, calib, config=config, eval_data=eval_data, image_options=image_options,
-                              input_shapes=input_shapes, progress=progress)
-    t0 = time.perf_counter()
-    choice = choose_thresholds(prepared, config, eval_data=eval_data, image_options=image_options,
-                               progress=progress)
-    seconds = {**prepared.seconds, "thresholds": time.perf_counter() - t0}
     model_name = "<in-memory model>" if isinstance(model, onnx.ModelProto) else str(model)
-    result = finish(prepared, choice, config, model_name=model_name,
-                    output=None if output is None else str(output), seconds=seconds, started=started)
+    if config.exact:
+        if plot_path is not None:
+            raise ZapoptError("--plot draws the ZAP layers' curves; --exact has none")
+        result = optimize_exact(model, calib, config=config, image_options=image_options, model_name=model_name,
+                                output=None if output is None else str(output), started=started)
+    else:
+        prepared = prepare_layers(model, calib, config=config, eval_data=eval_data, image_options=image_options,
+                                  input_shapes=input_shapes, progress=progress)
+        t0 = time.perf_counter()
+        choice = choose_thresholds(prepared, config, eval_data=eval_data, image_options=image_options,
+                                   progress=progress)
+        seconds = {**prepared.seconds, "thresholds": time.perf_counter() - t0}
+        result = finish(prepared, choice, config, model_name=model_name,
+                        output=None if output is None else str(output), seconds=seconds, started=started,
+                        sample=_calibration_sample(prepared.original, calib, image_options))
     if output is not None:
         save_model_atomically(result.model, output)
     if report_path is not None:
@@ -475,17 +525,85 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
     return result
 
 
+def _calibration_sample(original: onnx.ModelProto, calib: Any,
+                        image_options: ImageOptions | None) -> Callable[[], np.ndarray]:
+    """The first calibration input as a batch of one (read only when a latency check runs)."""
+    return lambda: next(open_dataset(calib, model_input(original), image_options, limit=1).batches(1))
+
+
+def optimize_exact(model: str | os.PathLike | onnx.ModelProto, calib: Any, *, config: OptimizeConfig,
+                   image_options: ImageOptions | None = None, model_name: str = "<in-memory model>",
+                   output: str | None = None, started: float | None = None) -> OptimizeResult:
+    """``optimize --exact``: no predictors; every Conv whose input can be zero becomes a
+    ZeroSkipConv (outputs unchanged), kept where it is faster on this machine."""
+    started = time.perf_counter() if started is None else started
+    original = _named(model)
+    open_dataset(calib, model_input(original), image_options, limit=1)  # validate the data before the work
+    eligible, ineligible = zero_skip_layers(original)
+    chosen = named_subset(eligible, config.layers, config.exclude)
+    if not chosen:
+        shown = "; ".join(f"{n}: {r}" for n, r in list(ineligible.items())[:5])
+        raise ZapoptError("no Conv can skip zero inputs" + (f" ({shown})" if shown else "")
+                          + ("" if chosen == eligible else "; check --layers/--exclude"))
+    build = native_builder(original, chosen)
+    t0 = time.perf_counter()
+    native = choose_native_layers(original, build, chosen, sample=_calibration_sample(original, calib, image_options),
+                                  check=config.latency_check and config.output_format != "onnx",
+                                  threads=config.latency_threads)
+    rewritten = native.model
+    if config.output_format == "onnx" and native_ops(rewritten):
+        rewritten = ExpandZapToOnnx()(rewritten).model
+    seconds = {"latency": time.perf_counter() - t0, "total": time.perf_counter() - started}
+    report = ExactReport(model_name, output, chosen, ineligible, [n for n in eligible if n not in chosen], seconds)
+    return OptimizeResult(rewritten, report, {}, native.latency)
+
+
+def _native_zap_model(prepared: PreparedLayers, trained: Mapping[str, TrainedLayer],
+                      thresholds: Mapping[str, float], config: OptimizeConfig,
+                      sample: Callable[[], np.ndarray] | None) -> NativeResult:
+    """The ZAP layers as ZapConv and (``--format native``) every other Conv with a zero-able
+    input as ZeroSkipConv, each kept only where the latency check finds it faster."""
+    zap_names = [name for name, tau in thresholds.items() if tau != -math.inf]
+
+    def zap_build(kept: frozenset[str]) -> onnx.ModelProto:
+        return build_zap_model(prepared.original, trained,
+                               {n: (tau if n in kept else -math.inf) for n, tau in thresholds.items()})
+
+    zero_skip: list[str] = []
+    if config.output_format == "native":
+        eligible, _ = zero_skip_layers(prepared.original, exclude=set(zap_names))
+        zero_skip = named_subset(eligible, config.layers, config.exclude)
+    build = native_builder(prepared.original, zero_skip, zap_build)
+    return choose_native_layers(prepared.original, build, [*zap_names, *zero_skip], sample=sample,
+                                check=config.latency_check and config.output_format != "onnx",
+                                threads=config.latency_threads)
+
+
 def finish(prepared: PreparedLayers, choice: ThresholdChoice, config: OptimizeConfig, *, model_name: str,
            output: str | None = None, seconds: dict[str, float] | None = None,
-           started: float | None = None) -> OptimizeResult:
-    """Rewrite the model at the chosen thresholds and assemble the report."""
+           started: float | None = None, sample: Callable[[], np.ndarray] | None = None) -> OptimizeResult:
+    """Rewrite the model at the chosen thresholds and assemble the report; ``sample()``
+    (one batch-1 calibration input) lets the latency check time the layers."""
     trained, thresholds = prepared.chosen(choice.patterns), choice.thresholds
     curves = {name: layer.curve for name, layer in trained.items()}
     seconds = dict(seconds or prepared.seconds)
+    if not any(tau != -math.inf for tau in thresholds.values()):
+        _no_zap_layer(choice, config)
+    t0 = time.perf_counter()
+    native = _native_zap_model(prepared, trained, thresholds, config, sample)
+    seconds["latency"] = time.perf_counter() - t0
+    stock_faster = {d.name for d in native.latency.layers if not d.native}
     layers: list[LayerReport] = []
     for name, layer in trained.items():
         tau = thresholds[name]
-        if tau == -math.inf:
+        if name in stock_faster:
+            layers.append(LayerReport(name, "skipped", "the stock nodes are faster on this machine (latency check)",
+                                      int(layer.curve.macs), layer.ofm_sparsity,
+                                      oracle_macs_after=float(layer.curve.oracle_macs_after),
+                                      train_seconds=layer.seconds,
+                                      predictor_macs=float(layer.curve.predictor_macs),
+                                      train_epochs=layer.params.epochs))
+        elif tau == -math.inf:
             best = float(np.max(layer.curve.savings))
             if best <= 0:
                 why = "the predictor costs more than it saves at every threshold"
@@ -502,16 +620,8 @@ def finish(prepared: PreparedLayers, choice: ThresholdChoice, config: OptimizeCo
             layers.append(layer_report_from_curve(layer.curve, tau, ofm_sparsity=layer.ofm_sparsity,
                                                   train_seconds=layer.seconds, train_epochs=layer.params.epochs,
                                                   pattern=layer.pattern))
-    if not any(l.status == "zap" for l in layers):  # noqa: E741
-        if choice.search:
-            best = min(e["drop"] for e in choice.search)
-            raise ZapoptError(f"no setting kept the accuracy drop within {config.max_drop}% (the smallest drop "
-                              f"measured was {best:.2f}%); allow a larger --max-drop or use more --eval data")
-        raise ZapoptError("no layer pays for its predictor at these settings; try a higher --threshold, "
-                          "a larger --max-error, or another --pattern")
-
-    rewritten = build_zap_model(prepared.original, trained, thresholds)
-    if config.output_format == "onnx":
+    rewritten = native.model
+    if config.output_format == "onnx" and native_ops(rewritten):
         rewritten = ExpandZapToOnnx()(rewritten).model
     if started is not None:
         seconds["total"] = time.perf_counter() - started
@@ -523,5 +633,14 @@ def finish(prepared: PreparedLayers, choice: ThresholdChoice, config: OptimizeCo
         drop_standard_error=choice.drop_standard_error, seconds=seconds,
         predictor_input=config.predictor_input, magnitude_weight=config.magnitude_weight,
         sensitivities=choice.sensitivities)
-    return OptimizeResult(rewritten, report, curves)
+    return OptimizeResult(rewritten, report, curves, native.latency)
+
+
+def _no_zap_layer(choice: ThresholdChoice, config: OptimizeConfig) -> None:
+    if choice.search:
+        best = min(e["drop"] for e in choice.search)
+        raise ZapoptError(f"no setting kept the accuracy drop within {config.max_drop}% (the smallest drop "
+                          f"measured was {best:.2f}%); allow a larger --max-drop or use more --eval data")
+    raise ZapoptError("no layer pays for its predictor at these settings; try a higher --threshold, "
+                      "a larger --max-error, or another --pattern (or --exact: no predictors, exact outputs)")
 

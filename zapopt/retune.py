@@ -1,6 +1,7 @@
 """``zapopt retune``: move an optimized model to another operating point, no retraining.
 
-Only the ``threshold`` attributes of the ZapConv nodes change. Per-layer thresholds can
+Only the ``threshold`` attributes of the ZapConv nodes change; a model in portable form is
+retuned through its native form and written back in portable form. Per-layer thresholds can
 be given directly or chosen under an error budget from the curves that
 ``zapopt optimize`` stored in its report.
 """
@@ -16,6 +17,7 @@ from zapopt.curves import LayerCurve
 from zapopt.errors import ZapoptError
 from zapopt.files import check_output_path, save_model_atomically
 from zapopt.graph import load_model
+from zapopt.model_form import as_native, convert_model, model_form
 from zapopt.rewrite.zap_layers import SetThresholds, read_zap_layers
 from zapopt.thresholds import error_budget
 
@@ -50,10 +52,13 @@ def retune(model: str | os.PathLike, output: str | os.PathLike, *, threshold: fl
     if threshold is not None and math.isnan(threshold):
         raise ZapoptError("the threshold must be a number, got NaN")
     check_output_path(output, inputs=(model, report), what="output model")
-    proto = load_model(model)
+    loaded = load_model(model)
+    form = model_form(loaded)
+    proto = as_native(loaded)
     names = [layer.name for layer in read_zap_layers(proto)]
     if not names:
-        raise ZapoptError(f"{model} has no ZapConv layers; retune a model written by `zapopt optimize`")
+        raise ZapoptError(f"{model} has no ZapConv layers; retune a ZAP model written by `zapopt optimize` "
+                          "(not --exact, which has no thresholds)")
     chosen: dict[str, float] = {}
     if threshold is not None:
         chosen = {n: float(threshold) for n in names}
@@ -68,6 +73,8 @@ def retune(model: str | os.PathLike, output: str | os.PathLike, *, threshold: fl
         chosen = dict(selection.thresholds)
     chosen.update({k: float(v) for k, v in (layer_thresholds or {}).items()})
     tuned = SetThresholds(chosen)(proto).model  # a pass works on its own copy
+    if form == "portable":  # written in the form it came in
+        tuned = convert_model(tuned, "portable")
     save_model_atomically(tuned, output)
     return chosen
 

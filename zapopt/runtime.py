@@ -1,14 +1,20 @@
 """Run any model zapopt reads or writes in onnxruntime.
 
-Until a native ZapConv kernel is registered, a model with ZapConv nodes runs in its
-portable form: every ZapConv is expanded into standard ONNX ops in memory (computing the
-whole layer and masking it). ``expose_masks=True`` adds each layer's ``Computed`` mask as
-an extra output, which is how realised savings are measured on data.
+A model with zapopt's native ops (ZapConv, ZeroSkipConv) runs natively when zapopt's op
+library is built (``zapopt.get_library_path()``); sessions register it themselves. Without
+it, every native node is expanded into standard ONNX ops in memory (the portable form:
+same outputs, no speed-up), with a one-line note. ``expose_masks=True`` adds each ZAP
+layer's ``Computed`` mask as an extra output, natively through ZapConv's optional second
+output, which is how realised savings are measured on data. ``ZAPOPT_NATIVE=0`` forces
+the portable form.
 """
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import onnx
@@ -16,13 +22,50 @@ import onnxruntime as ort
 
 from zapopt.errors import ZapoptError
 from zapopt.ops.spec import is_zap_node
-from zapopt.rewrite.expand import ExpandZapToOnnx
+from zapopt.rewrite.expand import ExpandZapToOnnx, mask_output_name
+from zapopt.rewrite.graph_edit import is_native_node
 from zapopt.rewrite.zap_layers import read_zap_layers
+
+#: Environment variable: "0" runs native models in their portable form even with the library.
+NATIVE_ENV = "ZAPOPT_NATIVE"
+REGISTER_HINT = ("register zapopt's op library first: "
+                 "options.register_custom_ops_library(zapopt.get_library_path()), or use zapopt.session(path); "
+                 "or convert the model with `zapopt convert MODEL -o OUT --to portable`")
 
 
 def has_zap_nodes(model: onnx.ModelProto) -> bool:
-    """Whether the model contains ZapConv nodes (needs expansion or our op library)."""
+    """Whether the model contains ZapConv nodes."""
     return any(is_zap_node(node) for node in model.graph.node)
+
+
+def has_native_nodes(model: onnx.ModelProto) -> bool:
+    """Whether the model contains zapopt's native ops (needs our library or the expansion)."""
+    return any(is_native_node(node) for node in model.graph.node)
+
+
+@lru_cache(maxsize=1)
+def _built_library() -> str | None:
+    try:
+        import zapopt
+
+        path = zapopt.get_library_path()
+    except Exception:  # not built yet, or built for another platform: the portable form still runs
+        return None
+    return str(path) if path and os.path.isfile(path) else None
+
+
+def native_library() -> str | None:
+    """The path of zapopt's op library when it is built and enabled here, else None."""
+    if os.environ.get(NATIVE_ENV, "1").strip() == "0":
+        return None
+    return _built_library()
+
+
+@lru_cache(maxsize=1)
+def _note_portable_fallback() -> None:
+    why = (f"{NATIVE_ENV}=0 is set" if os.environ.get(NATIVE_ENV, "1").strip() == "0"
+           else "zapopt's native op library is not available here")
+    print(f"note: {why}; running the portable form (same outputs, no speed-up)", file=sys.stderr)
 
 
 @dataclass(frozen=True)
@@ -33,13 +76,24 @@ class PreparedModel:
     mask_outputs: dict[str, str]  # ZapConv layer name -> graph output holding its mask
     layer_outputs: dict[str, str]  # ZapConv layer name -> graph output holding its Y
     output_names: tuple[str, ...]  # the original model outputs, in order
+    native: bool = False  # runs zapopt's native ops (needs the library registered)
 
 
-def prepare(model: onnx.ModelProto, *, expose_masks: bool = False) -> PreparedModel:
-    """Expand ZapConv nodes (if any) so stock onnxruntime can run the model."""
+def prepare(model: onnx.ModelProto, *, expose_masks: bool = False, native: bool | None = None) -> PreparedModel:
+    """The model ready to run: native ops kept when the library is available (``native=None``)
+    or asked for (``True``), else expanded so stock onnxruntime runs it (``False``)."""
     outputs = tuple(o.name for o in model.graph.output)
-    if not has_zap_nodes(model):
+    if not has_native_nodes(model):
         return PreparedModel(model, {}, {}, outputs)
+    library = native_library()
+    if native and library is None:
+        raise ZapoptError(f"this model's native ops need zapopt's op library, which is not available; {REGISTER_HINT}")
+    if native is None:
+        native = library is not None
+        if not native:
+            _note_portable_fallback()
+    if native:
+        return _with_native_masks(model, outputs) if expose_masks else PreparedModel(model, {}, {}, outputs, True)
     layers = read_zap_layers(model)
     expanded = ExpandZapToOnnx(expose_masks=expose_masks)(model).model  # a pass works on its own copy
     masks: dict[str, str] = {}
@@ -59,15 +113,55 @@ def prepare(model: onnx.ModelProto, *, expose_masks: bool = False) -> PreparedMo
     return PreparedModel(expanded, masks, {layer.name: layer.output for layer in layers}, outputs)
 
 
+def _with_native_masks(model: onnx.ModelProto, outputs: tuple[str, ...]) -> PreparedModel:
+    """A copy whose ZapConv nodes write their optional ``Computed`` output, exposed (with
+    each layer's ``Y``) as graph outputs."""
+    work = onnx.ModelProto()
+    work.CopyFrom(model)
+    taken = {name for node in work.graph.node for name in (*node.input, *node.output)}
+    taken |= {t.name for t in work.graph.initializer}
+    graph_outputs = {o.name for o in work.graph.output}
+    masks: dict[str, str] = {}
+    layer_outputs: dict[str, str] = {}
+    for node in work.graph.node:
+        if not is_zap_node(node):
+            continue
+        label = node.name or node.output[0]
+        if len(node.output) > 1 and node.output[1]:
+            mask = node.output[1]
+        else:
+            mask = mask_output_name(label)
+            if mask in taken:
+                raise ZapoptError(f"cannot expose the mask of ZapConv {label!r}: the model already has a tensor "
+                                  f"named {mask!r}")
+            node.output.append(mask)
+        masks[label], layer_outputs[label] = mask, node.output[0]
+        for name, elem in ((mask, onnx.TensorProto.BOOL), (node.output[0], onnx.TensorProto.FLOAT)):
+            if name not in graph_outputs:
+                work.graph.output.append(onnx.helper.make_tensor_value_info(name, elem, None))
+                graph_outputs.add(name)
+    return PreparedModel(work, masks, layer_outputs, outputs, True)
+
+
 def make_session(model: onnx.ModelProto, *, threads: int | None = None,
-                 optimization: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-                 ) -> ort.InferenceSession:
-    """An onnxruntime CPU session for ``model`` (bytes in memory, nothing written)."""
+                 optimization: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+                 profile_prefix: str | None = None) -> ort.InferenceSession:
+    """An onnxruntime CPU session for ``model`` (bytes in memory, nothing written); zapopt's
+    op library is registered when the model has native ops. ``profile_prefix``: write
+    onnxruntime's per-node profile there (see ``session.end_profiling()``)."""
     options = ort.SessionOptions()
     options.graph_optimization_level = optimization
     options.log_severity_level = 3
     if threads is not None:
         options.intra_op_num_threads = threads
+    if profile_prefix is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
+    if has_native_nodes(model):
+        library = native_library()
+        if library is None:
+            raise ZapoptError(f"the model has zapopt's native ops (ai.zapopt ZapConv/ZeroSkipConv); {REGISTER_HINT}")
+        options.register_custom_ops_library(library)
     try:
         return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types

@@ -21,6 +21,7 @@ from zapopt.errors import ZapoptError
 from zapopt.evaluate import baseline_macs, run_model, top_k_accuracy
 from zapopt.files import check_distinct_outputs, check_output_path, write_text_atomically
 from zapopt.graph import load_model
+from zapopt.model_form import as_native
 from zapopt.report import format_rows, pct, plot_curves
 from zapopt.rewrite.zap_layers import SetThresholds, read_zap_layers
 
@@ -87,11 +88,11 @@ def sweep(model: str | os.PathLike, data: Any, *, thresholds: Sequence[float] | 
         if path is not None:
             check_output_path(path, inputs=(model, data), what="sweep output")
     check_distinct_outputs(**{"JSON curve": output_json, "PNG plot": output_png})
-    proto = load_model(model)
+    proto = as_native(load_model(model))
     names = [layer.name for layer in read_zap_layers(proto)]
     if not names:
-        raise ZapoptError(f"{model} has no ZapConv layers; sweep a model written by `zapopt optimize` "
-                          "(--format zap)")
+        raise ZapoptError(f"{model} has no ZapConv layers; sweep a ZAP model written by `zapopt optimize` "
+                          "(not --exact, which has no thresholds)")
     dataset = open_dataset(data, model_input(proto), image_options, limit=limit)
     labels = dataset.labels
 

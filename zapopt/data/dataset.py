@@ -117,6 +117,17 @@ class Dataset:
             self.sample_shape, self.dtype, start=self._start,
         )
 
+    def with_labels(self, labels: np.ndarray) -> Dataset:
+        """The same samples with int labels, one per sample (e.g. from class folder names)."""
+        labels = np.asarray(labels)
+        if labels.ndim != 1 or labels.dtype.kind not in "iu" or labels.shape[0] != len(self):
+            raise ZapoptError(f"{self.description}: need {len(self)} integer labels, got {labels.dtype} "
+                              f"{list(labels.shape)}")
+        full = np.zeros(self._stop, dtype=np.int64)
+        full[self._start:self._stop] = labels
+        return Dataset(self._reader, len(self), full, self.description, self.model_input, self.sample_shape,
+                       self.dtype, start=self._start)
+
     def to_numpy(self, batch_size: int | None = None) -> np.ndarray:
         """All samples as one array (only for sets that fit in memory)."""
         size = batch_size or (self.model_input.shape[0] if self.model_input and self.model_input.shape[0] else 256)

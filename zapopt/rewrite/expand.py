@@ -1,12 +1,19 @@
-"""``ExpandZapToOnnx``: rewrite every ZapConv into standard ONNX ops (opsets 11 and later).
+"""``ExpandZapToOnnx``: rewrite every ZapConv and ZeroSkipConv into standard ONNX ops
+(opsets 11 and later): the portable form of a model zapopt writes.
 
-The expansion computes the whole convolution and masks the result, so it saves nothing;
-it exists so a ZAP model runs on stock onnxruntime (accuracy checks, no native kernel)
-and, with ``expose_masks=True``, reports which activations a kernel would have computed.
-Its outputs equal the numpy reference up to the runtime's float32 accumulation order.
+The ZapConv expansion computes the whole convolution and masks the result, so it saves
+nothing; it exists so a ZAP model runs on stock onnxruntime (accuracy checks, no native
+kernel) and, with ``expose_masks=True``, reports which activations a kernel would have
+computed. A ZeroSkipConv expands to the ``Conv [+Add] [+Relu|Clip]`` it stands for. Outputs
+equal the numpy reference up to the runtime's float32 accumulation order.
+
+Every expansion node is tagged with the rule and its origin (the native node's name); the
+node that writes the layer's output also carries the native node itself (``zapopt.native_node``),
+so :class:`RebuildNativeOps` can turn the portable form back into the native one exactly.
 """
 from __future__ import annotations
 
+import base64
 import math
 
 import numpy as np
@@ -16,10 +23,11 @@ from onnx import helper, numpy_helper
 from zapopt.errors import ZapoptError
 from zapopt.graph.index import GraphIndex
 from zapopt.ops.reference import conv_output_size
-from zapopt.ops.spec import DOMAIN, ZapConvAttrs, is_zap_node
+from zapopt.ops.spec import DOMAIN, ZapConvAttrs, ZeroSkipConvAttrs, is_zero_skip_node
 from zapopt.rewrite.base import Pass, PassResult
 from zapopt.rewrite.graph_edit import (
     NameAllocator,
+    is_native_node,
     default_opset,
     drop_opset,
     replace_nodes,
@@ -28,6 +36,22 @@ from zapopt.rewrite.graph_edit import (
 )
 
 MIN_OPSET = 11
+#: Tag (``zapopt.native_node``) on the expansion node that writes a native node's output.
+NATIVE_NODE_KEY = "native_node"
+
+
+def encode_node(node: onnx.NodeProto) -> str:
+    """A native node as tag text (base64 of its serialized proto)."""
+    return base64.b64encode(node.SerializeToString()).decode("ascii")
+
+
+def decode_node(text: str) -> onnx.NodeProto:
+    node = onnx.NodeProto()
+    try:
+        node.ParseFromString(base64.b64decode(text.encode("ascii"), validate=True))
+    except Exception:  # binascii.Error, protobuf DecodeError
+        raise ZapoptError("a zapopt.native_node tag is damaged; the portable model cannot be converted back") from None
+    return node
 
 
 def mask_output_name(layer: str) -> str:
@@ -48,16 +72,30 @@ class _Builder:
         self.model.graph.initializer.append(numpy_helper.from_array(np.asarray(value), name))
         return name
 
-    def op(self, op_type: str, inputs: list[str], key: str, output: str | None = None, **attrs) -> str:
+    def op(self, op_type: str, inputs: list[str], key: str, output: str | None = None,
+           native: onnx.NodeProto | None = None, **attrs) -> str:
+        """Add one tagged node; ``native``: the node being expanded, stored on the node that
+        writes its output so the way back is exact."""
         out = output or self.names.fresh(f"{self.label}/{key}")
         node = helper.make_node(op_type, inputs, [out], name=self.names.fresh(f"{self.label}/{op_type}_{key}"), **attrs)
-        tag_node(node, self.rule, self.model.ir_version, origin=self.label)
+        extra = {} if native is None else {NATIVE_NODE_KEY: encode_node(native)}
+        tag_node(node, self.rule, self.model.ir_version, origin=self.label, **extra)
         self.nodes.append(node)
         return out
 
+    def activation(self, v: str, clip_max: float, key: str, output: str | None = None,
+                   native: onnx.NodeProto | None = None) -> str:
+        """``Relu`` for ``clip_max = +inf``, else ``Clip(v, 0, clip_max)``."""
+        if math.isfinite(clip_max):
+            zero = self.const("clip_min", np.array(0.0, np.float32))
+            bounds = [zero, self.const("clip_max", np.array(clip_max, np.float32))]
+            return self.op("Clip", [v, *bounds], key, output, native)
+        return self.op("Relu", [v], key, output, native)
+
 
 class ExpandZapToOnnx(Pass):
-    """Replace each ZapConv by Conv/Add/Clip/Mul/depthwise Conv/Greater/Or/Where."""
+    """Replace each ZapConv by Conv/Add/Clip/Mul/depthwise Conv/Greater/Or/Where and each
+    ZeroSkipConv by Conv [+Add] [+Relu|Clip]."""
 
     name = "ExpandZapToOnnx"
     requires = (
@@ -69,7 +107,7 @@ class ExpandZapToOnnx(Pass):
         self.expose_masks = bool(expose_masks)
 
     def run(self, model: onnx.ModelProto) -> PassResult:
-        if not any(is_zap_node(n) for n in model.graph.node):
+        if not any(is_native_node(n) for n in model.graph.node):
             return PassResult(model, False)
         opset = default_opset(model)
         if opset < MIN_OPSET:
@@ -80,10 +118,13 @@ class ExpandZapToOnnx(Pass):
         inferred = onnx.shape_inference.infer_shapes(model)
         names = NameAllocator(model)
         while True:  # editing re-creates graph.node, so look the next node up afresh
-            node = next((n for n in model.graph.node if is_zap_node(n)), None)
+            node = next((n for n in model.graph.node if is_native_node(n)), None)
             if node is None:
                 break
-            self._expand(model, inferred, GraphIndex(model.graph), names, node)
+            if is_zero_skip_node(node):
+                self._expand_zero_skip(model, names, node)
+            else:
+                self._expand(model, inferred, GraphIndex(model.graph), names, node)
         drop_opset(model, DOMAIN)
         onnx.checker.check_model(model)
         return PassResult(model, True)
@@ -110,11 +151,7 @@ class ExpandZapToOnnx(Pass):
         v = g.op("Conv", [x, w, b] if b else [x, w], "V", **conv_attrs)
         if skip:
             v = g.op("Add", [v, skip], "V_skip")
-        if math.isfinite(attrs.clip_max):
-            zero = g.const("clip_min", np.array(0.0, np.float32))
-            full = g.op("Clip", [v, zero, g.const("clip_max", np.array(attrs.clip_max, np.float32))], "Full")
-        else:
-            full = g.op("Relu", [v], "Full")
+        full = g.activation(v, attrs.clip_max, "Full")
 
         s_float, s_bool = self._pattern_mask(g, attrs, out_hw, full)
         source = v if attrs.predictor_input == "preactivation" else full
@@ -127,13 +164,36 @@ class ExpandZapToOnnx(Pass):
         declared = node.output[1] if len(node.output) > 1 and node.output[1] else None
         mask_name = declared or (self._mask_name(names, label) if self.expose_masks else None)
         computed = g.op("Or", [s_bool, predicted], "Computed", output=mask_name)
-        g.op("Where", [computed, full, g.const("zero", np.array(0.0, np.float32))], "Y", output=node.output[0])
+        g.op("Where", [computed, full, g.const("zero", np.array(0.0, np.float32))], "Y", output=node.output[0],
+             native=node)
 
         replace_nodes(model.graph, [node], g.nodes, at=node)
         if self.expose_masks and computed not in {o.name for o in model.graph.output}:
             y_shape = tensor_shape(inferred, node.output[0])
             dims = list(y_shape) if y_shape is not None and len(y_shape) == 4 else [None] * 4
             model.graph.output.append(helper.make_tensor_value_info(computed, onnx.TensorProto.BOOL, dims))
+
+    def _expand_zero_skip(self, model: onnx.ModelProto, names: NameAllocator, node: onnx.NodeProto) -> None:
+        """ZeroSkipConv is exact: its portable form is the Conv [+Add] [+activation] it replaced."""
+        label = node.name or node.output[0]
+        attrs = ZeroSkipConvAttrs.from_node(node)
+        x, w, b, skip = (list(node.input) + [""] * 4)[:4]
+        g = _Builder(model, names, label, self.name)
+        conv_attrs = dict(
+            strides=list(attrs.strides), pads=list(attrs.pads), dilations=list(attrs.dilations), group=attrs.group
+        )
+        steps = ["Conv"] + (["Add"] if skip else []) + (["act"] if attrs.activation == "relu" else [])
+        y = node.output[0]
+
+        def out(step: str) -> tuple[str | None, onnx.NodeProto | None]:
+            return (y, node) if step == steps[-1] else (None, None)
+
+        v = g.op("Conv", [x, w, b] if b else [x, w], "V", *out("Conv"), **conv_attrs)
+        if skip:
+            v = g.op("Add", [v, skip], "V_skip", *out("Add"))
+        if attrs.activation == "relu":
+            g.activation(v, attrs.clip_max, "Y", *out("act"))
+        replace_nodes(model.graph, [node], g.nodes, at=node)
 
     @staticmethod
     def _mask_name(names: NameAllocator, label: str) -> str:

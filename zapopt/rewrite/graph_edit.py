@@ -13,11 +13,10 @@ from onnx import helper
 
 from zapopt.errors import ZapoptError
 from zapopt.graph.index import names_used_in, subgraphs
-from zapopt.ops.spec import RULE_KEY
+from zapopt.ops.spec import RULE_KEY, is_zap_node, is_zero_skip_node
 
 #: IR version that introduced ``NodeProto.metadata_props``; older models get doc_string tags.
 _NODE_METADATA_IR = 10
-_DOC_TAG = RULE_KEY + "="
 
 
 class NameAllocator:
@@ -56,15 +55,25 @@ def tag_node(node: onnx.NodeProto, rule: str, ir_version: int, **extra: str) -> 
         node.doc_string = ";".join(f"{k}={v}" for k, v in entries.items())
 
 
-def rule_of(node: onnx.NodeProto) -> str | None:
-    """The rule that created ``node``, if a zapopt rule did."""
+def is_native_node(node: onnx.NodeProto) -> bool:
+    """True for any ``ai.zapopt`` op zapopt's library runs (ZapConv or ZeroSkipConv)."""
+    return is_zap_node(node) or is_zero_skip_node(node)
+
+
+def tag_of(node: onnx.NodeProto, key: str) -> str | None:
+    """The value of the tag ``key`` (e.g. ``zapopt.origin``) that :func:`tag_node` set, if any."""
     for entry in node.metadata_props:
-        if entry.key == RULE_KEY:
+        if entry.key == key:
             return entry.value
     for part in node.doc_string.split(";"):
-        if part.startswith(_DOC_TAG):
-            return part[len(_DOC_TAG) :]
+        if part.startswith(key + "="):
+            return part[len(key) + 1 :]
     return None
+
+
+def rule_of(node: onnx.NodeProto) -> str | None:
+    """The rule that created ``node``, if a zapopt rule did."""
+    return tag_of(node, RULE_KEY)
 
 
 def replace_nodes(

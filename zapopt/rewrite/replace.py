@@ -14,7 +14,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from zapopt.errors import ZapoptError
-from zapopt.graph.conv_chain import match_conv_chain
+from zapopt.graph.conv_chain import ConvChain, match_conv_chain
 from zapopt.graph.index import GraphIndex
 from zapopt.graph.macs import conv_geometry_2d
 from zapopt.ops.patterns import Pattern
@@ -123,15 +123,8 @@ class ReplaceWithZap(Pass):
         graph = model.graph
         label = conv_name
         chain = match_conv_chain(index, index.find_node(conv_output, ("Conv",))).require(label)
-        # NodeProtos, not positions: positions go stale once the graph is edited
-        conv, act = index.node(chain.conv), index.node(chain.act)  # type: ignore[arg-type]
-        add = None if chain.add is None else index.node(chain.add)
-        chain_nodes = [index.node(k) for k in chain.positions]
-        w, b = conv_weights(index, conv, label)
-        if w.dtype != np.float32:
-            raise ZapoptError(f"Conv {label!r} has {w.dtype} weights; ZapConv is defined for float32 models only")
-        if chain.bn is not None:
-            w, b = fold_batchnorm(w, b, batchnorm_params(index, chain.bn))
+        conv = index.node(chain.conv)
+        w, b = folded_weights(index, chain, label)
         if w.shape[0] != params.channels:
             raise ZapoptError(
                 f"layer {label!r} has {w.shape[0]} output channels but its predictor has {params.channels}"
@@ -148,24 +141,56 @@ class ReplaceWithZap(Pass):
         new_names = {key: names.fresh(f"{label}.zap_{key}") for key in tensors}
         graph.initializer.extend(numpy_helper.from_array(tensors[k], new_names[k]) for k in tensors)
         node = make_zap_node(
-            name=self._node_name(graph, conv, conv_name, names),
+            name=layer_node_name(graph, conv, conv_name, names),
             x=conv.input[0], w=new_names["W"], b=new_names.get("B", ""),
             pw1=new_names["PW1"], pb1=new_names["PB1"], pw2=new_names["PW2"], pb2=new_names["PB2"],
             skip=chain.skip_input or "", y=chain.output, attrs=attrs,
         )
-        tag_node(node, self.name, model.ir_version)
-        replace_nodes(graph, chain_nodes, [node], at=act)
-        remove_value_info(graph, [n.output[0] for n in chain_nodes[:-1]])
-        if value_info_for(model, chain.output) is None:
-            declared = value_info_for(inferred, chain.output)
-            if declared is None:
-                declared = helper.make_tensor_value_info(chain.output, onnx.TensorProto.FLOAT, None)
-            graph.value_info.append(declared)
-        remove_if_unused(graph, [name for n in chain_nodes if n is not add for name in n.input[1:]])
+        chain_nodes = [index.node(k) for k in chain.positions]
+        tag_node(node, self.name, model.ir_version, **replaced_tag(chain_nodes))
+        splice_chain(model, inferred, chain_nodes, chain.add is not None, node)
 
-    @staticmethod
-    def _node_name(graph: onnx.GraphProto, conv: onnx.NodeProto, wanted: str, names: NameAllocator) -> str:
-        """The layer name the caller used, unless another node already carries it."""
-        if any(n.name == wanted for n in graph.node if n is not conv):
-            return names.fresh(wanted)
-        return wanted
+
+#: Tag (``zapopt.replaced``) on a native node: the original nodes it replaced, comma-separated
+#: (their names, or first output names), so a profile can set it against the stock nodes.
+REPLACED_KEY = "replaced"
+
+
+def replaced_tag(chain_nodes: list[onnx.NodeProto]) -> dict[str, str]:
+    """The ``zapopt.replaced`` tag for the node replacing ``chain_nodes`` (keyword for ``tag_node``)."""
+    return {REPLACED_KEY: ",".join(n.name or n.output[0] for n in chain_nodes)}
+
+
+def folded_weights(index: GraphIndex, chain: ConvChain, label: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """The chain's float32 conv weights and bias with its BatchNormalization folded in."""
+    w, b = conv_weights(index, index.node(chain.conv), label)
+    if w.dtype != np.float32:
+        raise ZapoptError(f"Conv {label!r} has {w.dtype} weights; zapopt's ops are defined for float32 models only")
+    if chain.bn is not None:
+        w, b = fold_batchnorm(w, b, batchnorm_params(index, chain.bn))
+    return w, b
+
+
+def layer_node_name(graph: onnx.GraphProto, conv: onnx.NodeProto, wanted: str, names: NameAllocator) -> str:
+    """The layer name the caller used, unless another node already carries it."""
+    if any(n.name == wanted for n in graph.node if n is not conv):
+        return names.fresh(wanted)
+    return wanted
+
+
+def splice_chain(model: onnx.ModelProto, inferred: onnx.ModelProto, chain_nodes: list[onnx.NodeProto],
+                 has_add: bool, node: onnx.NodeProto) -> None:
+    """Put ``node`` (writing the chain's output) where the chain stood, keep a value_info for
+    that output, and drop the chain's weights that nothing reads any more (NodeProtos, not
+    positions: positions go stale once the graph is edited)."""
+    graph = model.graph
+    output = chain_nodes[-1].output[0]
+    add = next((n for n in chain_nodes if has_add and n.op_type == "Add"), None)
+    replace_nodes(graph, chain_nodes, [node], at=chain_nodes[-1])
+    remove_value_info(graph, [n.output[0] for n in chain_nodes[:-1]])
+    if value_info_for(model, output) is None:
+        declared = value_info_for(inferred, output)
+        if declared is None:
+            declared = helper.make_tensor_value_info(output, onnx.TensorProto.FLOAT, None)
+        graph.value_info.append(declared)
+    remove_if_unused(graph, [name for n in chain_nodes if n is not add for name in n.input[1:]])
