@@ -155,3 +155,15 @@ def test_rebuilding_refuses_what_it_cannot_trust() -> None:
         del node.metadata_props[:]
     with pytest.raises(ZapoptError, match="zapopt.rule=ExpandZapToOnnx"):
         RebuildNativeOps()(stripped)
+
+
+def test_depthwise_convs_are_not_offered() -> None:
+    """The kernel has no vectorized path below 8 output channels per group (MobileNetV2's
+    depthwise convs ran 30-100x slower natively), so the rule refuses them with the reason."""
+    rng = np.random.default_rng(3)
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu"),
+             helper.make_node("Conv", ["r", "wd"], ["d"], name="dw", group=2, pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["d"], ["y"], name="relu2")]
+    inits = [numpy_helper.from_array(rng.standard_normal((2, 1, 3, 3)).astype(np.float32), "wd")]
+    reasons = zero_skip_candidates(_model(nodes, inits, [1, 2, 6, 6]))
+    assert "1 output channel(s) per group" in reasons["dw"]

@@ -7,7 +7,6 @@ curves on calibration (or held-out) ofms; :mod:`zapopt.thresholds` picks from th
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -367,15 +366,16 @@ def compute_curves(
     progress: bool | None = None,
 ) -> dict[str, LayerCurve]:
     """Curves for every layer that has a predictor, from a ``CalibrationStore``."""
-    from tqdm import tqdm
+    from zapopt.progress import progress_bar
 
     missing = [name for name in predictors if name not in macs]
     if missing:
         raise ZapoptError(f"no MAC count for layers {', '.join(missing)}")
     curves: dict[str, LayerCurve] = {}
-    enabled = sys.stderr.isatty() if progress is None else progress
-    for name in tqdm(list(predictors), desc="curves", file=sys.stderr, disable=not enabled):
-        curves[name] = layer_curve(
-            name, store.layer_array(name), predictors[name], macs=macs[name], taus=taus, tiles=tiles
-        )
+    with progress_bar(len(predictors), "curves", "layer", progress) as bar:
+        for name in predictors:
+            curves[name] = layer_curve(
+                name, store.layer_array(name), predictors[name], macs=macs[name], taus=taus, tiles=tiles
+            )
+            bar.update(1)
     return curves

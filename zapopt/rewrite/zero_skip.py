@@ -25,6 +25,12 @@ from zapopt.rewrite.graph_edit import NameAllocator, ensure_opset, tag_node, ten
 from zapopt.rewrite.replace import folded_weights, layer_node_name, replaced_tag, splice_chain
 from zapopt.rewrite.zero_inputs import zero_input_reason
 
+#: Output channels per group below which the native kernel has only its scalar loop
+#: (one AVX2 vector is 8 floats): MobileNetV2's depthwise convs ran 30-100x slower than
+#: stock there (benchmarks/results/native_models/mobilenet_v2_exact.json), so such convs
+#: are not offered at all rather than timed and rejected.
+MIN_CHANNELS_PER_GROUP = 8
+
 class ZeroSkipRule:
     """Pattern, check and rewrite for one Conv chain."""
 
@@ -61,9 +67,13 @@ class ZeroSkipRule:
         if len(conv.input) > 2 and conv.input[2] and index.constant_value(conv.input[2]) is None:
             return f"its bias ({conv.input[2]!r}) is not a constant"
         try:
-            conv_geometry_2d(conv, tuple(weight.shape), tensor_shape(inferred, conv.input[0]))
+            geometry = conv_geometry_2d(conv, tuple(weight.shape), tensor_shape(inferred, conv.input[0]))
         except ZapoptError as exc:
             return str(exc)
+        per_group = weight.shape[0] // max(geometry.group, 1)
+        if geometry.group > 1 and per_group < MIN_CHANNELS_PER_GROUP:
+            return (f"it is a grouped conv with {per_group} output channel(s) per group; the native kernel "
+                    f"vectorizes over >= {MIN_CHANNELS_PER_GROUP} and would run far slower than stock")
         return zero_input_reason(index, conv.input[0])
 
     def rewrite(self, model: onnx.ModelProto, inferred: onnx.ModelProto, index: GraphIndex, chain: ConvChain,
