@@ -19,6 +19,7 @@ import onnx
 
 from zapopt.agreement import kept_reference, measure_agreement, warn_about_losses
 from zapopt.calibrate import calibrate
+from zapopt.curves import LayerCurve, default_taus, layer_curve
 from zapopt.data import Dataset, ImageOptions, model_input, open_dataset
 from zapopt.data_checks import (MIN_CALIBRATION_IMAGES, check_calibration_count, check_drop_resolution,
                                 check_free_space, training_images)
@@ -40,7 +41,7 @@ from zapopt.native_model import (
 )
 from zapopt.zap_info import EXPECTED_MACS_KEY
 from zapopt.ops.patterns import get_pattern
-from zapopt.pattern_choice import MergedCurves, merge_curves, parse_patterns
+from zapopt.pattern_choice import merge_curves, parse_patterns
 from zapopt.predictor.inputs import PredictorInput
 from zapopt.progress import progress_bar
 from zapopt.report import LayerReport, OptimizeReport, layer_report_from_curve, plot_layer_curves
@@ -53,16 +54,7 @@ from zapopt.sensitivity import (
     layer_sensitivities,
     output_divergence,
 )
-from zapopt.thresholds import (
-    AccuracyTargetResult,
-    LayerCurve,
-    accuracy_target,
-    default_taus,
-    error_budget,
-    json_float,
-    layer_curve,
-    uniform,
-)
+from zapopt.thresholds import AccuracyTargetResult, accuracy_target, choice_key, error_budget, uniform
 
 #: native: ZapConv + ZeroSkipConv nodes (zapopt's op library); zap: ZapConv nodes only;
 #: onnx: the portable expansion (standard ops, no speed-up).
@@ -318,17 +310,12 @@ def _curve_grid(config: OptimizeConfig) -> np.ndarray:
     return grid
 
 
-def _thresholds_key(thresholds: Mapping[str, float]) -> tuple[tuple[str, float], ...]:
-    """A hashable, order-free key for one set of per-layer thresholds."""
-    return tuple(sorted(thresholds.items()))
-
-
 def _accuracy_search(original: onnx.ModelProto, curves: Mapping[str, LayerCurve],
-                     build: Callable[[dict[str, float]], onnx.ModelProto], config: OptimizeConfig,
+                     build: Callable[[dict[str, float], dict[str, str]], onnx.ModelProto], config: OptimizeConfig,
                      eval_source: Any, image_options: ImageOptions | None, progress: bool | None,
                      probed: SensitivityProbes | None = None,
                      ) -> tuple[AccuracyTargetResult, SensitivityProbes | None, dict[tuple, tuple[float, float]]]:
-    """The --max-drop search over ``curves`` (``build(thresholds)`` makes the model to
+    """The --max-drop search over ``curves`` (``build(thresholds, patterns)`` makes the model to
     measure); also returns the sensitivity probes (None without sensitivity weighting) and
     each measured point's plain drop and its standard error (the search compares the drop
     plus ``config.drop_margin`` standard errors). ``probed``: the probes of an earlier
@@ -337,20 +324,20 @@ def _accuracy_search(original: onnx.ModelProto, curves: Mapping[str, LayerCurve]
     dataset = open_dataset(eval_source, spec, image_options, limit=config.eval_images)
     check_drop_resolution(config.max_drop, len(dataset), dataset.labels is not None)
 
-    def outputs(thresholds: dict[str, float], data: Any, desc: str) -> np.ndarray:
-        model = build(thresholds) if thresholds else original
+    def outputs(thresholds: dict[str, float], patterns: dict[str, str], data: Any, desc: str) -> np.ndarray:
+        model = build(thresholds, patterns) if thresholds else original
         result = run_model(model, data, measure=False, progress=progress, desc=desc).outputs
         return result.reshape(len(result), -1)
 
-    reference = outputs({}, dataset, "reference")
+    reference = outputs({}, {}, dataset, "reference")
 
     plain_drops: dict[tuple, tuple[float, float]] = {}
 
-    def measure(thresholds: dict[str, float]) -> float:
-        logits = outputs(thresholds, dataset, "search")
+    def measure(thresholds: dict[str, float], patterns: dict[str, str]) -> float:
+        logits = outputs(thresholds, patterns, dataset, "search")
         drop = accuracy_drop(reference, logits, dataset.labels)
         error = accuracy_drop_standard_error(reference, logits, dataset.labels)
-        plain_drops[_thresholds_key(thresholds)] = (drop, error)
+        plain_drops[choice_key(thresholds, patterns)] = (drop, error)
         return drop + config.drop_margin * error
 
     probes = None
@@ -363,7 +350,8 @@ def _accuracy_search(original: onnx.ModelProto, curves: Mapping[str, LayerCurve]
             probe = open_dataset(eval_source, spec, image_options, limit=len(probe_reference))
             sensitivities = layer_sensitivities(
                 curves,
-                lambda thresholds: output_divergence(probe_reference, outputs(thresholds, probe, "sensitivity")))
+                lambda thresholds, patterns: output_divergence(
+                    probe_reference, outputs(thresholds, patterns, probe, "sensitivity")))
             probes = SensitivityProbes.measured_on(sensitivities, probe_reference)
         curves = divergence_curves(curves, probes.layers)
     return accuracy_target(curves, config.max_drop, measure), probes, plain_drops
@@ -397,7 +385,7 @@ class PreparedLayers:
     def curves(self) -> dict[str, LayerCurve]:
         return {name: t.curve for name, t in self.trained.items()}
 
-    def merged(self) -> MergedCurves:
+    def merged(self) -> dict[str, LayerCurve]:
         """Every candidate's curves merged per layer (see ``zapopt.pattern_choice``)."""
         return merge_curves({p: {n: t.curve for n, t in layers.items()} for p, layers in self.by_pattern.items()})
 
@@ -474,20 +462,11 @@ def choose_thresholds(prepared: PreparedLayers, config: OptimizeConfig, *, eval_
     them instead of running every layer's sensitivity probes again (4 model runs per
     layer); probes from other layers or other images are refused.
     """
-    curves = prepared.curves
-    merged = prepared.merged() if len(prepared.by_pattern) > 1 else None
-    if merged is not None:
-        curves = merged.curves  # thresholds are option codes until decoded below
+    # With several candidate patterns each curve point is a (pattern, threshold) option.
+    curves = prepared.merged() if len(prepared.by_pattern) > 1 else prepared.curves
 
-    def decoded(codes: Mapping[str, float]) -> tuple[dict[str, str], dict[str, float]]:
-        if merged is None:
-            return {}, dict(codes)
-        patterns, taus = merged.decode_all(codes)
-        return {name: p for name, p in patterns.items() if p is not None}, taus
-
-    def build(codes: dict[str, float]) -> onnx.ModelProto:
-        patterns, taus = decoded(codes)
-        return build_zap_model(prepared.original, prepared.chosen(patterns), taus)
+    def build(thresholds: dict[str, float], patterns: dict[str, str]) -> onnx.ModelProto:
+        return build_zap_model(prepared.original, prepared.chosen(patterns), thresholds)
 
     if config.max_drop is not None:
         if eval_data is None:
@@ -502,26 +481,17 @@ def choose_thresholds(prepared: PreparedLayers, config: OptimizeConfig, *, eval_
             # the budget and the summed "error" are in the units of the curves searched
             entry["budget_unit"] = unit
             # every evaluated selection was measured (a repeat reuses the first measurement)
-            key = _thresholds_key(evaluation.selection.thresholds)
-            entry["measured_drop"], entry["drop_standard_error"] = plain[key]
-            if merged is not None:
-                patterns, taus = decoded(evaluation.selection.thresholds)
-                entry["thresholds"] = {name: json_float(tau) for name, tau in taus.items()}
-                entry["patterns"] = patterns
+            entry["measured_drop"], entry["drop_standard_error"] = plain[evaluation.selection.key]
             search.append(entry)
+        best = found.selection
         no_fit = found.drop is None  # nothing met the limit: the original model, not measured
-        chosen, chosen_error = (None, None) if no_fit else plain[_thresholds_key(found.selection.thresholds)]
-        patterns, taus = decoded(found.selection.thresholds)
+        chosen, chosen_error = (None, None) if no_fit else plain[best.key]
         sensitivity_rows = [s.to_dict() for s in sensitivities.values()]
-        if merged is not None:  # the probes ran at coded thresholds too
-            for row in sensitivity_rows:
-                decoded_probes = [merged.decode(row["name"], tau) for tau in row["taus"]]
-                row["patterns"] = [pattern for pattern, _ in decoded_probes]
-                row["taus"] = [tau for _, tau in decoded_probes]
-        return ThresholdChoice(taus, search, chosen, sensitivity_rows, patterns, chosen_error, measured_probes)
+        return ThresholdChoice(dict(best.thresholds), search, chosen, sensitivity_rows, dict(best.patterns),
+                               chosen_error, measured_probes)
     if config.max_error is not None:
-        patterns, taus = decoded(error_budget(curves, config.max_error).thresholds)
-        return ThresholdChoice(taus, [], None, patterns=patterns)
+        selection = error_budget(curves, config.max_error)
+        return ThresholdChoice(dict(selection.thresholds), [], None, patterns=dict(selection.patterns))
     thresholds = dict(uniform(curves, config.uniform_threshold).thresholds)
     # A layer where the predictor costs more than it saves stays as it was.
     for name, tau in thresholds.items():

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from zapopt.thresholds import LayerCurve, json_float
+from zapopt.curves import LayerCurve, json_float
 
 if TYPE_CHECKING:
     from zapopt.agreement import Agreement
