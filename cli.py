@@ -6,6 +6,7 @@ instead. Any other exception is a bug in zapopt and keeps its traceback.
 """
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
@@ -26,6 +27,29 @@ def cli() -> None:
     `zapopt optimize MODEL -o OUT --calib DATA` to train predictors and rewrite the model,
     then `zapopt eval OUT --data DATA --reference MODEL` to measure what it cost.
     """
+    _show_warnings()
+
+
+class _WarningLines(logging.Handler):
+    """Prints each of zapopt's warnings once, as a ``warning:`` line on stderr, when it happens."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.shown: set[str] = set()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message not in self.shown:
+            self.shown.add(message)
+            click.echo(f"warning: {message}", err=True)
+
+
+def _show_warnings() -> None:
+    from zapopt.notices import LOGGER
+
+    for handler in [h for h in LOGGER.handlers if isinstance(h, _WarningLines)]:
+        LOGGER.removeHandler(handler)  # one per command run (CliRunner invokes several in one process)
+    LOGGER.addHandler(_WarningLines())
 
 
 @cli.command("info")
@@ -42,12 +66,15 @@ def info_command(model: str, as_json: bool, input_shapes: tuple[str, ...]) -> No
     Gemm and MatMul. A Conv is eligible when it feeds, with no other reader, an optional
     BatchNormalization, an optional residual Add, then Relu or Clip(min=0), and when the
     predictor (18 MACs per output) costs at most 25% of the conv's own MACs per output.
+
+    On a model `zapopt optimize` wrote (either --format), it also lists the ZAP layers with
+    their full cost, their predictors' and the expected cost after skipping.
     """
     import json
 
-    from zapopt.graph.info import info
+    from zapopt.zap_info import describe
 
-    result = info(model, _input_shapes(input_shapes))
+    result = describe(model, _input_shapes(input_shapes))
     click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.format_table())
 
 
@@ -111,8 +138,10 @@ def data_group() -> None:
               help="Directory to put the four idx files in. Default: $ZAPOPT_DATA/NAME, else "
                    "~/.cache/zapopt/datasets/NAME (an installed Debian package is then used in place).")
 @click.option("--from", "source_dir", type=click.Path(file_okay=False, path_type=str), default=None,
-              help="Take the idx files from this directory (checked, then copied) instead of a package; "
-                   "the only way to get MNIST, which no allowed registry ships.")
+              help="Take the four idx files from this directory (checked, then copied) instead of a package. "
+                   "MNIST needs it: download train-images-idx3-ubyte, train-labels-idx1-ubyte, "
+                   "t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte (plain or .gz) from the MNIST site or a "
+                   "mirror into one folder and pass that folder here.")
 def data_fetch_command(name: str, dest: str | None, source_dir: str | None) -> None:
     """Make the full NAME set loadable (without root): installed Debian files, else
     `apt-get download` + `dpkg-deb -x` of its package, or your own files with --from."""
@@ -163,7 +192,12 @@ input_shape_option = click.option(
     help="Pin a dynamic input shape, e.g. input:1,3,224,224 (repeatable).")
 json_option = click.option("--json", "as_json", is_flag=True,
                            help="Print the JSON report on stdout instead of the table (for scripts).")
-quiet_option = click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+quiet_option = click.option("-q", "--quiet", is_flag=True,
+                            help="No progress (a bar on a terminal, a line every 30 s in a log file).")
+batch_size_option = click.option(
+    "--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
+    help="Samples per onnxruntime run (more is faster, uses more memory). A model exported with a fixed "
+         "batch size is always fed its own size, the last batch padded.")
 
 
 class _Threshold(click.ParamType):
@@ -234,7 +268,9 @@ THRESHOLD = _Threshold()
                    "The search's pick is still a noisy measurement on --eval, so on other data its drop can "
                    "come out higher; 1 makes exceeding --max-drop there unlikely, at some savings.")
 @click.option("--eval", "eval_data", default=None, metavar="DATA",
-              help="Held-out data for --max-drop (labels from a .npz y, or embedded:fashion-mnist-test).")
+              help="Held-out data for --max-drop, any source --calib takes (an image folder too). With labels "
+                   "(a .npz y, embedded:fashion-mnist-test) the drop is in top-1 accuracy; without labels "
+                   "(image folders, .npy) it is the share of images whose top-1 class differs from the original's.")
 @click.option("--eval-images", type=click.IntRange(min=1), default=None, help="Use at most this many --eval images.")
 @click.option("--layers", multiple=True, metavar="NAME|REGEX",
               help="Only these Conv layers (node name or full regex; repeatable). Also the way to include "
@@ -311,6 +347,9 @@ def optimize_command(model, output, calib, calib_images, pattern, predictor_inpu
         click.echo(result.format_table())
         written = [output, report_path or output + ".report.json", *([plot_path] if plot_path else [])]
         click.echo("\nwrote " + ", ".join(written))
+        agreement = getattr(result.report, "agreement", None)
+        if agreement is not None:  # last, where nobody can miss it
+            click.echo(agreement.headline())
 
 
 @cli.command("eval")
@@ -320,7 +359,7 @@ def optimize_command(model, output, calib, calib_images, pattern, predictor_inpu
 @click.option("--reference", type=click.Path(dir_okay=False, path_type=str), default=None,
               help="The original model: adds its accuracy, top-1 agreement and output error.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Evaluate the first N samples only.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@batch_size_option
 @input_shape_option
 @json_option
 @quiet_option
@@ -348,11 +387,13 @@ def eval_command(model, data, reference, limit, batch_size, input_shapes, as_jso
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Evaluate the first N samples only.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=str), default=None,
               help="Write the curve as JSON here and as a PNG plot beside it (same name, .png).")
+@batch_size_option
 @input_shape_option
 @json_option
 @quiet_option
 @image_option_flags
-def sweep_command(model, data, thresholds, limit, output, input_shapes, as_json, quiet, image_options) -> None:
+def sweep_command(model, data, thresholds, limit, output, batch_size, input_shapes, as_json, quiet,
+                  image_options) -> None:
     """Accuracy vs MAC savings of an optimized MODEL over a range of thresholds."""
     import json
     import os
@@ -364,7 +405,7 @@ def sweep_command(model, data, thresholds, limit, output, input_shapes, as_json,
         values = [THRESHOLD.convert(v.strip(), None, None) for v in thresholds.split(",") if v.strip()]
     png = None if output is None else os.path.splitext(output)[0] + ".png"
     result = sweep(model, data, thresholds=values, image_options=image_options, limit=limit,
-                   output_json=output, output_png=png, input_shapes=_input_shapes(input_shapes),
+                   batch_size=batch_size, output_json=output, output_png=png, input_shapes=_input_shapes(input_shapes),
                    progress=_progress(quiet))
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=1))

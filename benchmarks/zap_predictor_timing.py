@@ -25,11 +25,12 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from zapopt.calibrate import calibrate  # noqa: E402
+from zapopt.curves import layer_curve  # noqa: E402
 from zapopt.data.idx import read_idx  # noqa: E402
 from zapopt.graph.analyze import analyze  # noqa: E402
 from zapopt.ops.patterns import get_pattern  # noqa: E402
 from zapopt.predictor.train import train_predictor  # noqa: E402
-from zapopt.thresholds import error_budget, layer_curve  # noqa: E402
+from zapopt.thresholds import error_budget  # noqa: E402
 
 FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 

@@ -23,13 +23,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from zapopt.calibrate import calibrate  # noqa: E402
+from zapopt.curves import layer_curve  # noqa: E402
 from zapopt.data import load_fashion_mnist  # noqa: E402
 from zapopt.graph import analyze  # noqa: E402
 from zapopt.layer_selection import select_layers  # noqa: E402
 from zapopt.ops.patterns import get_pattern  # noqa: E402
 from zapopt.predictor.inputs import PredictorInput  # noqa: E402
 from zapopt.predictor.train import train_predictor  # noqa: E402
-from zapopt.thresholds import layer_curve  # noqa: E402
 from zap_common import save_results  # noqa: E402
 
 #: (label, predictor input, magnitude weight)

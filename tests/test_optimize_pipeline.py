@@ -359,8 +359,8 @@ def test_pattern_chosen_per_layer_is_written_and_reported(small_cnn: Path, tmp_p
 
 
 def test_sensitivity_probes_with_several_patterns_report_real_thresholds(small_cnn: Path) -> None:
-    """With several candidate patterns the probes run at merged-curve codes; the report
-    must decode each one back to its pattern and that pattern's own threshold."""
+    """With several candidate patterns each probe is a (pattern, threshold) option; the
+    report names each one's pattern and that pattern's own threshold."""
     from zapopt.optimize import choose_thresholds, prepare_layers
 
     config = OptimizeConfig(latency_check=False, pattern="checkerboard,diag3x3-33", calib_images=64, epochs=1, max_drop=1.0,

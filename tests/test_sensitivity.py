@@ -6,9 +6,9 @@ import math
 import numpy as np
 import pytest
 
-from tests.test_thresholds import _synthetic_curve
+from tests.curve_builders import synthetic_curve
+from zapopt.curves import LayerCurve
 from zapopt.errors import ZapoptError
-from zapopt.thresholds import LayerCurve
 from zapopt.sensitivity import (
     DIVERGENCE_FLOOR,
     PROBE_ERRORS,
@@ -36,14 +36,14 @@ def test_output_divergence_is_the_softmax_kl() -> None:
 
 
 def test_probe_index_picks_the_lossy_point_nearest_the_probe_error() -> None:
-    curve = _synthetic_curve("c", np.random.default_rng(1), points=6)
+    curve = synthetic_curve("c", np.random.default_rng(1), points=6)
     errors = curve.error.copy()
     index = probe_index(curve, 0.02)
     lossy = np.flatnonzero(errors > 0)
     assert index in lossy
     distances = np.abs(np.log(errors[lossy] / 0.02))
     assert distances.min() == pytest.approx(abs(math.log(errors[index] / 0.02)))
-    flat = _synthetic_curve("flat", np.random.default_rng(2))
+    flat = synthetic_curve("flat", np.random.default_rng(2))
     flat = type(flat)(**{**flat.__dict__, "error": np.zeros_like(flat.error)})
     assert probe_index(flat, 0.02) is None
 
@@ -61,7 +61,8 @@ def _log_curve(name: str, errors: np.ndarray) -> LayerCurve:
 
 
 def _power_law_probe(curves: dict, harm: dict, power: dict, calls: list):
-    def divergence_of(thresholds: dict[str, float]) -> float:
+    def divergence_of(thresholds: dict[str, float], patterns: dict[str, str]) -> float:
+        assert patterns == {}  # curves of one pattern
         calls.append(thresholds)
         ((name, tau),) = thresholds.items()  # one layer at a time
         index = int(np.flatnonzero(curves[name].taus == tau)[0])
@@ -119,7 +120,7 @@ def test_a_layer_measured_harmless_is_floored_and_an_unprobed_layer_keeps_its_cu
     np.testing.assert_allclose(estimated["l2"].error, 3.0 * curves["l2"].error, rtol=1e-9)
     assert budgets_divergence(found)
     # nothing measurable anywhere: the plain error budget
-    none = layer_sensitivities(curves, lambda th: 0.0)
+    none = layer_sensitivities(curves, lambda th, patterns: 0.0)
     assert not budgets_divergence(none)
     for name, curve in divergence_curves(curves, none).items():
         np.testing.assert_array_equal(curve.error, curves[name].error)
@@ -144,15 +145,15 @@ def test_the_budget_goes_where_the_divergence_is_cheapest() -> None:
 def test_bad_divergence_and_arguments_are_errors() -> None:
     curves = {n: _log_curve(n, np.geomspace(1e-3, 0.2, 10)) for n in ("a", "b")}
     with pytest.raises(ZapoptError, match="divergence"):
-        layer_sensitivities(curves, lambda th: float("nan"))
+        layer_sensitivities(curves, lambda th, patterns: float("nan"))
     with pytest.raises(ZapoptError, match="divergence"):
-        layer_sensitivities(curves, lambda th: -1.0)
+        layer_sensitivities(curves, lambda th, patterns: -1.0)
     with pytest.raises(ZapoptError, match="probe errors"):
-        layer_sensitivities(curves, lambda th: 0.1, probe_errors=(0.0,))
+        layer_sensitivities(curves, lambda th, patterns: 0.1, probe_errors=(0.0,))
     with pytest.raises(ZapoptError, match="probe errors"):
-        layer_sensitivities(curves, lambda th: 0.1, probe_errors=())
+        layer_sensitivities(curves, lambda th, patterns: 0.1, probe_errors=())
     with pytest.raises(ZapoptError, match="no layers"):
-        layer_sensitivities({}, lambda th: 0.1)
+        layer_sensitivities({}, lambda th, patterns: 0.1)
     with pytest.raises(ZapoptError, match="no sensitivity"):
         divergence_curves(curves, {})
     with pytest.raises(ZapoptError, match="increasing"):
@@ -198,3 +199,32 @@ def test_reused_probes_must_come_from_the_same_curves_and_images() -> None:
     for bad in (np.zeros((0, 10)), np.zeros(10)):
         with pytest.raises(ZapoptError, match=r"\[N, K\] class scores"):
             SensitivityProbes.measured_on(found, bad)
+
+
+def test_probes_on_a_merged_curve_name_each_probes_pattern() -> None:
+    """On curves of several patterns a probe is a (pattern, threshold) option: the probe
+    run gets the pattern, the probe records it, and reuse checks it."""
+    from zapopt.pattern_choice import merge_curves
+
+    checker = _log_curve("a", np.geomspace(1e-4, 0.3, 40))
+    diag = _log_curve("a", np.geomspace(3e-4, 0.9, 40))  # the same taus, other errors
+    curves = merge_curves({"checkerboard": {"a": checker}, "diag3x3-33": {"a": diag}})
+    runs: list = []
+
+    def divergence_of(thresholds: dict[str, float], patterns: dict[str, str]) -> float:
+        runs.append(patterns)
+        ((name, tau),) = thresholds.items()
+        own = checker if patterns[name] == "checkerboard" else diag
+        return float(own.error[own.index_of(tau)])
+
+    found = layer_sensitivities(curves, divergence_of)["a"]
+    assert len(found.patterns) == len(found.taus) == len(runs) and set(found.patterns) <= {"checkerboard", "diag3x3-33"}
+    assert [r["a"] for r in runs] == list(found.patterns)
+    assert found.divergences == pytest.approx(found.errors)  # each probe ran its own pattern's point
+    assert found.to_dict()["patterns"] == list(found.patterns)
+    reference = np.random.default_rng(0).standard_normal((20, 10))
+    SensitivityProbes.measured_on({"a": found}, reference).check(curves, reference)
+    flipped = tuple("diag3x3-33" if p == "checkerboard" else "checkerboard" for p in found.patterns)
+    other = LayerSensitivity("a", found.taus, found.errors, found.divergences, flipped)
+    with pytest.raises(ZapoptError, match="not a point of its curve"):
+        SensitivityProbes.measured_on({"a": other}, reference).check(curves, reference)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -24,6 +23,9 @@ import onnx
 import onnxruntime as ort
 
 from zapopt.errors import ZapoptError
+from zapopt.graph.loading import load_model
+from zapopt.progress import progress_bar
+from zapopt.runtime import fixed_batch_size, run_batch
 
 __all__ = ["CalibrationStore", "calibrate", "layer_outputs"]
 
@@ -171,20 +173,6 @@ def layer_outputs(layers: Mapping[str, str] | Sequence[Any]) -> dict[str, str]:
     return selected
 
 
-def _load_model(model: onnx.ModelProto | str | os.PathLike[str]) -> onnx.ModelProto:
-    if isinstance(model, onnx.ModelProto):
-        copy = onnx.ModelProto()
-        copy.CopyFrom(model)
-        return copy
-    path = Path(model)
-    if not path.is_file():
-        raise ZapoptError(f"model file not found: {path}")
-    try:
-        return onnx.load(str(path))
-    except Exception as exc:  # onnx raises protobuf DecodeError and others
-        raise ZapoptError(f"cannot read ONNX model {path}: {exc}") from exc
-
-
 def _with_extra_outputs(model: onnx.ModelProto, tensors: Iterable[str]) -> onnx.ModelProto:
     """Expose intermediate tensors as graph outputs (on the caller's copy)."""
     graph = model.graph
@@ -223,14 +211,6 @@ def _check_finite(array: np.ndarray, what: str) -> None:
         )
 
 
-def _progress_bar(total: int | None, enabled: bool | None) -> Any:
-    from tqdm import tqdm
-
-    if enabled is None:
-        enabled = sys.stderr.isatty()
-    return tqdm(total=total, unit="img", desc="calibrate", file=sys.stderr, disable=not enabled)
-
-
 def calibrate(
     model: onnx.ModelProto | str | os.PathLike[str],
     layers: Mapping[str, str] | Sequence[Any],
@@ -254,7 +234,11 @@ def calibrate(
     selected = layer_outputs(layers)
     if max_images is not None and max_images <= 0:
         raise ZapoptError(f"max_images must be positive, got {max_images}")
-    proto = _with_extra_outputs(_load_model(model), selected.values())
+    proto = load_model(model)
+    if proto is model:  # outputs are added to a copy: the caller's model is never modified
+        proto = onnx.ModelProto()
+        proto.CopyFrom(model)
+    proto = _with_extra_outputs(proto, selected.values())
     session = _session(proto, intra_op_threads)
     initializers = {init.name for init in proto.graph.initializer}
     feeds = [i for i in session.get_inputs() if i.name not in initializers]
@@ -270,6 +254,7 @@ def calibrate(
             f"model has no input {input_name!r}; inputs: {', '.join(i.name for i in feeds)}"
         )
     expected_rank = len(next(i for i in feeds if i.name == input_name).shape)
+    fixed = fixed_batch_size(session)  # a fixed-batch model gets padded batches of its size
     original_outputs = [o.name for o in session.get_outputs() if o.name not in selected.values()]
     # A layer tensor that is also an original output is still fetched once.
     fetch = list(dict.fromkeys([*selected.values(), *original_outputs]))
@@ -281,7 +266,7 @@ def calibrate(
     bar_total = total_images
     if max_images is not None:
         bar_total = min(bar_total or max_images, max_images)
-    bar = _progress_bar(bar_total, progress)
+    bar = progress_bar(bar_total, "calibrate", "img", progress)
     try:
         for batch in batches:
             if max_images is not None and count >= max_images:
@@ -304,7 +289,7 @@ def calibrate(
                 continue
             _check_finite(batch, "a calibration input batch")
             try:
-                results = session.run(fetch, {input_name: batch})
+                results = run_batch(session, input_name, batch, fetch, fixed)
             except Exception as exc:  # onnxruntime's errors are not ValueError subclasses
                 raise ZapoptError(f"onnxruntime failed on a calibration batch: {exc}") from exc
             by_name = dict(zip(fetch, results))

@@ -9,3 +9,9 @@ from __future__ import annotations
 
 class ZapoptError(ValueError):
     """A problem with the user's input, explained in one actionable sentence."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of a third-party exception's message (onnx and onnxruntime add pages)."""
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0].strip()

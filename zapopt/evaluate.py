@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import onnx
-from tqdm import tqdm
 
 from zapopt.data import Dataset, ImageOptions, model_input, open_dataset
 from zapopt.errors import ZapoptError
@@ -26,6 +24,7 @@ from zapopt.model_form import as_native
 from zapopt.ops.spec import PREDICTOR_MACS_PER_ACTIVATION, is_zero_skip_node
 from zapopt.rewrite.graph_edit import tensor_shape
 from zapopt.rewrite.zap_layers import read_zap_layers
+from zapopt.progress import progress_bar
 from zapopt.runtime import make_session, prepare, run_batches
 
 
@@ -74,8 +73,7 @@ def run_model(model: onnx.ModelProto, dataset: Dataset, *, batch_size: int = 64,
     totals = {name: 0 for name, _ in mask_names}
     shapes: dict[str, tuple[int, ...]] = {}
     outputs = []
-    enabled = sys.stderr.isatty() if progress is None else progress
-    bar = tqdm(total=len(dataset), desc=desc, unit="img", file=sys.stderr, disable=not enabled, leave=False)
+    bar = progress_bar(len(dataset), desc, "img", progress, leave=False)
     k = len(mask_names)
     try:
         for result in run_batches(session, dataset.batches(batch_size), fetch):

@@ -9,24 +9,28 @@ import json
 import math
 import numbers
 import os
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import onnx
-from tqdm import tqdm
 
+from zapopt.agreement import kept_reference, measure_agreement, warn_about_losses
 from zapopt.calibrate import calibrate
-from zapopt.data import ImageOptions, model_input, open_dataset
+from zapopt.curves import LayerCurve, default_taus, layer_curve
+from zapopt.data import Dataset, ImageOptions, model_input, open_dataset
+from zapopt.data_checks import (MIN_CALIBRATION_IMAGES, check_calibration_count, check_drop_resolution,
+                                check_free_space, training_images)
 from zapopt.errors import ZapoptError
 from zapopt.evaluate import accuracy_drop, accuracy_drop_standard_error, run_model
 from zapopt.files import check_distinct_outputs, check_output_path, save_model_atomically, write_text_atomically
 from zapopt.graph import ConvActivation, analyze, load_model, with_unique_node_names
+from zapopt.graph.opset import MIN_REWRITE_OPSET
 from zapopt.latency import LatencyReport
 from zapopt.layer_selection import named_subset, select_layers
+from zapopt.notices import collect_warnings
 from zapopt.native_model import (
     ExactReport,
     NativeResult,
@@ -35,9 +39,11 @@ from zapopt.native_model import (
     native_ops,
     zero_skip_layers,
 )
+from zapopt.zap_info import EXPECTED_MACS_KEY
 from zapopt.ops.patterns import get_pattern
-from zapopt.pattern_choice import MergedCurves, merge_curves, parse_patterns
+from zapopt.pattern_choice import merge_curves, parse_patterns
 from zapopt.predictor.inputs import PredictorInput
+from zapopt.progress import progress_bar
 from zapopt.report import LayerReport, OptimizeReport, layer_report_from_curve, plot_layer_curves
 from zapopt.rewrite.expand import ExpandZapToOnnx
 from zapopt.rewrite.replace import ReplaceWithZap, ZapParams
@@ -48,16 +54,7 @@ from zapopt.sensitivity import (
     layer_sensitivities,
     output_divergence,
 )
-from zapopt.thresholds import (
-    AccuracyTargetResult,
-    LayerCurve,
-    accuracy_target,
-    default_taus,
-    error_budget,
-    json_float,
-    layer_curve,
-    uniform,
-)
+from zapopt.thresholds import AccuracyTargetResult, accuracy_target, choice_key, error_budget, uniform
 
 #: native: ZapConv + ZeroSkipConv nodes (zapopt's op library); zap: ZapConv nodes only;
 #: onnx: the portable expansion (standard ops, no speed-up).
@@ -156,8 +153,8 @@ class OptimizeConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ZapoptError(f"{name} must be a positive integer, got {value!r}")
-        if self.calib_images < 8:
-            raise ZapoptError("use at least 8 calibration images (more is better: 256-1024)")
+        if self.calib_images < MIN_CALIBRATION_IMAGES:
+            raise ZapoptError(f"use at least {MIN_CALIBRATION_IMAGES} calibration images (more is better: 256-1024)")
         PredictorInput(self.predictor_input)  # validates the name
         if self.output_format not in FORMATS:
             raise ZapoptError(f"unknown format {self.output_format!r}; choose one of {', '.join(FORMATS)}")
@@ -227,7 +224,14 @@ def build_zap_model(original: onnx.ModelProto, trained: Mapping[str, TrainedLaye
     result = ReplaceWithZap(params)(original).model  # a pass works on its own copy
     meta = {p.key: p for p in result.metadata_props}
     used = ",".join(dict.fromkeys(trained[name].pattern for name in params))
-    for key, value in (("zapopt.pattern", used), ("zapopt.layers", str(len(params)))):
+    expected = {}  # what `zapopt info` shows: each layer's cost without and with skipping, per image
+    for name in params:
+        curve = trained[name].curve
+        i = curve.index_of(thresholds[name])
+        if i is not None:
+            expected[name] = {"macs": int(curve.macs), "macs_after": float(curve.macs_after[i])}
+    for key, value in (("zapopt.pattern", used), ("zapopt.layers", str(len(params))),
+                       (EXPECTED_MACS_KEY, json.dumps(expected))):
         entry = meta.get(key) or result.metadata_props.add()
         entry.key, entry.value = key, value
     return result
@@ -252,16 +256,14 @@ def _train_layers(store: Any, selected: Sequence[ConvActivation], config: Optimi
     activations = {conv.conv: int(np.prod(store.layer_array(conv.conv).shape[1:])) for conv in selected}
     largest = max(activations.values())
     n = store.num_images
-    n_train = max(2, int(round(n * (1 - config.holdout))))
-    if n - n_train < 1:
-        raise ZapoptError(f"{n} calibration images are too few to hold some out for the curves; use more")
-    enabled = sys.stderr.isatty() if progress is None else progress
+    n_train = training_images(n, config.holdout)
     trained: dict[str, dict[str, TrainedLayer]] = {name: {} for name in config.patterns}
     jobs = [(name, conv) for name in config.patterns for conv in selected]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # bit-reproducible training needs a fixed thread count; tiny convs gain nothing
+    bar = progress_bar(len(jobs), "predictors", "layer", progress)
     try:
-        for pattern_name, conv in tqdm(jobs, desc="predictors", unit="layer", file=sys.stderr, disable=not enabled):
+        for pattern_name, conv in jobs:
             pattern = get_pattern(pattern_name)
             stored = store.layer_array(conv.conv)  # the ofm, or the pre-activation
             source = PredictorInput(config.predictor_input, conv.clip_max)
@@ -274,9 +276,17 @@ def _train_layers(store: Any, selected: Sequence[ConvActivation], config: Optimi
             curve = layer_curve(conv.conv, stored[n_train:], predictor, macs=conv.macs, taus=taus)
             trained[pattern_name][conv.conv] = TrainedLayer(conv, predictor, curve, _ofm_sparsity(stored, source),
                                                             time.perf_counter() - started, pattern_name)
+            bar.update(1)
     finally:
+        bar.close()
         torch.set_num_threads(threads)
     return trained
+
+
+def _calibration_bytes(selected: Sequence[ConvActivation], images: int) -> int:
+    """Disk the calibration store needs: one float32 activation per layer and image."""
+    per_image = sum(int(np.prod(conv.output_shape[1:])) for conv in selected if conv.output_shape)
+    return 4 * per_image * images
 
 
 def _calibration_tensors(selected: Sequence[ConvActivation], config: OptimizeConfig) -> dict[str, str]:
@@ -300,38 +310,34 @@ def _curve_grid(config: OptimizeConfig) -> np.ndarray:
     return grid
 
 
-def _thresholds_key(thresholds: Mapping[str, float]) -> tuple[tuple[str, float], ...]:
-    """A hashable, order-free key for one set of per-layer thresholds."""
-    return tuple(sorted(thresholds.items()))
-
-
 def _accuracy_search(original: onnx.ModelProto, curves: Mapping[str, LayerCurve],
-                     build: Callable[[dict[str, float]], onnx.ModelProto], config: OptimizeConfig,
+                     build: Callable[[dict[str, float], dict[str, str]], onnx.ModelProto], config: OptimizeConfig,
                      eval_source: Any, image_options: ImageOptions | None, progress: bool | None,
                      probed: SensitivityProbes | None = None,
                      ) -> tuple[AccuracyTargetResult, SensitivityProbes | None, dict[tuple, tuple[float, float]]]:
-    """The --max-drop search over ``curves`` (``build(thresholds)`` makes the model to
+    """The --max-drop search over ``curves`` (``build(thresholds, patterns)`` makes the model to
     measure); also returns the sensitivity probes (None without sensitivity weighting) and
     each measured point's plain drop and its standard error (the search compares the drop
     plus ``config.drop_margin`` standard errors). ``probed``: the probes of an earlier
     search, used instead of probing again once checked to fit these curves and images."""
     spec = model_input(original)
     dataset = open_dataset(eval_source, spec, image_options, limit=config.eval_images)
+    check_drop_resolution(config.max_drop, len(dataset), dataset.labels is not None)
 
-    def outputs(thresholds: dict[str, float], data: Any, desc: str) -> np.ndarray:
-        model = build(thresholds) if thresholds else original
+    def outputs(thresholds: dict[str, float], patterns: dict[str, str], data: Any, desc: str) -> np.ndarray:
+        model = build(thresholds, patterns) if thresholds else original
         result = run_model(model, data, measure=False, progress=progress, desc=desc).outputs
         return result.reshape(len(result), -1)
 
-    reference = outputs({}, dataset, "reference")
+    reference = outputs({}, {}, dataset, "reference")
 
     plain_drops: dict[tuple, tuple[float, float]] = {}
 
-    def measure(thresholds: dict[str, float]) -> float:
-        logits = outputs(thresholds, dataset, "search")
+    def measure(thresholds: dict[str, float], patterns: dict[str, str]) -> float:
+        logits = outputs(thresholds, patterns, dataset, "search")
         drop = accuracy_drop(reference, logits, dataset.labels)
         error = accuracy_drop_standard_error(reference, logits, dataset.labels)
-        plain_drops[_thresholds_key(thresholds)] = (drop, error)
+        plain_drops[choice_key(thresholds, patterns)] = (drop, error)
         return drop + config.drop_margin * error
 
     probes = None
@@ -344,7 +350,8 @@ def _accuracy_search(original: onnx.ModelProto, curves: Mapping[str, LayerCurve]
             probe = open_dataset(eval_source, spec, image_options, limit=len(probe_reference))
             sensitivities = layer_sensitivities(
                 curves,
-                lambda thresholds: output_divergence(probe_reference, outputs(thresholds, probe, "sensitivity")))
+                lambda thresholds, patterns: output_divergence(
+                    probe_reference, outputs(thresholds, patterns, probe, "sensitivity")))
             probes = SensitivityProbes.measured_on(sensitivities, probe_reference)
         curves = divergence_curves(curves, probes.layers)
     return accuracy_target(curves, config.max_drop, measure), probes, plain_drops
@@ -364,6 +371,10 @@ class PreparedLayers:
     skipped: list[tuple[str, str]]
     calibration_images: int
     seconds: dict[str, float]
+    #: The held-out calibration images and the original's first output on them (flattened per
+    #: image), to measure the rewritten model's agreement; None when too large to keep.
+    held_out: Dataset | None = None
+    held_out_reference: np.ndarray | None = None
 
     @property
     def trained(self) -> dict[str, TrainedLayer]:
@@ -374,7 +385,7 @@ class PreparedLayers:
     def curves(self) -> dict[str, LayerCurve]:
         return {name: t.curve for name, t in self.trained.items()}
 
-    def merged(self) -> MergedCurves:
+    def merged(self) -> dict[str, LayerCurve]:
         """Every candidate's curves merged per layer (see ``zapopt.pattern_choice``)."""
         return merge_curves({p: {n: t.curve for n, t in layers.items()} for p, layers in self.by_pattern.items()})
 
@@ -403,7 +414,7 @@ class ThresholdChoice:
 def _named(model: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
     """The model with every node named as ``zapopt.graph`` reports it, so that layer names
     stay valid while layers are rewritten one after another."""
-    return with_unique_node_names(model if isinstance(model, onnx.ModelProto) else load_model(model))
+    return with_unique_node_names(load_model(model, min_opset=MIN_REWRITE_OPSET))  # old opsets: converted, checked
 
 
 def prepare_layers(model: str | os.PathLike | onnx.ModelProto, calib: Any, *,
@@ -421,8 +432,10 @@ def prepare_layers(model: str | os.PathLike | onnx.ModelProto, calib: Any, *,
     selected, skipped = select_layers(info.convs, config.layers, config.exclude, config.include_first)
     spec = model_input(original)
     calib_set = open_dataset(calib, spec, image_options, limit=config.calib_images)
+    check_calibration_count(len(calib_set), config.holdout, calib_set.description)
     if eval_data is not None:  # validate now, run later
         open_dataset(eval_data, spec, image_options, limit=config.eval_images)
+    check_free_space(_calibration_bytes(selected, len(calib_set)), len(calib_set))
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     with calibrate(original, _calibration_tensors(selected, config), calib_set.batches(config.batch_size),
@@ -432,7 +445,10 @@ def prepare_layers(model: str | os.PathLike | onnx.ModelProto, calib: Any, *,
         by_pattern = _train_layers(store, selected, config, _curve_grid(config), progress)
         seconds["train"] = time.perf_counter() - t0
         n_images = store.num_images
-    return PreparedLayers(original, info.total_macs, by_pattern, skipped, n_images, seconds)
+        n_train = training_images(n_images, config.holdout)
+        reference = kept_reference(store.logits[n_train:])
+    held_out = calib_set.window(n_train, n_images - n_train)
+    return PreparedLayers(original, info.total_macs, by_pattern, skipped, n_images, seconds, held_out, reference)
 
 
 def choose_thresholds(prepared: PreparedLayers, config: OptimizeConfig, *, eval_data: Any = None,
@@ -446,20 +462,11 @@ def choose_thresholds(prepared: PreparedLayers, config: OptimizeConfig, *, eval_
     them instead of running every layer's sensitivity probes again (4 model runs per
     layer); probes from other layers or other images are refused.
     """
-    curves = prepared.curves
-    merged = prepared.merged() if len(prepared.by_pattern) > 1 else None
-    if merged is not None:
-        curves = merged.curves  # thresholds are option codes until decoded below
+    # With several candidate patterns each curve point is a (pattern, threshold) option.
+    curves = prepared.merged() if len(prepared.by_pattern) > 1 else prepared.curves
 
-    def decoded(codes: Mapping[str, float]) -> tuple[dict[str, str], dict[str, float]]:
-        if merged is None:
-            return {}, dict(codes)
-        patterns, taus = merged.decode_all(codes)
-        return {name: p for name, p in patterns.items() if p is not None}, taus
-
-    def build(codes: dict[str, float]) -> onnx.ModelProto:
-        patterns, taus = decoded(codes)
-        return build_zap_model(prepared.original, prepared.chosen(patterns), taus)
+    def build(thresholds: dict[str, float], patterns: dict[str, str]) -> onnx.ModelProto:
+        return build_zap_model(prepared.original, prepared.chosen(patterns), thresholds)
 
     if config.max_drop is not None:
         if eval_data is None:
@@ -474,26 +481,17 @@ def choose_thresholds(prepared: PreparedLayers, config: OptimizeConfig, *, eval_
             # the budget and the summed "error" are in the units of the curves searched
             entry["budget_unit"] = unit
             # every evaluated selection was measured (a repeat reuses the first measurement)
-            key = _thresholds_key(evaluation.selection.thresholds)
-            entry["measured_drop"], entry["drop_standard_error"] = plain[key]
-            if merged is not None:
-                patterns, taus = decoded(evaluation.selection.thresholds)
-                entry["thresholds"] = {name: json_float(tau) for name, tau in taus.items()}
-                entry["patterns"] = patterns
+            entry["measured_drop"], entry["drop_standard_error"] = plain[evaluation.selection.key]
             search.append(entry)
+        best = found.selection
         no_fit = found.drop is None  # nothing met the limit: the original model, not measured
-        chosen, chosen_error = (None, None) if no_fit else plain[_thresholds_key(found.selection.thresholds)]
-        patterns, taus = decoded(found.selection.thresholds)
+        chosen, chosen_error = (None, None) if no_fit else plain[best.key]
         sensitivity_rows = [s.to_dict() for s in sensitivities.values()]
-        if merged is not None:  # the probes ran at coded thresholds too
-            for row in sensitivity_rows:
-                decoded_probes = [merged.decode(row["name"], tau) for tau in row["taus"]]
-                row["patterns"] = [pattern for pattern, _ in decoded_probes]
-                row["taus"] = [tau for _, tau in decoded_probes]
-        return ThresholdChoice(taus, search, chosen, sensitivity_rows, patterns, chosen_error, measured_probes)
+        return ThresholdChoice(dict(best.thresholds), search, chosen, sensitivity_rows, dict(best.patterns),
+                               chosen_error, measured_probes)
     if config.max_error is not None:
-        patterns, taus = decoded(error_budget(curves, config.max_error).thresholds)
-        return ThresholdChoice(taus, [], None, patterns=patterns)
+        selection = error_budget(curves, config.max_error)
+        return ThresholdChoice(dict(selection.thresholds), [], None, patterns=dict(selection.patterns))
     thresholds = dict(uniform(curves, config.uniform_threshold).thresholds)
     # A layer where the predictor costs more than it saves stays as it was.
     for name, tau in thresholds.items():
@@ -537,15 +535,17 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
         result = optimize_exact(model, calib, config=config, image_options=image_options, model_name=model_name,
                                 output=None if output is None else str(output), started=started)
     else:
-        prepared = prepare_layers(model, calib, config=config, eval_data=eval_data, image_options=image_options,
-                                  input_shapes=input_shapes, progress=progress)
-        t0 = time.perf_counter()
-        choice = choose_thresholds(prepared, config, eval_data=eval_data, image_options=image_options,
-                                   progress=progress)
-        seconds = {**prepared.seconds, "thresholds": time.perf_counter() - t0}
-        result = finish(prepared, choice, config, model_name=model_name,
-                        output=None if output is None else str(output), seconds=seconds, started=started,
-                        sample=_calibration_sample(prepared.original, calib, image_options))
+        with collect_warnings() as warnings:
+            prepared = prepare_layers(model, calib, config=config, eval_data=eval_data,
+                                      image_options=image_options, input_shapes=input_shapes, progress=progress)
+            t0 = time.perf_counter()
+            choice = choose_thresholds(prepared, config, eval_data=eval_data, image_options=image_options,
+                                       progress=progress)
+            seconds = {**prepared.seconds, "thresholds": time.perf_counter() - t0}
+            result = finish(prepared, choice, config, model_name=model_name,
+                            output=None if output is None else str(output), seconds=seconds, started=started,
+                            sample=_calibration_sample(prepared.original, calib, image_options), progress=progress)
+        result = replace(result, report=replace(result.report, warnings=list(warnings)))
     if output is not None:
         save_model_atomically(result.model, output)
     if report_path is not None:
@@ -611,9 +611,11 @@ def _native_zap_model(prepared: PreparedLayers, trained: Mapping[str, TrainedLay
 
 def finish(prepared: PreparedLayers, choice: ThresholdChoice, config: OptimizeConfig, *, model_name: str,
            output: str | None = None, seconds: dict[str, float] | None = None,
-           started: float | None = None, sample: Callable[[], np.ndarray] | None = None) -> OptimizeResult:
-    """Rewrite the model at the chosen thresholds and assemble the report; ``sample()``
-    (one batch-1 calibration input) lets the latency check time the layers."""
+           started: float | None = None, sample: Callable[[], np.ndarray] | None = None,
+           progress: bool | None = None) -> OptimizeResult:
+    """Rewrite the model at the chosen thresholds, measure its agreement with the original on
+    the held-out calibration images (warning where it or a layer lost much), and assemble the
+    report; ``sample()`` (one batch-1 calibration input) lets the latency check time the layers."""
     trained, thresholds = prepared.chosen(choice.patterns), choice.thresholds
     curves = {name: layer.curve for name, layer in trained.items()}
     seconds = dict(seconds or prepared.seconds)
@@ -650,6 +652,12 @@ def finish(prepared: PreparedLayers, choice: ThresholdChoice, config: OptimizeCo
             layers.append(layer_report_from_curve(layer.curve, tau, ofm_sparsity=layer.ofm_sparsity,
                                                   train_seconds=layer.seconds, train_epochs=layer.params.epochs,
                                                   pattern=layer.pattern))
+    agreement = None
+    if prepared.held_out is not None and prepared.held_out_reference is not None:
+        agreement = measure_agreement(build_zap_model(prepared.original, trained, thresholds), prepared.held_out,
+                                      prepared.held_out_reference, progress)
+    warn_about_losses([(l.name, l.error, l.threshold) for l in layers if l.status == "zap"],  # noqa: E741
+                      agreement, config.max_drop is not None)
     rewritten = native.model
     if config.output_format == "onnx" and native_ops(rewritten):
         rewritten = ExpandZapToOnnx()(rewritten).model
@@ -662,7 +670,7 @@ def finish(prepared: PreparedLayers, choice: ThresholdChoice, config: OptimizeCo
         skipped=prepared.skipped, search=choice.search, measured_drop=choice.measured_drop,
         drop_standard_error=choice.drop_standard_error, seconds=seconds,
         predictor_input=config.predictor_input, magnitude_weight=config.magnitude_weight,
-        sensitivities=choice.sensitivities)
+        sensitivities=choice.sensitivities, agreement=agreement)
     return OptimizeResult(rewritten, report, curves, native.latency)
 
 

@@ -8,33 +8,28 @@ images; ``benchmarks/zap_savings.py --patterns auto``; 30.2 % on average over th
 predictor seeds). On the ResNet-style model it found nothing more, so it is an option,
 not the default.
 
-How: a layer's curves, one per candidate pattern, are merged into a single curve whose
-thresholds are *option codes*: pattern ``k``'s threshold ``tau`` becomes
-``tau + k * CODE_STRIDE``. The error-budget knapsack, the accuracy search and the
-sensitivity probes then work unchanged on the merged curves (they only need one
-increasing list of options per layer), and :meth:`MergedCurves.decode` turns each chosen code
-back into ``(pattern, tau)``. Codes never leave this step: the rewritten model, the report and
-``retune`` see real thresholds.
+How: a layer's curves, one per candidate pattern, are joined into a single curve whose
+points are the options ``(pattern, tau)``: its ``taus`` are the real thresholds and its
+``patterns`` name each point's pattern. The error-budget knapsack, the accuracy search and
+the sensitivity probes pick curve points, so they work unchanged on the joined curves and
+report each choice as a threshold and a pattern (``Selection.patterns``).
 """
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import numpy as np
 
+from zapopt.curves import LayerCurve
 from zapopt.errors import ZapoptError
 from zapopt.ops.patterns import get_pattern
-from zapopt.thresholds import LayerCurve
 
-__all__ = ["AUTO", "PAPER_PATTERNS", "CODE_STRIDE", "MergedCurves", "parse_patterns", "merge_curves"]
+__all__ = ["AUTO", "PAPER_PATTERNS", "parse_patterns", "merge_curves"]
 
 #: ``--pattern auto``: the paper's four patterns.
 AUTO = "auto"
 PAPER_PATTERNS = ("checkerboard", "tile5x5-60", "tile5x5-40", "diag3x3-33")
-#: Distance between two patterns' codes; every finite threshold must lie within +-STRIDE/2.
-CODE_STRIDE = 1000.0
 
 
 def parse_patterns(spec: str) -> tuple[str, ...]:
@@ -54,60 +49,26 @@ def parse_patterns(spec: str) -> tuple[str, ...]:
     return names
 
 
-@dataclass(frozen=True)
-class MergedCurves:
-    """Per layer, one curve over every candidate pattern's finite thresholds (coded), and
-    the way back from a code to ``(pattern, tau)`` (exact: a lookup, not arithmetic)."""
-
-    curves: dict[str, LayerCurve]
-    options: dict[str, dict[float, tuple[str, float]]]
-
-    def decode(self, layer: str, code: float) -> tuple[str | None, float]:
-        """``(pattern, tau)`` for one of ``layer``'s codes; ``(None, -inf)`` for -inf (the
-        original layer)."""
-        if code == -math.inf:
-            return None, -math.inf
-        try:
-            return self.options[layer][code]
-        except KeyError:
-            raise ZapoptError(f"layer {layer!r}: {code} is not one of its merged thresholds") from None
-
-    def decode_all(self, codes: Mapping[str, float]) -> tuple[dict[str, str | None], dict[str, float]]:
-        """Per-layer patterns and thresholds for a selection over the merged curves."""
-        pairs = {layer: self.decode(layer, code) for layer, code in codes.items()}
-        return {k: p for k, (p, _) in pairs.items()}, {k: t for k, (_, t) in pairs.items()}
-
-
-def merge_curves(curves: Mapping[str, Mapping[str, LayerCurve]]) -> MergedCurves:
-    """``curves[pattern][layer]`` -> :class:`MergedCurves`; pattern ``k`` in ``curves``'
-    order gets the codes around ``k * CODE_STRIDE``. A merged curve keeps the layer's MACs;
-    its oracle is the best pattern's."""
+def merge_curves(curves: Mapping[str, Mapping[str, LayerCurve]]) -> dict[str, LayerCurve]:
+    """``curves[pattern][layer]`` -> one curve per layer over every pattern's finite
+    thresholds, in ``curves``' pattern order, each point labelled with its pattern. A
+    merged curve keeps the layer's MACs; its oracle is the best pattern's."""
     patterns = tuple(curves)
     merged: dict[str, LayerCurve] = {}
-    options: dict[str, dict[float, tuple[str, float]]] = {}
     for layer in curves[patterns[0]]:
         parts = [curves[p][layer] for p in patterns]
         finite = [np.isfinite(c.taus) for c in parts]
-        codes = []
-        options[layer] = {}
-        for index, (pattern, curve, keep) in enumerate(zip(patterns, parts, finite)):
-            taus = curve.taus[keep]
-            if np.any(np.abs(taus) >= CODE_STRIDE / 2):
-                raise ZapoptError(f"layer {layer!r}, pattern {pattern!r}: thresholds beyond "
-                                  f"+-{CODE_STRIDE / 2:g} cannot be coded")
-            coded = taus + index * CODE_STRIDE
-            codes.append(coded)
-            options[layer].update({float(c): (pattern, float(t)) for c, t in zip(coded, taus)})
 
         def joined(attr: str) -> np.ndarray:
             return np.concatenate([getattr(c, attr)[k] for c, k in zip(parts, finite)])
 
         first = parts[0]
         merged[layer] = LayerCurve(
-            name=layer, taus=np.concatenate(codes), shape=first.shape, images=first.images, macs=first.macs,
+            name=layer, taus=joined("taus"), shape=first.shape, images=first.images, macs=first.macs,
             predictor_macs=first.predictor_macs, pattern_fraction=math.nan,
             true_zero_share=first.true_zero_share, predicted_zero=joined("predicted_zero"),
             false_zero=joined("false_zero"), false_nonzero=joined("false_nonzero"), error=joined("error"),
             macs_after=joined("macs_after"), oracle_macs_after=min(c.oracle_macs_after for c in parts),
+            patterns=tuple(p for p, k in zip(patterns, finite) for _ in range(int(k.sum()))),
         )
-    return MergedCurves(merged, options)
+    return merged

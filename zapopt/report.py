@@ -8,11 +8,14 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from zapopt.thresholds import LayerCurve, json_float
+from zapopt.curves import LayerCurve, json_float
+
+if TYPE_CHECKING:
+    from zapopt.agreement import Agreement
 
 
 def pct(value: float | None, digits: int = 1) -> str:
@@ -127,6 +130,8 @@ class OptimizeReport:
     predictor_input: str = "activation"
     magnitude_weight: float = 0.0
     sensitivities: list[dict[str, Any]] = field(default_factory=list)  # --max-drop's per-layer probes
+    agreement: Agreement | None = None  # with the original, on the held-out calibration images
+    warnings: list[str] = field(default_factory=list)  # what the user was warned about, in order
 
     @property
     def zap_layers(self) -> list[LayerReport]:
@@ -172,6 +177,8 @@ class OptimizeReport:
             "layers": [layer.to_dict() for layer in self.layers],
             "skipped": [{"name": n, "reason": r} for n, r in self.skipped],
             "search": self.search, "sensitivities": self.sensitivities, "seconds": self.seconds,
+            "held_out_agreement": None if self.agreement is None else self.agreement.to_dict(),
+            "warnings": list(self.warnings),
         }
 
     def format_table(self) -> str:
@@ -207,6 +214,9 @@ class OptimizeReport:
             noise = ("" if self.drop_standard_error is None else
                      f" (standard error {self.drop_standard_error:.2f}; on other data expect about "
                      f"{self.measured_drop:.2f} +- {2 * self.drop_standard_error:.2f})")
+            if self.drop_standard_error == 0:
+                noise = (" (standard error 0.00 only because no prediction changed on the --eval images; that "
+                         "does not bound the drop on other data)")
             lines.append(f"measured accuracy drop at the chosen thresholds: {self.measured_drop:.2f} points{noise}")
         if self.sensitivities:
             effects = ", ".join(f"{s['name']} {1e4 * s['divergence_at_1pct_error']:.2g}" for s in self.sensitivities
@@ -220,6 +230,10 @@ class OptimizeReport:
         lines.append("columns: sparsity = zeros in the layer's output; pred.zero/false0/false!0 are shares of the "
                      "predicted positions; error = activation mass lost; tileAxB = share of the skipped work in "
                      "whole skippable tiles of A channels x B positions")
+        if self.warnings:
+            lines += ["", "warnings:"] + [f"  - {text}" for text in self.warnings]
+        if self.agreement is not None:  # the CLI repeats it as its very last line
+            lines += ["", self.agreement.headline()]
         return "\n".join(lines)
 
 

@@ -13,12 +13,13 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from zapopt.curves import LayerCurve
 from zapopt.errors import ZapoptError
 from zapopt.files import check_output_path, save_model_atomically
 from zapopt.graph import load_model
 from zapopt.model_form import as_native, convert_model, model_form
 from zapopt.rewrite.zap_layers import SetThresholds, read_zap_layers
-from zapopt.thresholds import LayerCurve, error_budget
+from zapopt.thresholds import error_budget
 
 
 def curves_from_report(path: str | os.PathLike) -> dict[str, LayerCurve]:

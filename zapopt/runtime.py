@@ -177,13 +177,43 @@ def feed_name(session: ort.InferenceSession) -> str:
     return inputs[0].name
 
 
+def fixed_batch_size(session: ort.InferenceSession) -> int | None:
+    """The batch size the model's data input is declared with, or None when it is dynamic."""
+    dim = session.get_inputs()[0].shape[0] if session.get_inputs() and session.get_inputs()[0].shape else None
+    return dim if isinstance(dim, int) and dim > 0 else None
+
+
+def run_batch(session: ort.InferenceSession, name: str, batch: np.ndarray, outputs: list[str],
+              fixed: int | None = None) -> list[np.ndarray]:
+    """Run one batch of any length. A model with a fixed batch size ``fixed`` (what exporters
+    write without dynamic axes) gets it in pieces of exactly that size, the last one padded
+    by repeating its last sample; the padded samples' outputs are dropped, so every output
+    keeps one row per sample. onnxruntime's own errors propagate."""
+    n = batch.shape[0]
+    if fixed is None or n == fixed:
+        return session.run(outputs, {name: batch})
+    pieces: list[list[np.ndarray]] = []
+    for start in range(0, n, fixed):
+        piece = batch[start:start + fixed]
+        real = piece.shape[0]
+        if real < fixed:
+            piece = np.concatenate([piece, np.repeat(piece[-1:], fixed - real, axis=0)])
+        results = session.run(outputs, {name: piece})
+        pieces.append([r[:real] if r.ndim and r.shape[0] == fixed else r for r in results])
+    if len(pieces) == 1:
+        return pieces[0]
+    return [np.concatenate(parts, axis=0) for parts in zip(*pieces)]
+
+
 def run_batches(session: ort.InferenceSession, batches: Iterator[np.ndarray],
                 outputs: list[str]) -> Iterator[list[np.ndarray]]:
-    """Run ``session`` on each batch, yielding the requested outputs."""
+    """Run ``session`` on each batch, yielding the requested outputs (one row per sample,
+    also for a model with a fixed batch size: see :func:`run_batch`)."""
     name = feed_name(session)
+    fixed = fixed_batch_size(session)
     for batch in batches:
         try:
-            yield session.run(outputs, {name: batch})
+            yield run_batch(session, name, batch, outputs, fixed)
         except Exception as exc:  # onnxruntime's own error types
             raise ZapoptError(f"onnxruntime failed on a batch of shape {batch.shape}: "
                               f"{str(exc).splitlines()[0]}") from None

@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from zapopt.curves import LayerCurve
 from zapopt.errors import ZapoptError
-from zapopt.thresholds import LayerCurve
 
 __all__ = ["PROBE_ERRORS", "LayerSensitivity", "SensitivityProbes", "budgets_divergence", "divergence_curves",
            "layer_sensitivities", "output_divergence", "probe_index"]
@@ -46,16 +46,20 @@ _TINY = 1e-12
 @dataclass(frozen=True)
 class LayerSensitivity:
     """One layer's probes: thresholds, calibration errors and measured output divergences
-    (nats), in increasing error; empty when the curve has no lossy point to probe."""
+    (nats), in increasing error; empty when the curve has no lossy point to probe.
+    ``patterns``: each probe's pattern when the curve joins several (empty otherwise)."""
 
     name: str
     taus: tuple[float, ...]
     errors: tuple[float, ...]
     divergences: tuple[float, ...]
+    patterns: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not len(self.taus) == len(self.errors) == len(self.divergences):
             raise ZapoptError(f"layer {self.name!r}: probes need as many thresholds, errors and divergences")
+        if self.patterns and len(self.patterns) != len(self.taus):
+            raise ZapoptError(f"layer {self.name!r}: probes need a pattern per threshold or none")
         if any(e <= 0 for e in self.errors) or any(b <= a for a, b in zip(self.errors, self.errors[1:])):
             raise ZapoptError(f"layer {self.name!r}: probe errors must be positive and increasing")
 
@@ -91,7 +95,8 @@ class LayerSensitivity:
     def to_dict(self) -> dict[str, Any]:
         summary = float(self.raw_divergence_at(np.array([SUMMARY_ERROR]))[0]) if self.probed else None
         return {"name": self.name, "taus": list(self.taus), "errors": list(self.errors),
-                "divergences": list(self.divergences), "divergence_at_1pct_error": summary}
+                "divergences": list(self.divergences), "divergence_at_1pct_error": summary,
+                **({"patterns": list(self.patterns)} if self.patterns else {})}
 
 
 def output_divergence(reference: np.ndarray, candidate: np.ndarray) -> float:
@@ -117,15 +122,16 @@ def probe_index(curve: LayerCurve, probe_error: float) -> int | None:
 
 def layer_sensitivities(
     curves: Mapping[str, LayerCurve],
-    divergence_of: Callable[[dict[str, float]], float],
+    divergence_of: Callable[[dict[str, float], dict[str, str]], float],
     *,
     probe_errors: Sequence[float] = PROBE_ERRORS,
 ) -> dict[str, LayerSensitivity]:
     """Probe every layer alone at the curve points nearest ``probe_errors``.
 
-    ``divergence_of({layer: tau})`` runs the model with only that layer rewritten and returns
-    its output divergence from the original (e.g. :func:`output_divergence`). Probes that
-    land on the same curve point are run once.
+    ``divergence_of({layer: tau}, patterns)`` runs the model with only that layer rewritten
+    (``patterns``: ``{layer: pattern}`` on a curve of several patterns, else ``{}``) and
+    returns its output divergence from the original (e.g. :func:`output_divergence`).
+    Probes that land on the same curve point are run once.
     """
     if not curves:
         raise ZapoptError("no layers to measure sensitivities for")
@@ -135,16 +141,18 @@ def layer_sensitivities(
     for name, curve in curves.items():
         indices = sorted({i for e in probe_errors if (i := probe_index(curve, e)) is not None},
                          key=lambda i: curve.error[i])
-        taus, errors, divergences = [], [], []
+        taus, errors, divergences, patterns = [], [], [], []
         for index in indices:  # distinct errors: equal ones share probe_index's (first) index
-            tau = float(curve.taus[index])
-            divergence = float(divergence_of({name: tau}))
+            tau, pattern = float(curve.taus[index]), curve.pattern_at(index)
+            divergence = float(divergence_of({name: tau}, {} if pattern is None else {name: pattern}))
             if math.isnan(divergence) or divergence < -1e-9:
                 raise ZapoptError(f"layer {name!r}: the output divergence is {divergence}")
             taus.append(tau)
             errors.append(float(curve.error[index]))
             divergences.append(max(divergence, 0.0))
-        found[name] = LayerSensitivity(name, tuple(taus), tuple(errors), tuple(divergences))
+            if pattern is not None:
+                patterns.append(pattern)
+        found[name] = LayerSensitivity(name, tuple(taus), tuple(errors), tuple(divergences), tuple(patterns))
     return found
 
 
@@ -188,8 +196,9 @@ class SensitivityProbes:
                 f"{_REUSE_HINT}")
         for name, sensitivity in self.layers.items():
             curve = curves[name]
-            for tau, error in zip(sensitivity.taus, sensitivity.errors):
-                index = curve.index_of(tau)
+            patterns = sensitivity.patterns or (None,) * len(sensitivity.taus)
+            for tau, error, pattern in zip(sensitivity.taus, sensitivity.errors, patterns):
+                index = curve.index_of(tau, pattern)
                 if index is None or not math.isclose(float(curve.error[index]), error, rel_tol=1e-9, abs_tol=1e-15):
                     raise ZapoptError(f"layer {name!r}: the probe at threshold {tau} is not a point of its curve; "
                                       f"{_REUSE_HINT}")

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from zapopt.curves import json_float
 from zapopt.data import ImageOptions, model_input, open_dataset
 from zapopt.errors import ZapoptError
 from zapopt.evaluate import baseline_macs, run_model, top_k_accuracy
@@ -22,7 +23,6 @@ from zapopt.files import check_distinct_outputs, check_output_path, write_text_a
 from zapopt.graph import load_model
 from zapopt.model_form import as_native
 from zapopt.report import format_rows, pct, plot_curves
-from zapopt.thresholds import json_float
 from zapopt.rewrite.zap_layers import SetThresholds, read_zap_layers
 
 #: Wide enough for predictors trained with the paper's plain MSE (useful up to ~0.5) and with

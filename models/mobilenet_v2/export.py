@@ -113,8 +113,11 @@ def check_photos(model: nn.Module, onnx_path: Path, photos: dict[str, torch.Tens
         rows.append({"photo": f"skimage.data.{name}()", "top5_torch": top5_torch,
                      "top5_onnx": top5_onnx, "top1_agree": top5_torch[0] == top5_onnx[0],
                      "max_abs_logit_diff": float(np.abs(got - ref).max())})
-        print(f"{name:10s} top-5 torch {top5_torch} onnx {top5_onnx} "
-              f"max|diff| {rows[-1]['max_abs_logit_diff']:.2e}", flush=True)
+        top1 = top5_torch[0]
+        same = "the same top-5 classes" if top5_torch == top5_onnx else f"top-5 {top5_torch} vs ONNX {top5_onnx}"
+        print(f"  {name}: torch and ONNX agree on {same}; top-1 is class {top1}"
+              f"{' (' + KNOWN_CLASSES[top1] + ')' if top1 in KNOWN_CLASSES else ''}; largest logit difference "
+              f"{rows[-1]['max_abs_logit_diff']:.1e}", flush=True)
     return rows
 
 
@@ -167,6 +170,8 @@ def main(argv: list[str] | None = None) -> None:
 
     model = load_pretrained()
     photos = load_photos()
+    print(f"exporting MobileNetV2 to {args.out} and checking it against torch on {len(photos)} bundled "
+          "scikit-image photos (ImageNet classes):", flush=True)
     export_onnx(model, photos["chelsea"], args.out)
     rows = check_photos(model, args.out, photos)
     worst = max(r["max_abs_logit_diff"] for r in rows)

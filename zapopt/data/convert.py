@@ -174,5 +174,8 @@ def check_image_sample(origin: str, sample: np.ndarray, model: ModelInput | None
             raise ZapoptError(
                 f"{origin} gives {sample.dtype} [N, {', '.join(map(str, sample.shape))}], model input "
                 f"{model.describe()}: dimension {axis} is {have}, the model wants {want}; "
-                "set resize/crop (e.g. ImageOptions(resize=256, crop=224) or --resize/--crop)"
+                "set resize/crop (e.g. ImageOptions(resize=256, crop=224) or --resize/--crop), and normalize the "
+                "pixels the way the model was trained: --imagenet (resize 256, crop 224, ImageNet mean/std; "
+                "ImageOptions.imagenet()) or explicit --mean M,M,M --std S,S,S (without them pixels are fed "
+                "as [0, 1] values)"
             )

@@ -97,24 +97,32 @@ class Dataset:
         return None if self._labels is None else self._labels[self._start:self._stop]
 
     def batches(self, batch_size: int) -> Iterator[np.ndarray]:
-        """Consecutive batches of ``batch_size`` samples (the last may be shorter), in order."""
+        """Consecutive batches of ``batch_size`` samples (the last may be shorter), in order.
+
+        A model input with a fixed batch size takes batches of that size whatever is asked
+        (the runtime pads the last one: ``zapopt.runtime.run_batch``).
+        """
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ZapoptError(f"batch_size must be a positive integer, got {batch_size!r}")
         fixed = self.model_input.shape[0] if self.model_input is not None else None
-        if fixed is not None and batch_size != fixed:
-            raise ZapoptError(
-                f"model input {self.model_input.describe()} takes batches of exactly {fixed}; use batch size {fixed}"
-            )
+        if fixed is not None:
+            batch_size = fixed
         for first in range(self._start, self._stop, batch_size):
             yield self._reader.read(first, min(first + batch_size, self._stop))
 
     def take(self, n: int) -> Dataset:
         """The first ``n`` samples (all of them when ``n`` exceeds the length)."""
+        return self.window(0, n)
+
+    def window(self, first: int, n: int) -> Dataset:
+        """``n`` samples from position ``first`` on (fewer where the dataset ends first)."""
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
             raise ZapoptError(f"take needs a positive number of samples, got {n!r}")
+        if isinstance(first, bool) or not isinstance(first, (int, np.integer)) or not 0 <= first < len(self):
+            raise ZapoptError(f"a window of this dataset starts at 0..{len(self) - 1}, got {first!r}")
         return Dataset(
-            self._reader, min(int(n), len(self)), self._labels, self.description, self.model_input,
-            self.sample_shape, self.dtype, start=self._start,
+            self._reader, min(int(n), len(self) - int(first)), self._labels, self.description, self.model_input,
+            self.sample_shape, self.dtype, start=self._start + int(first),
         )
 
     def with_labels(self, labels: np.ndarray) -> Dataset:

@@ -9,6 +9,7 @@ import onnx
 from onnx import helper
 
 from zapopt.errors import ZapoptError
+from zapopt.graph.loading import load_model
 
 
 @dataclass(frozen=True)
@@ -35,20 +36,6 @@ class ModelInput:
         return f"{self.name!r} {self.dtype} [{', '.join(dims)}]"
 
 
-def _load(model: onnx.ModelProto | str | Path) -> onnx.ModelProto:
-    if isinstance(model, onnx.ModelProto):
-        return model
-    if not isinstance(model, (str, Path)):
-        raise TypeError(f"model must be an onnx.ModelProto or a path, got {type(model).__name__}")
-    path = Path(model)
-    if not path.is_file():
-        raise ZapoptError(f"model file not found: {path}")
-    try:
-        return onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # onnx raises DecodeError and friends, not one base class
-        raise ZapoptError(f"{path} is not a readable ONNX model: {exc}") from None
-
-
 def _dims(value_info: onnx.ValueInfoProto) -> tuple[int | None, ...]:
     tensor_type = value_info.type.tensor_type
     if not tensor_type.HasField("shape"):
@@ -60,7 +47,7 @@ def _dims(value_info: onnx.ValueInfoProto) -> tuple[int | None, ...]:
 
 def model_input(model: onnx.ModelProto | str | Path, name: str | None = None) -> ModelInput:
     """Describe the model's data input (initializers listed as inputs are skipped)."""
-    proto = _load(model)
+    proto = load_model(model, load_external_data=False, check=False)
     initializers = {init.name for init in proto.graph.initializer}
     inputs = [vi for vi in proto.graph.input if vi.name not in initializers]
     if not inputs:

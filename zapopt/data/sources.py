@@ -26,6 +26,7 @@ from zapopt.data.idx import read_idx
 from zapopt.data.images import IMAGE_SUFFIXES, ImageOptions, list_images
 from zapopt.data.model_input import ModelInput
 from zapopt.errors import ZapoptError
+from zapopt.notices import warn
 
 EMBEDDED_SOURCES = tuple(f"embedded:fashion-mnist-{split}" for split in EMBEDDED_FASHION_MNIST) + ("embedded:photos",)
 NAMED_SOURCES = tuple(f"{name}:{split}" for name in DATASETS for split in SPLITS)
@@ -87,9 +88,19 @@ def _image_dataset(
     first_pixels = plan.decode(items[0], names[0])
     first = plan.finish(first_pixels[None])[0]
     check_image_sample(origin, first, model)
+    _warn_if_unnormalized(origin, options, plan.channels, plan.dtype)
     reader = ImageReader(tuple(items), tuple(names), plan.decode, plan.finish, first_pixels.shape)
     count = len(items) if limit is None else min(len(items), limit)
     return Dataset(reader, count, None, origin, model, first.shape, plan.dtype)
+
+
+def _warn_if_unnormalized(origin: str, options: ImageOptions, channels: int, dtype: np.dtype) -> None:
+    """Color pictures fed to a float model without mean/std are almost always a mistake
+    (ImageNet-style models expect normalized input) that silently ruins calibration."""
+    if channels == 3 and np.issubdtype(dtype, np.floating) and options.mean is None and options.std is None:
+        warn(f"the images of {origin} are fed as {'0..255' if options.scale == 'byte' else '[0, 1]'} pixel "
+             "values without mean/std normalization; if the model was trained on normalized inputs (most "
+             "ImageNet models), add --imagenet or --mean M,M,M --std S,S,S")
 
 
 def _photos_options(model: ModelInput | None) -> ImageOptions:

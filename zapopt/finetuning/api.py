@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from zapopt.curves import json_float
 from zapopt.data import ImageOptions, model_input, open_dataset
 from zapopt.errors import ZapoptError
 from zapopt.files import check_distinct_outputs, check_output_path, save_model_atomically, write_text_atomically
@@ -27,7 +28,6 @@ from zapopt.finetuning.labeled_data import LabeledData, check_classes, open_labe
 from zapopt.finetuning.train import FinetuneConfig, Log, TrainState, load_checkpoint, model_digest, train
 from zapopt.graph import load_model
 from zapopt.rewrite.zap_layers import read_zap_layers
-from zapopt.thresholds import json_float
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from zapopt.calibrate import calibrate
+from zapopt.curves import default_taus, layer_curve
 from zapopt.data import ImageOptions, model_input, open_dataset
 from zapopt.errors import ZapoptError
 from zapopt.graph import analyze
@@ -30,7 +31,6 @@ from zapopt.predictor.folded import FoldedPredictor, pattern_mask
 from zapopt.predictor.inputs import PredictorInput
 from zapopt.predictor.train import TrainedPredictor
 from zapopt.rewrite.zap_layers import ZapLayer, read_zap_layers
-from zapopt.thresholds import default_taus, layer_curve
 
 
 def _plain_nodes(node: onnx.NodeProto, layer: ZapLayer) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:

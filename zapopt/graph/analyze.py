@@ -15,6 +15,7 @@ from zapopt.graph.conv_chain import match_conv_chain
 from zapopt.graph.eligibility import MAX_PREDICTOR_COST_SHARE, conv_problems
 from zapopt.graph.index import GraphIndex
 from zapopt.graph.loading import PROTOBUF_LIMIT, load_model
+from zapopt.graph.opset import default_opset
 from zapopt.graph.macs import (conv_geometry, conv_macs, conv_transpose_macs,
                                gemm_macs, is_mac_op, matmul_macs)
 from zapopt.graph.records import ConvActivation, LayerInfo, ModelInfo, TensorSpec
@@ -22,13 +23,6 @@ from zapopt.graph.shapes import (InferredShapes, apply_input_shapes, dims_of, dt
                                  infer_shapes, is_static)
 
 IN_MEMORY_PATH = "<in-memory model>"
-
-
-def _opset(model: onnx.ModelProto) -> int:
-    for entry in model.opset_import:
-        if entry.domain in ("", "ai.onnx"):
-            return int(entry.version)
-    return 0
 
 
 #: Initializers above this many elements are replaced by shape-only stubs for analysis.
@@ -260,7 +254,7 @@ def analyze(model_or_path: onnx.ModelProto | str | os.PathLike,
     data_inputs = GraphIndex(model.graph).graph_inputs
     declared = {v.name: dims_of(v.type) for v in model.graph.input}
     notes = apply_input_shapes(model, input_shapes, data_inputs)
-    inferred, shapes = infer_shapes(model, _opset(model))
+    inferred, shapes = infer_shapes(model, default_opset(model))
     index = GraphIndex(inferred.graph, base_dir=base_dir)
 
     def spec(value_info: onnx.ValueInfoProto) -> TensorSpec:
@@ -288,6 +282,6 @@ def analyze(model_or_path: onnx.ModelProto | str | os.PathLike,
              for i, m, _, _ in per_node if index.node(i).op_type == "Conv"]
     convs = _resolve_shared_activations(convs)
     return ModelInfo(
-        path=path_text, opset=_opset(model), inputs=input_specs, outputs=output_specs,
+        path=path_text, opset=default_opset(model), inputs=input_specs, outputs=output_specs,
         layers=layers, convs=convs, total_macs=total,
         eligible_macs=sum(c.macs for c in convs if c.eligible), batch_size=batch, notes=notes)

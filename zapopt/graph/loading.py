@@ -1,6 +1,8 @@
-"""Load an ONNX model from disk, turning every way a file can be wrong into one ZapoptError.
+"""Load an ONNX model, turning every way a file can be wrong into one ZapoptError.
 
-Users hand us arbitrary paths: missing files, directories, checkpoints of other frameworks,
+The one loader of zapopt: analysis, calibration, data checks, optimize, eval and sweep all
+take a path or an in-memory ``onnx.ModelProto`` through :func:`load_model`. Users hand us
+arbitrary paths: missing files, directories, checkpoints of other frameworks,
 truncated downloads. onnx raises a zoo of exception types (protobuf DecodeError, RuntimeError
 from the C++ parser, ValidationError, ...) for these; callers should only ever see a
 one-sentence ZapoptError that names the path.
@@ -15,14 +17,11 @@ from google.protobuf.message import DecodeError
 from onnx import external_data_helper
 
 from zapopt.errors import ZapoptError
+from zapopt.errors import first_line as _first_line
+from zapopt.graph.opset import upgrade_opset
 
 #: protobuf refuses to serialize messages above 2 GiB; such models must keep weights external.
 PROTOBUF_LIMIT = 2**31 - 1
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0].strip()
 
 
 def _check_path(path: Path) -> None:
@@ -49,21 +48,33 @@ def _check_external_data_files(model: onnx.ModelProto, path: Path) -> None:
             )
 
 
-def load_model(path: str | os.PathLike, *, load_external_data: bool = True,
-               check: bool = True) -> onnx.ModelProto:
-    """Read and validate an ONNX model; raise ZapoptError (naming ``path``) if it is unusable.
+def load_model(model: onnx.ModelProto | str | os.PathLike, *, load_external_data: bool = True,
+               check: bool = True, min_opset: int | None = None) -> onnx.ModelProto:
+    """Read and validate an ONNX model; raise ZapoptError (naming the path) if it is unusable.
 
-    ``load_external_data=False`` keeps weights stored in external files as references
-    (their shapes are still known), which is all graph analysis needs and keeps models
-    above protobuf's 2 GiB limit workable. ``check`` runs ``onnx.checker`` on the file.
+    An ``onnx.ModelProto`` is taken as it is (and never modified). ``load_external_data=False``
+    keeps weights stored in external files as references (their shapes are still known),
+    which is all graph analysis needs and keeps models above protobuf's 2 GiB limit workable.
+    ``check`` runs ``onnx.checker`` on a file. ``min_opset``: a model below it is converted up
+    to it and checked to compute the same outputs (a copy; see ``zapopt.graph.opset``).
     """
-    path = Path(path)
+    if isinstance(model, onnx.ModelProto):
+        proto, what = model, "the given model"
+    elif isinstance(model, (str, os.PathLike)):
+        proto, what = _load_file(Path(model), load_external_data, check), str(model)
+    else:
+        raise TypeError(f"model must be an onnx.ModelProto or a path, got {type(model).__name__}")
+    return proto if min_opset is None else upgrade_opset(proto, what, min_opset)
+
+
+def _load_file(path: Path, load_external_data: bool, check: bool) -> onnx.ModelProto:
     _check_path(path)
     try:
         model = onnx.load(str(path), load_external_data=False)
     except (DecodeError, RuntimeError, ValueError, TypeError, OSError, UnicodeDecodeError) as exc:
         raise ZapoptError(
-            f"{path} is not an ONNX model or is corrupt/truncated (protobuf parsing failed: {_first_line(exc)})"
+            f"{path} is not a readable ONNX model: not ONNX, or corrupt/truncated (protobuf parsing failed: "
+            f"{_first_line(exc)})"
         ) from None
     if model.ir_version <= 0 or not model.HasField("graph") or not model.graph.node:
         raise ZapoptError(f"{path} does not look like an ONNX model (no IR version or no graph nodes)")
