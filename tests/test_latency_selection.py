@@ -90,3 +90,9 @@ def test_spread_median_and_quartiles() -> None:
     assert spread.to_dict(scale=1000)["median"] == 3000.0
     with pytest.raises(ZapoptError):
         Spread.of([])
+
+
+def test_a_layer_within_timing_noise_stays_stock() -> None:
+    """Native 1.02x faster is within a shared machine's noise: kept stock, with that reason."""
+    report = select_by_latency({"a": "ZeroSkipConv"}, lambda name: (0.0100, 0.0102), lambda kept: (0.009, 0.010))
+    assert report.native_layers == [] and "within timing noise" in report.layers[0].reason
