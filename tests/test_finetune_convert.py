@@ -161,3 +161,29 @@ def test_zap_module_type_is_conv_for_gradtools() -> None:
     zaps = [m for m in module.modules() if isinstance(m, ZapConv2d)]
     assert len(zaps) >= 10 and all(isinstance(z.conv, torch.nn.Conv2d) for z in zaps)
     assert len(convs) == sum(1 for n in zap.graph.node if n.op_type in ("Conv", "ZapConv"))
+
+
+def test_zero_skip_convs_of_the_default_native_output_convert_and_export() -> None:
+    """optimize's default native form also holds ZeroSkipConv nodes (residual Skip, ReLU6 clip):
+    the torch module equals the original, and trained weights go back into their inputs."""
+    from zapopt.ops.spec import is_zero_skip_node
+    from zapopt.rewrite import ReplaceWithZeroSkip
+
+    original = chain_model()
+    model = ReplaceWithZeroSkip()(original).model
+    assert sum(is_zero_skip_node(n) for n in model.graph.node) == 2
+    x = np.random.default_rng(1).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    want = make_session(original).run(None, {"input": x})[0]
+    module = to_torch(model).eval()
+    with torch.no_grad():
+        got = module(torch.from_numpy(x)).numpy()
+    assert np.allclose(got, want, rtol=1e-5, atol=1e-5)
+    zero_skip_weights = {n.input[1] for n in model.graph.node if is_zero_skip_node(n)}
+    assert zero_skip_weights <= {s.initializer for s in module.sources}
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.add_(0.5)
+    exported = export_weights(module, model)
+    inits = {i.name: numpy_helper.to_array(i) for i in exported.graph.initializer}
+    before = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    assert all(np.allclose(inits[name], before[name] + 0.5) for name in zero_skip_weights)

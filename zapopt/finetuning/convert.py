@@ -23,10 +23,10 @@ from torch import nn
 
 from zapopt.errors import ZapoptError
 from zapopt.finetuning.onnx_ops import STATELESS_OPS, check_node
-from zapopt.finetuning.zap_module import PaddedConv2d, ZapConv2d
-from zapopt.ops.spec import ZapConvAttrs, is_zap_node
+from zapopt.finetuning.zap_module import PaddedConv2d, ZapConv2d, ZeroSkipConv2d
+from zapopt.ops.spec import ZapConvAttrs, ZeroSkipConvAttrs, is_zap_node, is_zero_skip_node
 
-WEIGHTED_OPS = ("Conv", "Gemm", "BatchNormalization", "ZapConv")
+WEIGHTED_OPS = ("Conv", "Gemm", "BatchNormalization", "ZapConv", "ZeroSkipConv")
 KNOWN_OPS = tuple(sorted(set(STATELESS_OPS) | set(WEIGHTED_OPS) | {"Constant"}))
 
 
@@ -147,7 +147,7 @@ class ConvertedModel(nn.Module):
     @staticmethod
     def _check_ops(graph: onnx.GraphProto) -> None:
         unknown = sorted({f"{n.domain + '::' if n.domain else ''}{n.op_type}" for n in graph.node
-                          if not (n.op_type in KNOWN_OPS and (n.domain in ("", "ai.onnx") or is_zap_node(n)))})
+                          if not (n.op_type in KNOWN_OPS and (n.domain in ("", "ai.onnx") or is_zap_node(n) or is_zero_skip_node(n)))})
         if unknown:
             raise ZapoptError(f"finetune cannot convert op(s) {', '.join(unknown)} to torch; it knows "
                               f"{', '.join(KNOWN_OPS)}")
@@ -193,6 +193,12 @@ class ConvertedModel(nn.Module):
             if any(p is None for p in predictor):
                 raise ZapoptError(f"ZapConv node {node.name!r} is missing predictor inputs PW1/PB1/PW2/PB2")
             module = ZapConv2d(weight, bias, predictor, zap_attrs)
+            self._source(key, "padded.conv.weight", node, 1)
+            self._source(key, "padded.conv.bias", node, 2)
+            return module
+        if op == "ZeroSkipConv":
+            module = ZeroSkipConv2d(self._weight(node, 1, "weight W"), self._weight(node, 2, "bias B"),
+                                    ZeroSkipConvAttrs.from_node(node))
             self._source(key, "padded.conv.weight", node, 1)
             self._source(key, "padded.conv.bias", node, 2)
             return module
@@ -251,8 +257,9 @@ class ConvertedModel(nn.Module):
             if step.op_type in WEIGHTED_OPS:
                 module = self.layers[step.key]
                 data = value(step.inputs[0])
-                if step.op_type == "ZapConv":
-                    skip = value(step.inputs[7]) if len(step.inputs) > 7 else None
+                if step.op_type in ("ZapConv", "ZeroSkipConv"):
+                    slot = 7 if step.op_type == "ZapConv" else 3
+                    skip = value(step.inputs[slot]) if len(step.inputs) > slot else None
                     out = module(data, skip)
                 else:
                     out = module(data)

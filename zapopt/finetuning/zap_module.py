@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zapopt.ops.spec import ZapConvAttrs
+from zapopt.ops.spec import ZapConvAttrs, ZeroSkipConvAttrs
 
 
 def _padding(pads: tuple[int, ...]) -> tuple[tuple[int, int], tuple[int, int, int, int] | None]:
@@ -103,3 +103,26 @@ class ZapConv2d(nn.Module):
             computed = s | (scores > threshold)
         self.last_computed = computed
         return torch.where(computed, full, torch.zeros((), dtype=full.dtype, device=full.device))
+
+
+class ZeroSkipConv2d(nn.Module):
+    """One ZeroSkipConv node (docs/zap_op.md): conv (BN folded) [+ Skip] -> none | ReLU | clip.
+
+    The op is exact, so training treats it as the conv it replaced; the optimized model
+    keeps the node and its initializers, and the native kernel runs the trained weights.
+    """
+
+    def __init__(self, weight: np.ndarray, bias: np.ndarray | None, attrs: ZeroSkipConvAttrs) -> None:
+        super().__init__()
+        self.attrs = attrs
+        self.padded = PaddedConv2d(weight, bias, strides=attrs.strides, pads=attrs.pads,
+                                   dilations=attrs.dilations, group=attrs.group)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
+        v = self.padded(x)
+        if skip is not None:
+            v = v + skip
+        if self.attrs.activation == "none":
+            return v
+        v = torch.relu(v)
+        return torch.clamp(v, max=self.attrs.clip_max) if math.isfinite(self.attrs.clip_max) else v
