@@ -121,17 +121,23 @@ def test_export_writes_trained_weights_back() -> None:
     assert predictors and all(np.array_equal(old[p], new[p]) for p in predictors)
 
 
+def _converted_equals_onnxruntime(model: onnx.ModelProto, reference: onnx.ModelProto, *, seed: int):
+    """to_torch(model) on a random [1, 3, 8, 8] input equals onnxruntime's run of ``reference``."""
+    x = np.random.default_rng(seed).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    want = make_session(reference).run(None, {"input": x})[0]
+    module = to_torch(model).eval()
+    with torch.no_grad():
+        got = module(torch.from_numpy(x)).numpy()
+    assert np.allclose(got, want, rtol=1e-5, atol=1e-5)
+    return module
+
+
 def test_batchnorm_clip_and_residual_model() -> None:
     model = chain_model()
     conv3 = next(n for n in model.graph.node if n.name == "conv3")
     del conv3.attribute[:]
     conv3.attribute.extend([helper.make_attribute("strides", [2, 2]), helper.make_attribute("pads", [0, 0, 1, 1])])
-    x = np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)
-    want = make_session(model).run(None, {"input": x})[0]
-    module = to_torch(model).eval()
-    with torch.no_grad():
-        got = module(torch.from_numpy(x)).numpy()
-    assert np.allclose(got, want, rtol=1e-5, atol=1e-5)
+    module = _converted_equals_onnxruntime(model, model, seed=0)
     names = {s.initializer for s in module.sources}
     assert {"w1", "b1", "w2", "w3", "b3", "bn1.scale", "bn1.bias"} <= names
     assert "bn1.mean" not in names and "zero" not in names
@@ -172,12 +178,7 @@ def test_zero_skip_convs_of_the_default_native_output_convert_and_export() -> No
     original = chain_model()
     model = ReplaceWithZeroSkip()(original).model
     assert sum(is_zero_skip_node(n) for n in model.graph.node) == 2
-    x = np.random.default_rng(1).standard_normal((1, 3, 8, 8)).astype(np.float32)
-    want = make_session(original).run(None, {"input": x})[0]
-    module = to_torch(model).eval()
-    with torch.no_grad():
-        got = module(torch.from_numpy(x)).numpy()
-    assert np.allclose(got, want, rtol=1e-5, atol=1e-5)
+    module = _converted_equals_onnxruntime(model, original, seed=1)
     zero_skip_weights = {n.input[1] for n in model.graph.node if is_zero_skip_node(n)}
     assert zero_skip_weights <= {s.initializer for s in module.sources}
     with torch.no_grad():
