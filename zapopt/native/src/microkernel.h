@@ -16,36 +16,33 @@ constexpr int kCompactSlack = 16;
 // order is kept); returns how many. NaN counts as nonzero.
 using CompactFn = int (*)(const float* x, int n, int32_t k0, int32_t* ks, float* values);
 
-// For a tile of output positions, the nonzero list each one reads for one (tap, channel chunk),
-// and where to add them.
-struct AccumulateArgs {
-  const int32_t* const* channels;  // position t's list: channels[t][j], values[t][j], j < counts[t]
-  const float* const* values;
-  const int32_t* counts;
+// Where one channel block of a tile of output positions accumulates, shared by the sparse
+// (list) and dense accumulation forms.
+struct TileTarget {
   int32_t positions;
   const uint8_t* needed;    // nullable; needed[t * needed_stride] == 0: skip position t
   int32_t needed_stride;
-  const float* weights;     // [chunk][ocb] packed weights of this tap, chunk and channel block
+  const float* weights;     // [channel][ocb] packed weights of this tap, chunk and channel block
   float* acc;               // position t's ocb accumulators at acc + t * acc_stride
   int32_t acc_stride;
   bool first;               // start from zero instead of acc
+};
+
+// For a tile of output positions, the nonzero list each one reads for one (tap, channel chunk).
+struct AccumulateArgs : TileTarget {
+  const int32_t* const* channels;  // position t's list: channels[t][j], values[t][j], j < counts[t]
+  const float* const* values;
+  const int32_t* counts;
 };
 
 // acc[t][0..ocb) (+)= sum over position t's entries of value * weights[channel][0..ocb).
 using AccumulateFn = void (*)(const AccumulateArgs& args, int ocb);
 
 // For a tile of output positions, the dense input channel vector each one reads for one
-// (tap, channel chunk) (an all-zero vector in the padding), and where to add the products.
-struct DenseAccumulateArgs {
+// (tap, channel chunk) (an all-zero vector in the padding).
+struct DenseAccumulateArgs : TileTarget {
   const float* const* inputs;  // position t's inputs[t][0..k)
   int32_t k;
-  int32_t positions;
-  const uint8_t* needed;    // nullable; needed[t * needed_stride] == 0: skip position t
-  int32_t needed_stride;
-  const float* weights;     // [k][ocb] packed weights of this tap, chunk and channel block
-  float* acc;               // position t's ocb accumulators at acc + t * acc_stride
-  int32_t acc_stride;
-  bool first;               // start from zero instead of acc
 };
 
 // The register-blocked form of AccumulateFn for nearly dense tiles: several positions share

@@ -366,18 +366,23 @@ void PackedConv::run_job(const Job& job, const float* x, int64_t h, int64_t w, i
             dense_inputs[t] = band.pixels.get() + pixel * cg_in + c0;
           }
           const int64_t k0 = tap * cg_in + c0;
+          auto block_target = [&](int b) {
+            TileTarget target;
+            target.positions = tile;
+            target.needed = needed.empty() ? nullptr : needed.data() + b;
+            target.needed_stride = n_blocks;
+            target.weights = weights_.data() + ((job.g * blocks_ + job.b0 + b) * k_size + k0) * ocb;
+            target.acc = acc.get() + static_cast<size_t>(b) * ocb;
+            target.acc_stride = acc_stride;
+            target.first = first;
+            return target;
+          };
           if (dense_ok && static_cast<float>(nonzeros) >= kDenseCutover * static_cast<float>(int64_t{tile} * k)) {
             for (int b = 0; b < n_blocks; ++b) {
               DenseAccumulateArgs args;
+              static_cast<TileTarget&>(args) = block_target(b);
               args.inputs = dense_inputs.get();
               args.k = k;
-              args.positions = tile;
-              args.needed = needed.empty() ? nullptr : needed.data() + b;
-              args.needed_stride = n_blocks;
-              args.weights = weights_.data() + ((job.g * blocks_ + job.b0 + b) * k_size + k0) * ocb;
-              args.acc = acc.get() + static_cast<size_t>(b) * ocb;
-              args.acc_stride = acc_stride;
-              args.first = first;
               dense_accumulate_(args, ocb);
             }
             first = false;
@@ -385,16 +390,10 @@ void PackedConv::run_job(const Job& job, const float* x, int64_t h, int64_t w, i
           }
           for (int b = 0; b < n_blocks; ++b) {
             AccumulateArgs args;
+            static_cast<TileTarget&>(args) = block_target(b);
             args.channels = channel_lists.get();
             args.values = value_lists.get();
             args.counts = counts.get();
-            args.positions = tile;
-            args.needed = needed.empty() ? nullptr : needed.data() + b;
-            args.needed_stride = n_blocks;
-            args.weights = weights_.data() + ((job.g * blocks_ + job.b0 + b) * k_size + k0) * ocb;
-            args.acc = acc.get() + static_cast<size_t>(b) * ocb;
-            args.acc_stride = acc_stride;
-            args.first = first;
             accumulate_(args, ocb);
           }
           first = false;
