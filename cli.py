@@ -295,9 +295,9 @@ THRESHOLD = _Threshold()
                    "(float rounding aside). --calib then only serves to time the layers.")
 @click.option("--latency-check/--no-latency-check", "latency_check", default=True, show_default=True,
               help="Time each native layer against the stock nodes it replaces on this machine (batch 1, a "
-                   "calibration input) and keep the stock nodes where they are as fast; then time the whole model "
-                   "against the original and drop the least profitable native layers while it is slower. Off: "
-                   "the speed is unmeasured.")
+                   "calibration input) and keep the stock nodes unless native is at least 1.05x faster; then "
+                   "time the whole model against the original and drop the least profitable native layers "
+                   "while it is slower. Off: the speed is unmeasured.")
 @click.option("--latency-threads", type=click.IntRange(min=1), default=None,
               help="onnxruntime threads for the latency check (default: onnxruntime's own choice).")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=str), default=None,
