@@ -478,7 +478,12 @@ def retune_command(model, output, threshold, layer_thresholds, max_error, report
 @click.option("--max-drop", type=click.FloatRange(min=0), default=None,
               help="After training, re-choose every layer's threshold as `optimize --max-drop` does (top-1 drop "
                    "in percent on --val), on the new weights with the kept predictors. Needs --calib.")
-@click.option("--calib", default=None, metavar="DATA", help="Images for the layer curves of --max-drop.")
+@click.option("--calib", default=None, metavar="DATA",
+              help="Images for the layer curves of --max-drop and --operating-drop.")
+@click.option("--operating-drop", type=click.FloatRange(min=0, max=100), default=None, metavar="X",
+              help="Before training, choose the thresholds as `optimize --max-drop X` would (kept predictors, on "
+                   "--val) and train at them: a more aggressive point than --max-drop's, so the weights adapt to "
+                   "more skipping before the thresholds are re-chosen. Needs --calib and --val.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=str), default=None,
               help="Where to write the JSON report (default OUTPUT.report.json).")
 @json_option
@@ -486,7 +491,7 @@ def retune_command(model, output, threshold, layer_thresholds, max_error, report
 @image_option_flags
 def finetune_command(model, data, output, val_data, epochs, batch_size, lr, momentum, weight_decay, grad_sparsity,
                      grad_bits, grad_format, train_images, val_images, seed, checkpoint, resume, device, curve,
-                     max_drop, calib, report_path, as_json, quiet, image_options) -> None:
+                     max_drop, calib, operating_drop, report_path, as_json, quiet, image_options) -> None:
     """Fine-tune an optimized MODEL with its ZAP masks active; write it back in the same format.
 
     Skipped activations are zero in the forward pass and get no gradient; predictors and
@@ -509,7 +514,8 @@ def finetune_command(model, data, output, val_data, epochs, batch_size, lr, mome
                                              for v in curve.split(",") if v.strip()]
     config = FinetuneConfig(epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
                             weight_decay=weight_decay, grad_sparsity=grad_sparsity, grad_bits=grad_bits,
-                            grad_format=fmt, seed=seed, train_images=train_images, val_images=val_images)
+                            grad_format=fmt, seed=seed, train_images=train_images, val_images=val_images,
+                            operating_drop=operating_drop)
     result = finetune(model, output, data, val=val_data, config=config, checkpoint=checkpoint, resume=resume,
                       image_options=image_options, device=device, curve_thresholds=thresholds,
                       max_drop=max_drop, calib=calib, report_path=report_path, progress=_progress(quiet))

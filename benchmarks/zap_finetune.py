@@ -23,20 +23,47 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from zapopt.data import load_fashion_mnist  # noqa: E402
 from zapopt.evaluate import evaluate  # noqa: E402
 from zapopt.files import save_model_atomically  # noqa: E402
+from zapopt.finetuning.rethreshold import rechoose_thresholds  # noqa: E402
+from zapopt.graph import load_model  # noqa: E402
 from zapopt.finetuning import FinetuneConfig, finetune  # noqa: E402
 from zapopt.optimize import OptimizeConfig, choose_thresholds, finish, prepare_layers  # noqa: E402
 from zap_common import save_results  # noqa: E402
 
 VARIANTS = {"plain": {}, "sparse85": {"grad_sparsity": 0.85}, "fp6": {"grad_bits": 6}}
+
+
+def _operating_path(before: Path, drop: float) -> Path:
+    """Where the model at the --operating-drop thresholds is cached, beside the before-model."""
+    return before.with_name(f"{before.stem}.operating{drop:g}.onnx")
+
+
+def make_before_models(model: str, calib: str, test: str, config: OptimizeConfig, before_path: Path,
+                       operating_drops: list[float]) -> float:
+    """Optimize ``model`` at ``config.max_drop`` into ``before_path`` and, from the same predictors and
+    sensitivity probes, at each operating drop beside it; returns the seconds taken."""
+    started = time.perf_counter()
+    prepared = prepare_layers(model, calib, config=config, eval_data=test, progress=False)
+    choice = choose_thresholds(prepared, config, eval_data=test, progress=False)
+    save_model_atomically(finish(prepared, choice, config, model_name=model).model, before_path)
+    print(f"optimized at {config.max_drop} % ({time.perf_counter() - started:.0f} s)", flush=True)
+    for drop in operating_drops:  # same predictors and probes, a bigger budget
+        harder = replace(config, max_drop=drop)
+        harder_choice = choose_thresholds(prepared, harder, eval_data=test, progress=False, probes=choice.probes)
+        save_model_atomically(finish(prepared, harder_choice, harder, model_name=model).model,
+                              _operating_path(before_path, drop))
+        print(f"optimized at {drop} % ({time.perf_counter() - started:.0f} s)", flush=True)
+    return time.perf_counter() - started
 
 
 def main() -> None:
@@ -51,9 +78,22 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=["plain"])
     parser.add_argument("--no-sensitivity", action="store_true", help="plain error-budget search (faster)")
+    parser.add_argument("--operating-drop", type=float, default=None,
+                        help="fine-tune with the thresholds chosen for this top-1 drop (a more aggressive operating "
+                             "point), then re-choose them for --max-drop (default: train at --max-drop's)")
+    parser.add_argument("--before-model", type=Path, default=None,
+                        help="the ZAP model before fine-tuning: reused when the file exists (optimize takes ~30 min "
+                             "on a loaded 2-core machine), else computed and saved there; the --operating-drop model "
+                             "is cached beside it the same way")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads for training (OMP_NUM_THREADS too)")
+    parser.add_argument("--latency-check", action="store_true",
+                        help="let optimize's latency check drop native layers (off: MAC savings do not depend on "
+                             "this machine's timings)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
+    torch.set_num_threads(args.threads)
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)
     rows = []
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
@@ -64,35 +104,50 @@ def main() -> None:
         np.savez(test, x=x_test[:, None].astype(np.float32) / 255, y=y_test)
         np.savez(train, x=x_train[:args.train_images, None].astype(np.float32) / 255, y=y_train[:args.train_images])
 
-        started = time.perf_counter()
         config = OptimizeConfig(pattern=args.pattern, calib_images=args.calib_images, max_drop=args.max_drop,
-                                sensitivity_weighting=not args.no_sensitivity)
-        prepared = prepare_layers(args.model, calib, config=config, eval_data=test, progress=False)
-        choice = choose_thresholds(prepared, config, eval_data=test, progress=False)
-        before_path = tmp / "before.zap.onnx"
-        save_model_atomically(finish(prepared, choice, config, model_name=args.model).model, before_path)
+                                sensitivity_weighting=not args.no_sensitivity, latency_check=args.latency_check)
+        before_path = args.before_model or tmp / "before.zap.onnx"
+        train_path = before_path if args.operating_drop is None else _operating_path(before_path, args.operating_drop)
+        optimize_s = None
+        if before_path.is_file():
+            print(f"before: reusing {before_path}", flush=True)
+        else:
+            optimize_s = make_before_models(args.model, calib, test, config, before_path,
+                                            [] if args.operating_drop is None else [args.operating_drop])
+        if not train_path.is_file():  # a cached before-model without this operating point
+            found = rechoose_thresholds(load_model(before_path), calib, test, args.operating_drop,
+                                        calib_images=args.calib_images, sensitivity_weighting=not args.no_sensitivity,
+                                        progress=False)
+            save_model_atomically(found.model, train_path)
         before = evaluate(before_path, test, reference=args.model, progress=False)
-        optimize_s = time.perf_counter() - started
-        print(f"before: savings {100 * before.savings:.1f} %, drop {before.top1_drop:.2f} points "
-              f"({optimize_s:.0f} s)", flush=True)
+        trained_from = before if train_path == before_path else evaluate(train_path, test, reference=args.model,
+                                                                           progress=False)
+        print(f"before: savings {100 * before.savings:.1f} %, drop {before.top1_drop:.2f} points; fine-tuning from "
+              f"{train_path.name}: savings {100 * trained_from.savings:.1f} %, drop {trained_from.top1_drop:.2f}",
+              flush=True)
         for variant in args.variants:
             started = time.perf_counter()
             tuned_path = tmp / f"{variant}.zap.onnx"
-            report = finetune(str(before_path), str(tuned_path), train, val=test,
+            report = finetune(str(train_path), str(tuned_path), train, val=test,
                               config=FinetuneConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                                                     **VARIANTS[variant]),
-                              max_drop=args.max_drop, calib=calib, device="cpu", progress=False)
+                              max_drop=args.max_drop, calib=calib, device="cpu",
+                              progress=False)
             seconds = time.perf_counter() - started
             after = evaluate(tuned_path, test, reference=args.model, progress=False)
             row = {"variant": variant, "pattern": args.pattern, "max_drop": args.max_drop,
-                   "train_images": args.train_images, "epochs": args.epochs, "lr": args.lr,
-                   "batch_size": args.batch_size, "sensitivity_weighting": not args.no_sensitivity,
+                   "operating_drop": args.operating_drop, "train_images": args.train_images, "epochs": args.epochs,
+                   "lr": args.lr, "batch_size": args.batch_size, "threads": args.threads,
+                   "sensitivity_weighting": not args.no_sensitivity, "latency_check": args.latency_check,
                    "original_top1": before.reference_top1,
                    "before_top1": before.top1, "before_drop": before.top1_drop, "before_savings": before.savings,
+                   "trained_at_top1": trained_from.top1, "trained_at_savings": trained_from.savings,
                    "after_top1": after.top1, "after_drop": after.top1_drop, "after_savings": after.savings,
                    "savings_gain_points": 100 * (after.savings - before.savings),
+                   "thresholds": report.thresholds,
                    "epoch_log": [vars(h) for h in report.state.history],
-                   "optimize_seconds": optimize_s, "finetune_seconds": seconds}
+                   "optimize_seconds": optimize_s, "finetune_seconds": seconds,
+                   "load_average_after": os.getloadavg()}
             rows.append(row)
             print(json.dumps(row), flush=True)
     print("\n| variant | top-1 drop before / after | MACs saved before | after | gain (points) |\n"
@@ -101,8 +156,6 @@ def main() -> None:
         print(f"| {r['variant']} | {r['before_drop']:.2f} / {r['after_drop']:.2f} | "
               f"{100 * r['before_savings']:.1f} % | {100 * r['after_savings']:.1f} % | "
               f"{r['savings_gain_points']:+.1f} |")
-    for r in rows:
-        r["load_average"] = os.getloadavg()  # the machine is in the file's provenance
     save_results(rows, args.json)
 
 

@@ -99,3 +99,27 @@ def test_finetune_max_drop_needs_calib_and_val_then_rechooses(tmp_path: Path) ->
     (layer,) = read_zap_layers(onnx.load(str(tmp_path / "out.onnx")))
     assert chosen["thresholds"] == {layer.name: pytest.approx(layer.threshold)}
     assert "re-chosen" in report.format_table()
+
+
+def test_operating_drop_trains_at_the_thresholds_chosen_for_it(tmp_path: Path) -> None:
+    save_model_atomically(tiny_zap_classifier(), tmp_path / "tiny.onnx")
+    for name, seed, count in (("train", 1, 96), ("val", 5, 64)):
+        x, y = tiny_labeled_arrays(count, seed=seed)
+        np.savez(tmp_path / f"{name}.npz", x=x, y=y)
+    args = (str(tmp_path / "tiny.onnx"), str(tmp_path / "out.onnx"), str(tmp_path / "train.npz"))
+    with pytest.raises(ZapoptError, match="in \\[0, 100\\]"):
+        FinetuneConfig(operating_drop=150.0)
+    config = FinetuneConfig(epochs=2, lr=0.05, batch_size=16, operating_drop=40.0)
+    with pytest.raises(ZapoptError, match="--operating-drop .* needs --val .* and --calib"):
+        finetune(*args, val=str(tmp_path / "val.npz"), config=config, progress=False)
+    report = finetune(*args, val=str(tmp_path / "val.npz"), calib=str(tmp_path / "train.npz"), config=config,
+                      progress=False, log=lambda _m: None)
+    operating = report.operating
+    assert operating["operating_drop"] == 40.0 and operating["drop"] <= 40.0
+    (before,), (after,) = read_zap_layers(tiny_zap_classifier()), read_zap_layers(onnx.load(args[1]))
+    assert after.threshold != before.threshold  # a 40 % budget skips more than the model's own threshold
+    assert operating["thresholds"] == {after.name: pytest.approx(after.threshold)}  # no --max-drop: kept
+    assert report.to_dict()["config"]["operating_drop"] == 40.0 and "trained at the thresholds" in report.format_table()
+    with pytest.raises(ZapoptError, match="other settings \\(operating_drop\\)"):
+        finetune(*args, val=str(tmp_path / "val.npz"), calib=str(tmp_path / "train.npz"), resume=True,
+                 config=FinetuneConfig(epochs=3, lr=0.05, batch_size=16), progress=False)

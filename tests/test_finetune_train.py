@@ -139,6 +139,9 @@ def test_cli_finetune_then_eval_sweep_retune(tiny: dict[str, str], capsys: pytes
     capsys.readouterr()
     assert run("finetune", tiny["model"], "--data", tiny["train"], "-o", tiny["out"], "--grad-format", "x") == 2
     assert "--grad-format expects E,M" in capsys.readouterr().err
+    assert run("finetune", tiny["model"], "--data", tiny["train"], "--val", tiny["val"], "-o", tiny["out"] + ".op",
+               "--operating-drop", "5") == 2  # reaches FinetuneConfig and the API's check
+    assert "--operating-drop chooses the thresholds to train at: it needs" in capsys.readouterr().err
 
 
 def test_log_lines_when_not_a_terminal(tiny: dict[str, str]) -> None:

@@ -54,6 +54,7 @@ class FinetuneReport:
     after: Measured | None
     curves: dict[str, Any] | None  # {"before": SweepReport dict, "after": ...} when asked
     thresholds: dict[str, Any] | None = None  # the --max-drop re-choice: target, search budget, drop, thresholds
+    operating: dict[str, Any] | None = None  # the --operating-drop thresholds trained at: target, drop, thresholds
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "output": self.output, "data": self.data, "val": self.val,
@@ -62,12 +63,16 @@ class FinetuneReport:
                 "gradient_tools": self.state.gradient_summary or None,
                 "before": None if self.before is None else asdict(self.before),
                 "after": None if self.after is None else asdict(self.after), "curves": self.curves,
-                "thresholds": self.thresholds}
+                "thresholds": self.thresholds, "operating": self.operating}
 
     def format_table(self) -> str:
         from zapopt.report import pct
 
         lines = [f"fine-tuned {self.model} -> {self.output} on {self.data} ({self.world_size} process(es))"]
+        if self.operating is not None:
+            drop = "-" if self.operating["drop"] is None else f"{self.operating['drop']:.2f}"
+            lines.append(f"  trained at the thresholds chosen for <= {self.operating['operating_drop']} % top-1 drop "
+                         f"(measured {drop} points)")
         for h in self.state.history:
             val = "" if h.val_top1 is None else f", validation top-1 {pct(h.val_top1, 2)}"
             lines.append(f"  epoch {h.epoch}: loss {h.train_loss:.4f}, train accuracy {pct(h.train_top1, 2)}{val}, "
@@ -134,6 +139,9 @@ def finetune(model: str | os.PathLike, output: str | os.PathLike, data: Any, *, 
     if max_drop is not None and (val is None or calib is None):
         raise ZapoptError("--max-drop re-chooses the thresholds after training: it needs --val (where the drop "
                           "is measured) and --calib (images for the layer curves)")
+    if config.operating_drop is not None and (val is None or calib is None):
+        raise ZapoptError("--operating-drop chooses the thresholds to train at: it needs --val (where the drop "
+                          "is measured) and --calib (images for the layer curves)")
     if resume and not checkpoint.is_file():
         raise ZapoptError(f"--resume: no checkpoint at {checkpoint}; run without --resume to start")
 
@@ -158,16 +166,22 @@ def finetune(model: str | os.PathLike, output: str | os.PathLike, data: Any, *, 
         open_dataset(calib, spec, image_options)  # refuse unreadable calibration data before training
     digest = model_digest(proto.SerializeToString())
     saved = load_checkpoint(checkpoint, config, digest) if resume else None
+    trained_proto, operating = proto, None
+    if config.operating_drop is not None:  # every check is done: the long part starts here
+        trained_proto, operating = _operating_point(proto, calib, val, config, image_options, output, progress, log)
+        module = to_torch(trained_proto)
 
     ranks = start(device)
     try:
+        if operating is not None:
+            _same_on_every_rank(ranks, operating["thresholds"])
         state = train(module, x, y, config, ranks=ranks,
                       val=None if val_data is None else _tensors(val_data), checkpoint=checkpoint,
                       resume=saved, digest=digest, progress=progress is not False, interactive=progress,
                       log=log)
         report = None
         if ranks.is_main:
-            tuned = export_weights(module.to("cpu"), proto)
+            tuned = export_weights(module.to("cpu"), trained_proto)
             chosen = None
             if max_drop is not None:
                 from zapopt.finetuning.rethreshold import rechoose_thresholds
@@ -187,7 +201,7 @@ def finetune(model: str | os.PathLike, output: str | os.PathLike, data: Any, *, 
                               "thresholds": {z.name: json_float(z.threshold) for z in read_zap_layers(tuned)}}
             save_model_atomically(tuned, output)
             report = _report(model, output, data, val, val_data, config, ranks, state, curve_thresholds,
-                             image_options, progress is True, chosen)
+                             image_options, progress is True, chosen, operating)
             write_text_atomically(report_path, json.dumps(report.to_dict(), indent=1))
         ranks.barrier()
     finally:
@@ -198,10 +212,35 @@ def finetune(model: str | os.PathLike, output: str | os.PathLike, data: Any, *, 
     return report
 
 
+def _operating_point(proto: Any, calib: Any, val: Any, config: FinetuneConfig, image_options: ImageOptions | None,
+                     output: Path, progress: bool | None, log: Log) -> tuple[Any, dict[str, Any]]:
+    """The input model at the thresholds ``optimize --max-drop`` would choose for
+    ``config.operating_drop`` (kept predictors, drop counted against the input computing
+    everything), and what was chosen."""
+    from zapopt.finetuning.rethreshold import rechoose_thresholds
+
+    log(f"choosing the thresholds to train at (--operating-drop {config.operating_drop})")
+    found = rechoose_thresholds(proto, calib, val, config.operating_drop, eval_images=config.val_images,
+                                image_options=image_options, model_name=str(output), progress=progress is True)
+    return found.model, {"operating_drop": config.operating_drop, "drop": found.drop,
+                         "thresholds": {z.name: json_float(z.threshold) for z in read_zap_layers(found.model)}}
+
+
+def _same_on_every_rank(ranks: Ranks, thresholds: dict[str, Any]) -> None:
+    """Every rank chose the operating thresholds itself; training on different masks would
+    silently break the 1-process equivalence, so compare them."""
+    values = [v for v in thresholds.values() if isinstance(v, float)]  # json_float: "-inf" for a layer left exact
+    mine = [float(sum(values)), float(len(values))]
+    total = ranks.sum(mine)
+    if any(abs(t - ranks.world * m) > 1e-6 * (1 + abs(t)) for t, m in zip(total, mine)):
+        raise ZapoptError("the ranks chose different --operating-drop thresholds (nondeterministic measurements); "
+                          "choose them once with a 1-process run and fine-tune its output without --operating-drop")
+
+
 def _report(model: Any, output: Path, data: Any, val: Any, val_data: LabeledData | None, config: FinetuneConfig,
             ranks: Ranks, state: TrainState, curve_thresholds: list[float] | None,
             image_options: ImageOptions | None, progress: bool,
-            thresholds: dict[str, Any] | None) -> FinetuneReport:
+            thresholds: dict[str, Any] | None, operating: dict[str, Any] | None) -> FinetuneReport:
     before = after = curves = None
     if val_data is not None:
         before, after = _measure(str(model), val_data, progress), _measure(str(output), val_data, progress)
@@ -212,4 +251,4 @@ def _report(model: Any, output: Path, data: Any, val: Any, val_data: LabeledData
                                    limit=config.val_images, progress=progress).to_dict()
                       for label, path in (("before", str(model)), ("after", str(output)))}
     return FinetuneReport(str(model), str(output), str(data), None if val is None else str(val), config.to_dict(),
-                          ranks.world, state, before, after, curves, thresholds)
+                          ranks.world, state, before, after, curves, thresholds, operating)

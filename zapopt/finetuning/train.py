@@ -54,6 +54,10 @@ class FinetuneConfig:
     seed: int = 0
     train_images: int | None = None  # use the first N training samples
     val_images: int | None = None
+    #: Train at the thresholds ``zapopt optimize --max-drop`` would choose for this top-1 drop (%),
+    #: a more aggressive point than the final one, so the weights adapt to more skipped
+    #: activations before the thresholds are re-chosen (None: train at the model's own).
+    operating_drop: float | None = None
 
     def __post_init__(self) -> None:
         _positive("epochs", self.epochs)
@@ -78,6 +82,10 @@ class FinetuneConfig:
         for name in ("train_images", "val_images"):
             if getattr(self, name) is not None:
                 _positive(name, getattr(self, name))
+        drop = self.operating_drop
+        if drop is not None and (isinstance(drop, bool) or not isinstance(drop, (int, float))
+                                 or not 0 <= drop <= 100):
+            raise ZapoptError(f"--operating-drop is a top-1 drop in percent, in [0, 100], got {drop!r}")
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
