@@ -1,19 +1,26 @@
 """MAC savings at a fixed top-1 drop before and after ZAP-aware fine-tuning (issue #18).
 
     python benchmarks/zap_finetune.py models/vgg16/vgg16.onnx --max-drop 1.5 --train-images 10000 \
-        --variants plain sparse85 fp6 --json benchmarks/results/zap_finetune/vgg16_plain.json
+        --variants plain sparse85 fp6 --json benchmarks/results/zap_finetune/vgg16_plain.json \
+        --before-model .cache/ft/before.zap.onnx [--operating-drop 5 --lr 1e-3]
 
 1. Before: predictors trained on the first --calib-images Fashion-MNIST train images and
    thresholds chosen as `zapopt optimize --max-drop` does, measured on the full test set
-   (10k images, the search's own data, as in zap_savings.py's "full" rows).
-2. Fine-tune that model (`zapopt.finetune`): --epochs over the first --train-images train
-   images, SGD lr 1e-4 / momentum 0.9 / weight decay 5e-4 by default, masks active,
-   predictors frozen; per variant: plain, 85 % gradient sparsity, 6-bit gradients.
-3. After: thresholds re-chosen the same way on the new weights (kept predictors, curves
+   (10k images, the search's own data, as in zap_savings.py's "full" rows); the latency
+   check is off (unless --latency-check), so the savings do not depend on timings.
+   --before-model caches it (the slow step: ~30 min on a loaded 2-core machine).
+2. Fine-tune (`zapopt.finetune`): --epochs over the first --train-images train images, SGD
+   lr 1e-4 / momentum 0.9 / weight decay 5e-4 by default, masks active, predictors frozen;
+   per variant: plain, 85 % gradient sparsity, 6-bit gradients. With --operating-drop X the
+   training starts from the thresholds chosen for a drop of X % instead (what `finetune
+   --operating-drop` does; here chosen once, from the same predictors and probes as the
+   before-model, and cached beside it, so every variant trains from the same model).
+3. After: thresholds re-chosen for --max-drop on the new weights (kept predictors, curves
    measured again), the drop counted against the original model's top-1.
 Savings are realised MACs on the test set (`zapopt eval`), the whole model, net of the
-predictors. Each row records wall-clock seconds and the load average; command, commit and machine
-are in the file's provenance (benchmarks/result_files.py).
+predictors. Each row records wall-clock seconds and the load average; command, commit and
+machine are in the file's provenance (benchmarks/result_files.py). Training runs on
+--threads torch threads (1 by default: the machine is shared).
 """
 from __future__ import annotations
 
@@ -85,6 +92,8 @@ def main() -> None:
                         help="the ZAP model before fine-tuning: reused when the file exists (optimize takes ~30 min "
                              "on a loaded 2-core machine), else computed and saved there; the --operating-drop model "
                              "is cached beside it the same way")
+    parser.add_argument("--save-models", type=Path, default=None,
+                        help="keep the fine-tuned models in this folder (e.g. for `zapopt bench`)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for training (OMP_NUM_THREADS too)")
     parser.add_argument("--latency-check", action="store_true",
                         help="let optimize's latency check drop native layers (off: MAC savings do not depend on "
@@ -127,7 +136,9 @@ def main() -> None:
               flush=True)
         for variant in args.variants:
             started = time.perf_counter()
-            tuned_path = tmp / f"{variant}.zap.onnx"
+            tuned_dir = args.save_models or tmp
+            tuned_dir.mkdir(parents=True, exist_ok=True)
+            tuned_path = tuned_dir / f"{variant}.zap.onnx"
             report = finetune(str(train_path), str(tuned_path), train, val=test,
                               config=FinetuneConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                                                     **VARIANTS[variant]),

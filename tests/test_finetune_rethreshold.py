@@ -83,12 +83,18 @@ def test_drop_is_counted_against_the_baseline(tmp_path: Path) -> None:
     assert result.exact_gain > 1.0 and result.budget == pytest.approx(1.0 + result.exact_gain)
 
 
-def test_finetune_max_drop_needs_calib_and_val_then_rechooses(tmp_path: Path) -> None:
+def _tiny_finetune_files(tmp_path: Path) -> tuple[str, str, str]:
+    """The tiny ZapConv model, train.npz and val.npz in ``tmp_path``: (model, output, train) arguments."""
     save_model_atomically(tiny_zap_classifier(), tmp_path / "tiny.onnx")
     for name, seed, count in (("train", 1, 96), ("val", 5, 64)):
         x, y = tiny_labeled_arrays(count, seed=seed)
         np.savez(tmp_path / f"{name}.npz", x=x, y=y)
     args = (str(tmp_path / "tiny.onnx"), str(tmp_path / "out.onnx"), str(tmp_path / "train.npz"))
+    return args
+
+
+def test_finetune_max_drop_needs_calib_and_val_then_rechooses(tmp_path: Path) -> None:
+    args = _tiny_finetune_files(tmp_path)
     with pytest.raises(ZapoptError, match="needs --val .* and --calib"):
         finetune(*args, max_drop=1.0, val=str(tmp_path / "val.npz"), progress=False)
     report = finetune(*args, max_drop=3.0, val=str(tmp_path / "val.npz"), calib=str(tmp_path / "train.npz"),
@@ -102,11 +108,7 @@ def test_finetune_max_drop_needs_calib_and_val_then_rechooses(tmp_path: Path) ->
 
 
 def test_operating_drop_trains_at_the_thresholds_chosen_for_it(tmp_path: Path) -> None:
-    save_model_atomically(tiny_zap_classifier(), tmp_path / "tiny.onnx")
-    for name, seed, count in (("train", 1, 96), ("val", 5, 64)):
-        x, y = tiny_labeled_arrays(count, seed=seed)
-        np.savez(tmp_path / f"{name}.npz", x=x, y=y)
-    args = (str(tmp_path / "tiny.onnx"), str(tmp_path / "out.onnx"), str(tmp_path / "train.npz"))
+    args = _tiny_finetune_files(tmp_path)
     with pytest.raises(ZapoptError, match="in \\[0, 100\\]"):
         FinetuneConfig(operating_drop=150.0)
     config = FinetuneConfig(epochs=2, lr=0.05, batch_size=16, operating_drop=40.0)
