@@ -42,10 +42,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from zapopt.data import load_fashion_mnist  # noqa: E402
 from zapopt.evaluate import evaluate  # noqa: E402
 from zapopt.files import save_model_atomically  # noqa: E402
+from zapopt.finetuning import FinetuneConfig, finetune  # noqa: E402
 from zapopt.finetuning.rethreshold import rechoose_thresholds  # noqa: E402
 from zapopt.graph import load_model  # noqa: E402
-from zapopt.finetuning import FinetuneConfig, finetune  # noqa: E402
-from zapopt.optimize import OptimizeConfig, choose_thresholds, finish, prepare_layers  # noqa: E402
+from zapopt.optimize import AccuracyBudget, OptimizeConfig, choose_thresholds, finish, prepare_layers  # noqa: E402
 from zap_common import save_results  # noqa: E402
 
 VARIANTS = {"plain": {}, "sparse85": {"grad_sparsity": 0.85}, "fp6": {"grad_bits": 6}}
@@ -58,15 +58,15 @@ def _operating_path(before: Path, drop: float) -> Path:
 
 def make_before_models(model: str, calib: str, test: str, config: OptimizeConfig, before_path: Path,
                        operating_drops: list[float]) -> float:
-    """Optimize ``model`` at ``config.max_drop`` into ``before_path`` and, from the same predictors and
+    """Optimize ``model`` at ``config.selection.max_drop`` into ``before_path`` and, from the same predictors and
     sensitivity probes, at each operating drop beside it; returns the seconds taken."""
     started = time.perf_counter()
     prepared = prepare_layers(model, calib, config=config, eval_data=test, progress=False)
     choice = choose_thresholds(prepared, config, eval_data=test, progress=False)
     save_model_atomically(finish(prepared, choice, config, model_name=model).model, before_path)
-    print(f"optimized at {config.max_drop} % ({time.perf_counter() - started:.0f} s)", flush=True)
+    print(f"optimized at {config.selection.max_drop} % ({time.perf_counter() - started:.0f} s)", flush=True)
     for drop in operating_drops:  # same predictors and probes, a bigger budget
-        harder = replace(config, max_drop=drop)
+        harder = replace(config, selection=replace(config.selection, max_drop=drop))
         harder_choice = choose_thresholds(prepared, harder, eval_data=test, progress=False, probes=choice.probes)
         save_model_atomically(finish(prepared, harder_choice, harder, model_name=model).model,
                               _operating_path(before_path, drop))
@@ -117,8 +117,9 @@ def main() -> None:
         np.savez(test, x=x_test[:, None].astype(np.float32) / 255, y=y_test)
         np.savez(train, x=x_train[:args.train_images, None].astype(np.float32) / 255, y=y_train[:args.train_images])
 
-        config = OptimizeConfig(pattern=args.pattern, calib_images=args.calib_images, max_drop=args.max_drop,
-                                sensitivity_weighting=not args.no_sensitivity, latency_check=args.latency_check)
+        config = OptimizeConfig(AccuracyBudget(args.max_drop, sensitivity=not args.no_sensitivity),
+                                pattern=args.pattern, calib_images=args.calib_images,
+                                latency_check=args.latency_check)
         before_path = args.before_model or tmp / "before.zap.onnx"
         train_path = before_path if args.operating_drop is None else _operating_path(before_path, args.operating_drop)
         optimize_s = None
