@@ -65,21 +65,26 @@ void transpose_row_avx2(const float* in, int64_t channel_stride, int64_t c, int6
 // Skip and the activation along the positions (after it); same operations in the same order as
 // write_back_portable, so the results are identical.
 void write_back_avx2(const WriteBackArgs& a) {
+  // Locals, not a's fields: the stores to y could alias a, which would reload them every time.
+  const float* const skip = a.skip;
+  float* const y = a.y;
+  const int64_t y_stride = a.y_channel_stride, skip_stride = a.skip_channel_stride, acc_stride = a.acc_stride;
+  const bool relu = a.relu;
   const __m256 zero = _mm256_setzero_ps(), clip = _mm256_set1_ps(a.clip_max);
-  int32_t c0 = 0;
   const int32_t full_t = a.positions / 8 * 8;
+  int32_t c0 = 0;
   for (; c0 + 8 <= a.channels; c0 += 8) {
     const __m256 bias = _mm256_loadu_ps(a.bias + c0);
     for (int32_t t0 = 0; t0 < full_t; t0 += 8) {
       __m256 r[8];
-      const float* acc = a.acc + static_cast<int64_t>(t0) * a.acc_stride + c0;
-      for (int i = 0; i < 8; ++i) r[i] = _mm256_add_ps(_mm256_loadu_ps(acc + static_cast<int64_t>(i) * a.acc_stride), bias);
+      const float* acc = a.acc + t0 * acc_stride + c0;
+      for (int i = 0; i < 8; ++i) r[i] = _mm256_add_ps(_mm256_loadu_ps(acc + i * acc_stride), bias);
       transpose8x8(r);  // r[i]: channel c0 + i at positions t0 .. t0 + 7
       for (int i = 0; i < 8; ++i) {
         __m256 v = r[i];
-        if (a.skip != nullptr) v = _mm256_add_ps(v, _mm256_loadu_ps(a.skip + (c0 + i) * a.skip_channel_stride + t0));
-        if (a.relu) v = _mm256_min_ps(clip, _mm256_max_ps(zero, v));  // NaN passes, like std::min/max
-        _mm256_storeu_ps(a.y + (c0 + i) * a.y_channel_stride + t0, v);
+        if (skip != nullptr) v = _mm256_add_ps(v, _mm256_loadu_ps(skip + (c0 + i) * skip_stride + t0));
+        if (relu) v = _mm256_min_ps(clip, _mm256_max_ps(zero, v));  // NaN passes, like std::min/max
+        _mm256_storeu_ps(y + (c0 + i) * y_stride + t0, v);
       }
     }
     if (full_t < a.positions) {
