@@ -58,27 +58,39 @@ struct StepInputs {
 __attribute__((noinline)) int64_t gather_step(const BandView& band, const int64_t* ih0, const int64_t* iw0,
                                               int32_t tile, int64_t dy, int64_t dx, int j, int64_t c0,
                                               const float* zeros, const StepInputs& out, int32_t* empty) {
+  // Locals, not band's and out's fields: the stores through out could alias them otherwise.
+  const int32_t* const band_counts = band.counts;
+  const int32_t* const band_channels = band.channels;
+  const float* const band_values = band.values;
+  const float* const band_pixels = band.pixels;
+  const int64_t row_begin = band.row_begin, rows = band.row_end - band.row_begin, w = band.w;
+  const int64_t stride = band.stride, cg_in = band.cg_in, chunks = band.chunks;
+  const int32_t** __restrict channels = out.channels;
+  const float** __restrict values = out.values;
+  int32_t* __restrict counts = out.counts;
+  const float** __restrict dense = out.dense;
   int64_t nonzeros = 0;
   int32_t none = 0;
   for (int32_t t = 0; t < tile; ++t) {
-    const int64_t ih = ih0[t] + dy, iw = iw0[t] + dx;
-    if (ih < band.row_begin || ih >= band.row_end || iw < 0 || iw >= band.w) {  // padding
-      out.counts[t] = 0;
-      out.channels[t] = band.channels;
-      out.values[t] = band.values;
-      out.dense[t] = zeros;
+    const int64_t row = ih0[t] + dy - row_begin, col = iw0[t] + dx;
+    // One unsigned comparison per axis: negative values wrap to large ones.
+    if (static_cast<uint64_t>(row) >= static_cast<uint64_t>(rows) || static_cast<uint64_t>(col) >= static_cast<uint64_t>(w)) {
+      counts[t] = 0;  // padding
+      channels[t] = band_channels;
+      values[t] = band_values;
+      dense[t] = zeros;
       ++none;
       continue;
     }
-    const int64_t pixel = (ih - band.row_begin) * band.w + iw;
-    const int64_t list = pixel * band.chunks + j;
-    const int32_t count = band.counts[list];
-    out.counts[t] = count;
+    const int64_t pixel = row * w + col;
+    const int64_t list = pixel * chunks + j;
+    const int32_t count = band_counts[list];
+    counts[t] = count;
     nonzeros += count;
     none += count == 0;
-    out.channels[t] = band.channels + list * band.stride;
-    out.values[t] = band.values + list * band.stride;
-    out.dense[t] = band.pixels + pixel * band.cg_in + c0;
+    channels[t] = band_channels + list * stride;
+    values[t] = band_values + list * stride;
+    dense[t] = band_pixels + pixel * cg_in + c0;
   }
   *empty = none;
   return nonzeros;
