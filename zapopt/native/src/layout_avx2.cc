@@ -48,7 +48,9 @@ void transpose_row_avx2(const float* in, int64_t channel_stride, int64_t c, int6
     int64_t x = 0;
     for (; x + 8 <= w; x += 8) {  // 8 channels x 8 columns, transposed in registers
       if (c0 + 16 <= c) {  // the next 8 planes, one block ahead: wide layers read too many for the prefetchers
-        for (int i = 0; i < 8; ++i) _mm_prefetch(reinterpret_cast<const char*>(in + (c0 + 8 + i) * channel_stride + x), _MM_HINT_T0);
+        for (int i = 0; i < 8; ++i) {
+          _mm_prefetch(reinterpret_cast<const char*>(in + (c0 + 8 + i) * channel_stride + x), _MM_HINT_T0);
+        }
       }
       __m256 r[8];
       for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(in + (c0 + i) * channel_stride + x);

@@ -40,9 +40,26 @@ struct BandView {
   const float* values;
   const int32_t* counts;
   const float* pixels;
+  const int64_t* before;
   int64_t stride, row_begin, row_end, w, cg_in;
   int chunks;
 };
+
+// Whether every input pixel one tap reads for a tile is zero or padding. Output row segment i
+// (positions [segment_start[i], segment_start[i + 1]), receptive fields from (ih0, iw0) shifted
+// by (dy, dx)) reads input row ih0 + dy between its first and last position's columns.
+bool tap_is_empty(const BandView& band, const int64_t* ih0, const int64_t* iw0, const int32_t* segment_start,
+                  int32_t segments, int64_t dy, int64_t dx) {
+  for (int32_t i = 0; i < segments; ++i) {
+    const int32_t t0 = segment_start[i], t1 = segment_start[i + 1] - 1;
+    const int64_t row = ih0[t0] + dy - band.row_begin;
+    if (row < 0 || row >= band.row_end - band.row_begin) continue;  // padding
+    const int64_t lo = std::max<int64_t>(0, iw0[t0] + dx), hi = std::min<int64_t>(band.w - 1, iw0[t1] + dx);
+    if (lo > hi) continue;
+    if (band.before[row * band.w + hi + 1] != band.before[row * band.w + lo]) return false;
+  }
+  return true;
+}
 
 // Where each position of a tile reads for one (tap, channel chunk): its nonzero list
 // (channels, values, counts; empty in the padding) and its dense input vector.
@@ -76,7 +93,8 @@ __attribute__((noinline)) int64_t gather_step(const BandView& band, const int64_
   for (int32_t t = 0; t < tile; ++t) {
     const int64_t row = ih0[t] + dy - row_begin, col = iw0[t] + dx;
     // One unsigned comparison per axis: negative values wrap to large ones.
-    if (static_cast<uint64_t>(row) >= static_cast<uint64_t>(rows) || static_cast<uint64_t>(col) >= static_cast<uint64_t>(w)) {
+    if (static_cast<uint64_t>(row) >= static_cast<uint64_t>(rows) ||
+        static_cast<uint64_t>(col) >= static_cast<uint64_t>(w)) {
       counts[t] = 0;  // padding
       channels[t] = band_channels;
       values[t] = band_values;
@@ -199,6 +217,9 @@ struct PackedConv::Band {
   std::unique_ptr<float[]> values;
   std::unique_ptr<int32_t[]> counts;  // [row][column][chunk]
   std::unique_ptr<float[]> pixels;    // [row][column][channel]: the dense inputs (NHWC)
+  // before[p]: the nonzeros of all pixels before p (row-major, every chunk); a span's count is
+  // a difference of two entries.
+  std::unique_ptr<int64_t[]> before;
 };
 
 void PackedConv::compact_band(const float* x, int64_t n, int64_t g, int64_t h, int64_t w, int64_t row_begin,
@@ -231,6 +252,14 @@ void PackedConv::compact_band(const float* x, int64_t n, int64_t g, int64_t h, i
                                       band->values.get() + list * band->stride);
       }
     }
+  }
+  const int64_t pixels = std::max<int64_t>(0, row_end - row_begin) * w;
+  band->before.reset(new int64_t[static_cast<size_t>(pixels + 1)]);
+  band->before[0] = 0;
+  for (int64_t p = 0; p < pixels; ++p) {
+    int64_t sum = 0;
+    for (int j = 0; j < chunks_; ++j) sum += band->counts[p * chunks_ + j];
+    band->before[p + 1] = band->before[p] + sum;
   }
 }
 
@@ -391,7 +420,7 @@ void PackedConv::run_job(const Job& job, const float* x, int64_t h, int64_t w, i
   const Band& band = shared_band != nullptr ? *shared_band : own;
 
   const BandView view{band.channels.get(), band.values.get(), band.counts.get(), band.pixels.get(),
-                      band.stride, band.row_begin, band.row_end, w, cg_in, chunks_};
+                      band.before.get(), band.stride, band.row_begin, band.row_end, w, cg_in, chunks_};
   // Per position of a tile: the list of the pixel under the current tap (count 0 in padding).
   std::unique_ptr<const int32_t*[]> channel_lists(new const int32_t*[kTilePositions]);
   std::unique_ptr<const float*[]> value_lists(new const float*[kTilePositions]);
@@ -399,6 +428,7 @@ void PackedConv::run_job(const Job& job, const float* x, int64_t h, int64_t w, i
   std::unique_ptr<const float*[]> dense_inputs(new const float*[kTilePositions]);
   std::unique_ptr<float[]> zeros(new float[static_cast<size_t>(chunk_)]());  // the padding's inputs
   std::unique_ptr<int64_t[]> ih0(new int64_t[kTilePositions]), iw0(new int64_t[kTilePositions]);
+  std::unique_ptr<int32_t[]> segment_start(new int32_t[kTilePositions + 1]);
   const StepInputs step_inputs{channel_lists.get(), value_lists.get(), counts.get(), dense_inputs.get()};
   // Accumulators, deliberately uninitialized: the first tap's pass writes them, and those of
   // skipped (position, block) pairs are never used (their outputs are 0).
@@ -423,14 +453,24 @@ void PackedConv::run_job(const Job& job, const float* x, int64_t h, int64_t w, i
         }
       }
     }
+    // The tile's positions by output row: segment i covers positions [segment_start[i], segment_start[i + 1]).
+    int32_t segments = 0;
     for (int32_t t = 0; t < tile; ++t) {
       ih0[t] = (pos[t] / wo) * geo.stride_h - geo.pad_top;
       iw0[t] = (pos[t] % wo) * geo.stride_w - geo.pad_left;
+      if (t == 0 || ih0[t] != ih0[t - 1]) segment_start[segments++] = t;
     }
+    segment_start[segments] = tile;
     bool first = true;
     for (int64_t a = 0; a < geo.kh; ++a) {
       for (int64_t bw = 0; bw < geo.kw; ++bw) {
         const int64_t tap = a * geo.kw + bw;
+        // A tap whose input pixels are all zero (or padding) adds nothing after the first step:
+        // checked per output row on the span of input pixels it reads (a superset when strided).
+        if (!first && tap_is_empty(view, ih0.get(), iw0.get(), segment_start.get(), segments, a * geo.dilation_h,
+                                   bw * geo.dilation_w)) {
+          continue;
+        }
         for (int j = 0; j < chunks_; ++j) {
           const int64_t c0 = int64_t{j} * chunk_;
           const int32_t k = static_cast<int32_t>(std::min<int64_t>(chunk_, cg_in - c0));
