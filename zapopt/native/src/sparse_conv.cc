@@ -253,10 +253,10 @@ void PackedConv::compact_band(const float* x, int64_t n, int64_t g, int64_t h, i
       }
     }
   }
-  const int64_t pixels = std::max<int64_t>(0, row_end - row_begin) * w;
-  band->before.reset(new int64_t[static_cast<size_t>(pixels + 1)]);
+  const int64_t band_pixels = std::max<int64_t>(0, row_end - row_begin) * w;
+  band->before.reset(new int64_t[static_cast<size_t>(band_pixels + 1)]);
   band->before[0] = 0;
-  for (int64_t p = 0; p < pixels; ++p) {
+  for (int64_t p = 0; p < band_pixels; ++p) {
     int64_t sum = 0;
     for (int j = 0; j < chunks_; ++j) sum += band->counts[p * chunks_ + j];
     band->before[p + 1] = band->before[p] + sum;
@@ -453,7 +453,7 @@ void PackedConv::run_job(const Job& job, const float* x, int64_t h, int64_t w, i
         }
       }
     }
-    // The tile's positions by output row: segment i covers positions [segment_start[i], segment_start[i + 1]).
+    // The tile's positions by output row: segment i is positions [segment_start[i], segment_start[i + 1]).
     int32_t segments = 0;
     for (int32_t t = 0; t < tile; ++t) {
       ih0[t] = (pos[t] / wo) * geo.stride_h - geo.pad_top;
