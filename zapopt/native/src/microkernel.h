@@ -50,6 +50,13 @@ struct DenseAccumulateArgs : TileTarget {
 // skips them).
 using DenseAccumulateFn = void (*)(const DenseAccumulateArgs& args, int ocb);
 
+// The most input channels (args.k) one union accumulation call takes.
+constexpr int kMaxUnionChannels = 512;
+
+// The union form for medium sparsity: groups of `rows` (1-4) positions share each loaded weight
+// row, over the channels nonzero at one of the group's positions at least (the others skipped).
+using UnionAccumulateFn = void (*)(const DenseAccumulateArgs& args, int ocb, int rows);
+
 // One row of an NCHW tensor to NHWC: out[x][ch] = in[ch * channel_stride + x] for ch < c, x < w.
 using TransposeRowFn = void (*)(const float* in, int64_t channel_stride, int64_t c, int64_t w, float* out);
 
@@ -67,5 +74,9 @@ void accumulate_avx512(const AccumulateArgs& args, int ocb);  // ocb in {16, 32,
 void dense_accumulate_portable(const DenseAccumulateArgs& args, int ocb);
 void dense_accumulate_avx2(const DenseAccumulateArgs& args, int ocb);    // ocb a multiple of 8
 void dense_accumulate_avx512(const DenseAccumulateArgs& args, int ocb);  // ocb a multiple of 16
+
+void union_accumulate_portable(const DenseAccumulateArgs& args, int ocb, int rows);
+void union_accumulate_avx2(const DenseAccumulateArgs& args, int ocb, int rows);    // ocb a multiple of 8
+void union_accumulate_avx512(const DenseAccumulateArgs& args, int ocb, int rows);  // ocb a multiple of 16
 
 }  // namespace zapopt

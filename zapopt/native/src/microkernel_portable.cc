@@ -59,4 +59,38 @@ void dense_accumulate_portable(const DenseAccumulateArgs& a, int ocb) {
   }
 }
 
+// Groups of `rows` positions: a channel zero at every position of the group is skipped, the
+// others are multiplied at all of them (zeros included), like the vector versions.
+void union_accumulate_portable(const DenseAccumulateArgs& a, int ocb, int rows) {
+  float* acc[4];
+  const float* in[4];
+  int filled = 0;
+  auto flush = [&]() {
+    for (int r = 0; r < filled; ++r) {
+      if (a.first) {
+        for (int o = 0; o < ocb; ++o) acc[r][o] = 0.0f;
+      }
+    }
+    for (int32_t c = 0; c < a.k; ++c) {
+      bool any = false;
+      for (int r = 0; r < filled; ++r) any |= !(in[r][c] == 0.0f);
+      if (!any) continue;
+      const float* w = a.weights + static_cast<int64_t>(c) * ocb;
+      for (int r = 0; r < filled; ++r) {
+        const float v = in[r][c];
+        for (int o = 0; o < ocb; ++o) acc[r][o] += v * w[o];
+      }
+    }
+    filled = 0;
+  };
+  const int group = rows < 1 ? 1 : rows > 4 ? 4 : rows;
+  for (int32_t t = 0; t < a.positions; ++t) {
+    if (a.needed != nullptr && a.needed[t * a.needed_stride] == 0) continue;
+    in[filled] = a.inputs[t];
+    acc[filled] = a.acc + static_cast<int64_t>(t) * a.acc_stride;
+    if (++filled == group) flush();
+  }
+  if (filled > 0) flush();
+}
+
 }  // namespace zapopt
