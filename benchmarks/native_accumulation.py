@@ -9,10 +9,11 @@ Two parts, both on ResNet-50's 3x3 and 1x1 layer shapes (``native_layers.LAYERS`
   (|channels nonzero at one of the R positions| per position and 64-channel chunk) against the
   per-position lists (the nonzeros) and the dense form (every channel).
 * Timing, 1 intra-op thread, process CPU time, stock onnxruntime Conv+Relu (ORT_ENABLE_ALL)
-  alternated with ZeroSkipConv in one process, once per accumulation form forced with
-  ZAPOPT_ACCUMULATION (lists, union2-4, dense) and once with the per-step choice (auto), on
+  alternated with ZeroSkipConv in one process (the order rotated every round), once per accumulation form forced with
+  ZAPOPT_ACCUMULATION (lists, union1-4, dense) and once with the per-step choice (auto), on
   scattered zeros (random weights) and on the real input and weights of the OpenNSFW conv
-  with that shape (``--real``).
+  with those channels and kernel (``--real``); ``--baseline-library`` adds another build of the
+  library (e.g. of the commit before) to the same alternated runs.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import os
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +32,7 @@ from onnx import helper, numpy_helper
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from native_layers import LAYERS, layer_models, sparse_input, stock_session, time_alternated  # noqa: E402
+from native_layers import LAYERS, layer_models, sparse_input, stock_session  # noqa: E402
 from zap_common import save_results  # noqa: E402
 
 from zapopt import native  # noqa: E402
@@ -115,18 +117,46 @@ def stock_model(w: np.ndarray, b: np.ndarray, c_in: int, size: int) -> onnx.Mode
                    helper.make_node("Relu", ["C"], ["Y"])], inits, c_in, size, False)
 
 
+def baseline_session(model: onnx.ModelProto, library: Path) -> object:
+    """A 1-thread session of ``model`` on another build of the op library (an earlier commit)."""
+    own = native.get_library_path
+    native.get_library_path = lambda: str(library)
+    try:
+        return native.session(model, threads=1)
+    finally:
+        native.get_library_path = own
+
+
 def time_forms(stock_model_proto: onnx.ModelProto, native_model: onnx.ModelProto, x: np.ndarray,
-               forms: list[str], repeats: int) -> dict[str, float]:
-    """CPU-time ratio stock/native per forced form, 1 thread, runs alternated with stock."""
-    stock = stock_session(stock_model_proto, 1)
-    ratios = {}
+               forms: list[str], repeats: int, baseline: Path | None) -> dict[str, float]:
+    """CPU-time ratio stock/native per forced form (and for the baseline library's default
+    choice, key "baseline"), 1 thread, all sessions' runs alternated in one process."""
+    sessions = {"stock": stock_session(stock_model_proto, 1)}
     for form in forms:
         os.environ[ENV] = form
-        session = native.session(native_model, threads=1)  # the kernel reads ENV when created
-        times = time_alternated({"stock": stock, "native": session}, {"X": x}, repeats)
-        ratios[form] = statistics.median(times["stock"]["cpu"]) / statistics.median(times["native"]["cpu"])
+        sessions[form] = native.session(native_model, threads=1)  # the kernel reads ENV when created
     os.environ.pop(ENV, None)
-    return ratios
+    if baseline is not None:
+        sessions["baseline"] = baseline_session(native_model, baseline)
+    times = time_rotated(sessions, {"X": x}, repeats)
+    stock = statistics.median(times["stock"])
+    return {name: stock / statistics.median(t) for name, t in times.items() if name != "stock"}
+
+
+def time_rotated(sessions: dict, feed: dict, repeats: int) -> dict[str, list[float]]:
+    """Process CPU seconds per run of each session, the order rotated every round: the run right
+    after stock's measured 10-20 % faster here, whichever session it was."""
+    names = list(sessions)
+    for name in names:
+        for _ in range(3):
+            sessions[name].run(["Y"], feed)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for i in range(repeats):
+        for name in names[i % len(names):] + names[:i % len(names)]:
+            start = time.process_time()
+            sessions[name].run(["Y"], feed)
+            times[name].append(time.process_time() - start)
+    return times
 
 
 def main() -> None:
@@ -137,6 +167,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--real", action="store_true", help="also real OpenNSFW inputs and weights")
     parser.add_argument("--photos", type=int, default=4, help="photo crops for --real (the first is timed)")
+    parser.add_argument("--baseline-library", type=Path, default=None,
+                        help="another build of libzapopt_ops.so (e.g. of an earlier commit), timed in the same runs")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
@@ -144,8 +176,9 @@ def main() -> None:
     real = opennsfw_conv_inputs(args.photos) if args.real else {}
     rows = []
     print(f"kernel path: {native.selected_path()}, 1 thread, CPU-time ratio stock/native (> 1: native faster)")
-    print("| layer | input | zeros | union work / list work R=2,3,4 | " + " | ".join(args.forms) + " |")
-    print("|---|---|---:|---|" + "---:|" * len(args.forms))
+    columns = list(args.forms) + (["baseline"] if args.baseline_library is not None else [])
+    print("| layer | input | zeros | union work / list work R=2,3,4 | " + " | ".join(columns) + " |")
+    print("|---|---|---:|---|" + "---:|" * len(columns))
     for index in indices:
         c_in, c_out, k, size = LAYERS[index]
         name = f"{c_in}->{c_out} {k}x{k} {size}x{size}"
@@ -161,12 +194,12 @@ def main() -> None:
         for kind, x, stock, model in inputs:
             zero = float((x == 0).mean())
             union = [union_work(x if kind == "scattered" else real[LAYERS[index][:3]]["x"], k, rr) for rr in (2, 3, 4)]
-            ratios = time_forms(stock, model, x, args.forms, args.repeats)
+            ratios = time_forms(stock, model, x, args.forms, args.repeats, args.baseline_library)
             rows.append({"layer": name, "input": kind, "input_zero_share": zero, "threads": 1,
                          "union_over_list_work": dict(zip(("2", "3", "4"), union)),
                          "stock_over_native_cpu": ratios, "kernel_path": native.selected_path()})
             print(f"| {name} | {kind} | {zero:.0%} | {' / '.join(f'{u:.2f}' for u in union)} | "
-                  + " | ".join(f"{ratios[f]:.2f}" for f in args.forms) + " |", flush=True)
+                  + " | ".join(f"{ratios[f]:.2f}" for f in columns) + " |", flush=True)
     save_results(rows, args.json)
 
 

@@ -7,9 +7,9 @@
 // V describes the vector registers: V::kLanes floats per register, V::kRows positions and up
 // to V::kVectors registers per position in one block (kRows * kVectors accumulators + kVectors
 // weights + 1 broadcast must fit the register file), V::kRegisters in the register file, and
-// static zero/load/store/broadcast/fma, nonzero_bits (bit i: p[i] != 0 or NaN, i < kLanes) and
+// static zero/load/store/broadcast/fma, nonzero_bits (bit i: p[i] != 0 or NaN, i < kLanes),
 // compress_lanes (writes base + i for each set bit i in order, up to kLanes entries; returns
-// how many are set).
+// how many are set) and accumulate_lists (the instruction set's AccumulateFn).
 //
 // No test for channels that are zero at all kRows positions: this path runs on nearly dense
 // inputs, where such channels are rare and the test costs more than it saves (kRows extra
@@ -85,37 +85,29 @@ void dense_accumulate(const DenseAccumulateArgs& a, int ocb) {
 }
 
 // ---- Union accumulation: R positions share each loaded weight row, but only over the channels
-// nonzero at one of them at least (SparseTrain's mask loop with weight reuse). Each set bit of
-// the OR of the R positions' nonzero masks costs R broadcasts, NV weight loads and R * NV
-// FMAs: FMA-bound for R >= 2, and the work is |union of the R nonzero sets| per position.
+// nonzero at one of them at least (SparseTrain's mask loop with weight reuse). Each channel of
+// the union costs R broadcasts, NV weight loads and R * NV FMAs, so per multiply-add it runs
+// near the dense form's speed, but the work is |union of the R nonzero sets| per position.
+// Measured (sparse_conv.cc, kDenseCutover): real ReLU zeros overlap too little for that to beat
+// the lists, so only ZAPOPT_ACCUMULATION selects it today.
 
 // The channels c < k nonzero at one of rows[0..R) at least, ascending, into channels[]
-// (which holds k + kLanes entries); returns how many, and in *row_nonzeros the sum of the rows'
-// own nonzero counts. Branch-free: V::compress_lanes writes the set lanes of a mask with a
-// table or a compress instruction.
+// (which holds k + kLanes entries); returns how many. Branch-free: V::compress_lanes writes
+// the set lanes of a mask with a table or a compress instruction.
 template <class V, int R>
-int32_t union_channels(const float* const* rows, int32_t k, int32_t* channels, int32_t* row_nonzeros) {
-  int32_t count = 0, own = 0, c = 0;
+int32_t union_channels(const float* const* rows, int32_t k, int32_t* channels) {
+  int32_t count = 0, c = 0;
   for (; c + V::kLanes <= k; c += V::kLanes) {
     unsigned any = 0;
-    for (int r = 0; r < R; ++r) {
-      const unsigned bits = V::nonzero_bits(rows[r] + c);
-      own += __builtin_popcount(bits);
-      any |= bits;
-    }
+    for (int r = 0; r < R; ++r) any |= V::nonzero_bits(rows[r] + c);
     count += V::compress_lanes(any, c, channels + count);
   }
   for (; c < k; ++c) {  // the last k % kLanes channels
     bool any = false;
-    for (int r = 0; r < R; ++r) {
-      const bool nonzero = !(rows[r][c] == 0.0f);
-      own += nonzero;
-      any |= nonzero;
-    }
+    for (int r = 0; r < R; ++r) any |= !(rows[r][c] == 0.0f);
     channels[count] = c;
     count += any;
   }
-  *row_nonzeros = own;
   return count;
 }
 
@@ -192,62 +184,75 @@ void union_blocks(const float* const* rows, const int32_t* channels, int32_t n, 
   }
 }
 
-// A union step costs about this share of a one-position step per multiply-add (Zen 3, 64->64
-// 3x3, 1 thread: ~65 vs ~36 GFLOP/s on the work done): a group of R positions runs as a union
-// unless its union work exceeds the sum of their own nonzeros by more than 1 / kUnionCost.
-constexpr float kUnionCost = 0.6f;
+// A union multiply-add costs about this share of a list one (Zen 3, 1 thread, R = 3, one
+// 64-position tile of OpenNSFW's 64->64 3x3 input in a loop: ~0.75): a group of R positions
+// runs as a union unless its union work (R x the channels nonzero at one of them) exceeds the
+// sum of the positions' own nonzeros by more than 1 / kUnionCost; then each position walks its
+// nonzero list.
+constexpr float kUnionCost = 0.75f;
 
-// R positions, all ocb channels: as one union group, or one by one when the positions' nonzeros
-// overlap too little for the union to pay.
+// The R positions index[0..R) of a tile (inputs rows[r], accumulators acc[r]), all ocb channels.
 template <class V, int R>
-void union_rows(const float* const* rows, int32_t k, int32_t* channels, const float* w, int ocb,
-                float* const* acc, bool first) {
+void union_group(const UnionAccumulateArgs& a, int ocb, const float* const* rows, float* const* acc,
+                 const int32_t* index, int32_t* channels) {
+  const int32_t n = union_channels<V, R>(rows, a.k, channels);
   int32_t own = 0;
-  const int32_t n = union_channels<V, R>(rows, k, channels, &own);
-  if (R == 1 || static_cast<float>(n * R) * kUnionCost <= static_cast<float>(own)) {
-    union_blocks<V, R>(rows, channels, n, w, ocb, acc, first);
+  if (a.counts != nullptr) {
+    for (int r = 0; r < R; ++r) own += a.counts[index[r]];
+  }
+  if (a.counts == nullptr || static_cast<float>(n * R) * kUnionCost <= static_cast<float>(own)) {
+    union_blocks<V, R>(rows, channels, n, a.weights, ocb, acc, a.first);
     return;
   }
   for (int r = 0; r < R; ++r) {
-    const int32_t single = union_channels<V, 1>(rows + r, k, channels, &own);
-    union_blocks<V, 1>(rows + r, channels, single, w, ocb, acc + r, first);
+    AccumulateArgs one;
+    static_cast<TileTarget&>(one) = a;
+    one.positions = 1;
+    one.needed = nullptr;
+    one.acc = acc[r];
+    one.channels = a.channels + index[r];
+    one.values = a.values + index[r];
+    one.counts = a.counts + index[r];
+    V::accumulate_lists(one, ocb);
   }
 }
 
 // The last R' < R positions of a tile.
 template <class V, int R>
-void union_tail(int filled, const float* const* rows, int32_t k, int32_t* channels, const float* w, int ocb,
-                float* const* acc, bool first) {
+void union_tail(int filled, const UnionAccumulateArgs& a, int ocb, const float* const* rows, float* const* acc,
+                const int32_t* index, int32_t* channels) {
   if constexpr (R >= 1) {
     if (filled == R) {
-      union_rows<V, R>(rows, k, channels, w, ocb, acc, first);
+      union_group<V, R>(a, ocb, rows, acc, index, channels);
     } else {
-      union_tail<V, R - 1>(filled, rows, k, channels, w, ocb, acc, first);
+      union_tail<V, R - 1>(filled, a, ocb, rows, acc, index, channels);
     }
   }
 }
 
 // Groups of R needed positions in tile order; a last group of fewer than R runs as R' < R.
 template <class V, int R>
-void union_accumulate_rows(const DenseAccumulateArgs& a, int ocb) {
+void union_accumulate_rows(const UnionAccumulateArgs& a, int ocb) {
   const float* rows[R];
   float* acc[R];
+  int32_t index[R];
   int32_t channels[kMaxUnionChannels + V::kLanes];
   int filled = 0;
   for (int32_t t = 0; t < a.positions; ++t) {
     if (a.needed != nullptr && a.needed[t * a.needed_stride] == 0) continue;
     rows[filled] = a.inputs[t];
     acc[filled] = a.acc + static_cast<int64_t>(t) * a.acc_stride;
+    index[filled] = t;
     if (++filled == R) {
-      union_rows<V, R>(rows, a.k, channels, a.weights, ocb, acc, a.first);
+      union_group<V, R>(a, ocb, rows, acc, index, channels);
       filled = 0;
     }
   }
-  union_tail<V, R - 1>(filled, rows, a.k, channels, a.weights, ocb, acc, a.first);
+  union_tail<V, R - 1>(filled, a, ocb, rows, acc, index, channels);
 }
 
 template <class V>
-void union_accumulate(const DenseAccumulateArgs& a, int ocb, int rows) {
+void union_accumulate(const UnionAccumulateArgs& a, int ocb, int rows) {
   switch (rows) {
     case 1: union_accumulate_rows<V, 1>(a, ocb); break;
     case 2: union_accumulate_rows<V, 2>(a, ocb); break;

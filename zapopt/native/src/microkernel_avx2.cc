@@ -70,6 +70,7 @@ struct Vec {
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), _mm256_add_epi32(lanes, _mm256_set1_epi32(base)));
     return _mm_popcnt_u32(bits);
   }
+  static void accumulate_lists(const AccumulateArgs& a, int ocb) { accumulate_avx2(a, ocb); }
   static Reg fma(Reg a, Reg b, Reg c) { return _mm256_fmadd_ps(a, b, c); }
 };
 
@@ -79,7 +80,7 @@ struct Vec {
 
 void dense_accumulate_avx2(const DenseAccumulateArgs& a, int ocb) { dense_accumulate<Vec>(a, ocb); }
 
-void union_accumulate_avx2(const DenseAccumulateArgs& a, int ocb, int rows) { union_accumulate<Vec>(a, ocb, rows); }
+void union_accumulate_avx2(const UnionAccumulateArgs& a, int ocb, int rows) { union_accumulate<Vec>(a, ocb, rows); }
 
 void transpose_row_avx2(const float* in, int64_t channel_stride, int64_t c, int64_t w, float* out) {
   int64_t c0 = 0;

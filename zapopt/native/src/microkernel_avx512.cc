@@ -54,6 +54,7 @@ struct Vec {
     _mm512_storeu_si512(out, _mm512_maskz_compress_epi32(static_cast<__mmask16>(bits), index));
     return _mm_popcnt_u32(bits);
   }
+  static void accumulate_lists(const AccumulateArgs& a, int ocb) { accumulate_avx512(a, ocb); }
   static Reg fma(Reg a, Reg b, Reg c) { return _mm512_fmadd_ps(a, b, c); }
 };
 
@@ -63,7 +64,7 @@ struct Vec {
 
 void dense_accumulate_avx512(const DenseAccumulateArgs& a, int ocb) { dense_accumulate<Vec>(a, ocb); }
 
-void union_accumulate_avx512(const DenseAccumulateArgs& a, int ocb, int rows) { union_accumulate<Vec>(a, ocb, rows); }
+void union_accumulate_avx512(const UnionAccumulateArgs& a, int ocb, int rows) { union_accumulate<Vec>(a, ocb, rows); }
 
 int compact_avx512(const float* x, int n, int32_t k0, int32_t* ks, float* values) {
   int count = 0, i = 0;

@@ -27,18 +27,16 @@ constexpr int64_t kSharedListBytes = int64_t{4} << 20;
 // 0.64/0.66, 0.50/0.53); at 30 % the lists win (0.65/0.59, 0.66/0.54 with 16-position tiles).
 // Single ratios move by +-15 % on the shared machine; the break-even is about 80 % nonzero.
 constexpr float kDenseCutover = 0.85f;
-// Below the dense cut-over, steps at least this share nonzero run the union form: groups of
-// kUnionRows positions share each weight row over the union of their nonzero channels (the
-// kernel runs a group's positions one by one where their nonzeros overlap too little); sparser
-// steps walk the lists (the union form scans every channel of every position for its masks).
-// Three positions: 12 accumulator chains (of AVX2's 16 registers) cover the FMA latency, two
-// leave it exposed (Zen 3, 64->64 3x3, 0 % zeros: 73 vs 50 GFLOP/s; dense 84, lists 46).
-constexpr float kUnionCutover = 0.3f;
-constexpr int kUnionRows = 3;
+// The union form (groups of positions sharing each weight row over the union of their nonzero
+// channels, dense_microkernel.h) is not chosen automatically: on Zen 3 (1 thread, CPU-time
+// ratio stock/native, rotated runs, 50 % scattered zeros / real OpenNSFW inputs) it lost to the
+// lists on every ResNet-50 layer shape, e.g. 64->64 3x3: lists 0.91 / 0.87, union of 3
+// positions 0.68 / 0.75; 256->256 3x3: 0.76 / 1.16 vs 0.62 / 0.96. Real ReLU zeros overlap too
+// little (union of 3 adjacent positions = 1.2-1.8x their own nonzeros) for its weight reuse to
+// pay. ZAPOPT_ACCUMULATION=union2|union3|... forces it (benchmarks/native_accumulation.py).
 // Layers whose packed weights (per group) exceed this stream them from L3 or memory once per
 // tile; the dense path reads each slab in 24-channel pieces, which the prefetcher follows
-// poorly (512->512 3x3 7x7, 9.4 MB: 0.55 with lists, 0.34 dense), so they keep the lists
-// (the union form reads the slab in pieces too).
+// poorly (512->512 3x3 7x7, 9.4 MB: 0.55 with lists, 0.34 dense), so they keep the lists.
 constexpr int64_t kDenseMaxWeightBytes = int64_t{4} << 20;
 
 int64_t conv_out(int64_t size, int64_t kernel, int64_t stride, int64_t pad_begin, int64_t pad_end,
@@ -294,13 +292,8 @@ void PackedConv::finish_tile(const Job& job, const int32_t* pos, int32_t tile, f
 AccumulationChoice PackedConv::choose_accumulation(int64_t nonzeros, int64_t slots, bool dense_ok) const {
   if (accumulation_.form != AccumulationChoice::kAuto) return accumulation_;
   AccumulationChoice choice;
-  choice.form = AccumulationChoice::kLists;
-  if (dense_ok && static_cast<float>(nonzeros) >= kDenseCutover * static_cast<float>(slots)) {
-    choice.form = AccumulationChoice::kDense;
-  } else if (dense_ok && static_cast<float>(nonzeros) >= kUnionCutover * static_cast<float>(slots)) {
-    choice.form = AccumulationChoice::kUnion;
-    choice.rows = kUnionRows;
-  }
+  const bool dense = dense_ok && static_cast<float>(nonzeros) >= kDenseCutover * static_cast<float>(slots);
+  choice.form = dense ? AccumulationChoice::kDense : AccumulationChoice::kLists;
   return choice;
 }
 
@@ -411,7 +404,12 @@ void PackedConv::run_job(const Job& job, const float* x, int64_t h, int64_t w, i
               if (form.form == AccumulationChoice::kDense) {
                 dense_accumulate_(args, ocb);
               } else {
-                union_accumulate_(args, ocb, form.rows);
+                UnionAccumulateArgs with_lists;
+                static_cast<DenseAccumulateArgs&>(with_lists) = args;
+                with_lists.channels = channel_lists.get();
+                with_lists.values = value_lists.get();
+                with_lists.counts = counts.get();
+                union_accumulate_(with_lists, ocb, form.rows);
               }
             }
             first = false;
