@@ -27,6 +27,10 @@ constexpr int64_t kSharedListBytes = int64_t{4} << 20;
 // 0.64/0.66, 0.50/0.53); at 30 % the lists win (0.65/0.59, 0.66/0.54 with 16-position tiles).
 // Single ratios move by +-15 % on the shared machine; the break-even is about 80 % nonzero.
 constexpr float kDenseCutover = 0.85f;
+// 1x1 convs break even much lower: at 50 % scattered zeros, 1 thread, stock/native lists vs
+// dense 0.75/0.76 (256->64 56x56), 0.50/0.68 (1024->256 14x14), real OpenNSFW input (45 %
+// zeros) 0.58/0.66; at 70 % zeros the lists win (1.02/0.80, 0.66/0.66; real 61 %: 0.87/0.74).
+constexpr float kDenseCutoverPointwise = 0.5f;
 // The union form (groups of positions sharing each weight row over the union of their nonzero
 // channels, dense_microkernel.h) is not chosen automatically: on Zen 3 (1 thread, CPU-time
 // ratio stock/native, rotated runs, 50 % scattered zeros / real OpenNSFW inputs) it lost to the
@@ -292,7 +296,8 @@ void PackedConv::finish_tile(const Job& job, const int32_t* pos, int32_t tile, f
 AccumulationChoice PackedConv::choose_accumulation(int64_t nonzeros, int64_t slots, bool dense_ok) const {
   if (accumulation_.form != AccumulationChoice::kAuto) return accumulation_;
   AccumulationChoice choice;
-  const bool dense = dense_ok && static_cast<float>(nonzeros) >= kDenseCutover * static_cast<float>(slots);
+  const float cutover = geometry_.kh * geometry_.kw == 1 ? kDenseCutoverPointwise : kDenseCutover;
+  const bool dense = dense_ok && static_cast<float>(nonzeros) >= cutover * static_cast<float>(slots);
   choice.form = dense ? AccumulationChoice::kDense : AccumulationChoice::kLists;
   return choice;
 }
