@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from result_files import REPO_ROOT, command_line, results_dir, write_result  # noqa: E402
 from zapopt.bench import bench  # noqa: E402
 from zapopt.errors import ZapoptError  # noqa: E402
-from zapopt.optimize import OptimizeConfig, optimize  # noqa: E402
+from zapopt.optimize import ExactOnly, OptimizeConfig, optimize  # noqa: E402
 
 ROOT = REPO_ROOT
 RESULTS = results_dir("native_models")
@@ -101,9 +101,9 @@ def model_and_data(name: str, work: Path, photos: int) -> tuple[Path, str, str]:
 
 def config_for(variant: str, threads: int) -> OptimizeConfig:
     if variant == "exact":
-        return OptimizeConfig(exact=True, latency_threads=threads)
+        return OptimizeConfig(ExactOnly(), latency_threads=threads)
     if variant == "exact-all":
-        return OptimizeConfig(exact=True, latency_check=False)
+        return OptimizeConfig(ExactOnly(), latency_check=False)
     return OptimizeConfig(calib_images=1024, epochs=3, latency_threads=threads)
 
 
