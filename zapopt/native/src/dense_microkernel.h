@@ -197,10 +197,8 @@ void union_group(const UnionAccumulateArgs& a, int ocb, const float* const* rows
                  const int32_t* index, int32_t* channels) {
   const int32_t n = union_channels<V, R>(rows, a.k, channels);
   int32_t own = 0;
-  if (a.counts != nullptr) {
-    for (int r = 0; r < R; ++r) own += a.counts[index[r]];
-  }
-  if (a.counts == nullptr || static_cast<float>(n * R) * kUnionCost <= static_cast<float>(own)) {
+  for (int r = 0; r < R; ++r) own += a.counts[index[r]];
+  if (static_cast<float>(n * R) * kUnionCost <= static_cast<float>(own)) {
     union_blocks<V, R>(rows, channels, n, a.weights, ocb, acc, a.first);
     return;
   }

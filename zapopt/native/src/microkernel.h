@@ -55,7 +55,7 @@ using DenseAccumulateFn = void (*)(const DenseAccumulateArgs& args, int ocb);
 // The most input channels (args.k) one union accumulation call takes.
 constexpr int kMaxUnionChannels = 512;
 
-// The dense inputs and the nonzero lists of a tile's positions (counts null: no lists).
+// The dense inputs and the nonzero lists of a tile's positions.
 struct UnionAccumulateArgs : DenseAccumulateArgs, NonzeroLists {};
 
 // The union form for medium sparsity: groups of `rows` (1-4) positions share each loaded weight

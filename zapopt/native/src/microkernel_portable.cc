@@ -75,10 +75,8 @@ void union_accumulate_portable(const UnionAccumulateArgs& a, int ocb, int rows) 
       for (int r = 0; r < filled; ++r) any |= !(in[r][c] == 0.0f);
       n += any;
     }
-    if (a.counts != nullptr) {
-      for (int r = 0; r < filled; ++r) own += a.counts[index[r]];
-    }
-    if (a.counts != nullptr && static_cast<float>(n * filled) * kUnionCost > static_cast<float>(own)) {
+    for (int r = 0; r < filled; ++r) own += a.counts[index[r]];
+    if (static_cast<float>(n * filled) * kUnionCost > static_cast<float>(own)) {
       AccumulateArgs one;
       static_cast<TileTarget&>(one) = a;
       one.positions = 1;
