@@ -26,6 +26,16 @@ LAYERS_PER_SESSION = 50
 DENSE_CHANNELS = ((70, 40, 3), (130, 64, 1), (96, 64, 2), (17, 100, 3), (33, 8, 3), (100, 24, 2), (65, 48, 3))
 DENSE_ZERO_SHARES = (0.0, 0.0, 0.05, 0.1, 0.15, 0.2)
 DENSE_CASES_PER_OP = 30
+#: Layers for the vectorized tile write-back (8 positions x 8 channels per transpose): channel
+#: counts at, between and above whole 8-channel blocks, several 64-position tiles with partial
+#: 8-position tails; ZapConv's pattern-only and masked phases cover tiles whose positions are
+#: not consecutive (the general write-back).
+WRITE_BACK_CHANNELS = ((8, 8, 1), (12, 20, 1), (3, 64, 3), (16, 100, 1), (5, 13, 2))
+WRITE_BACK_CASES_PER_OP = 20
+#: The accumulation forms a test can force (ZAPOPT_ACCUMULATION), each on the first
+#: FORCED_CASES layers (both ops, every corner is reached well before that).
+ACCUMULATIONS = ("lists", "dense", "union1", "union2", "union3", "union4")
+FORCED_CASES = 150
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +44,8 @@ def cases() -> list[Case]:
     out = [random_case(rng, op) for op in ("ZeroSkipConv", "ZapConv") for _ in range(CASES_PER_OP)]
     out += [random_case(rng, op, DENSE_CHANNELS[i % len(DENSE_CHANNELS)], DENSE_ZERO_SHARES)
             for op in ("ZeroSkipConv", "ZapConv") for i in range(DENSE_CASES_PER_OP)]
+    out += [random_case(rng, op, WRITE_BACK_CHANNELS[i % len(WRITE_BACK_CHANNELS)])
+            for op in ("ZeroSkipConv", "ZapConv") for i in range(WRITE_BACK_CASES_PER_OP)]
     order = rng.permutation(len(out))  # mix both ops in every session
     return [out[i] for i in order]
 
@@ -42,12 +54,7 @@ def paths() -> list[str]:
     return list(native.kernel_paths()) if native.library_available() else []
 
 
-@pytest.mark.parametrize("path", paths())
-def test_every_path_matches_the_reference_on_random_layers(path: str, cases: list[Case],
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(native.PATH_ENV, path)
-    assert native.selected_path() == path
-    assert len(cases) >= 1000
+def _check_sessions(cases: list[Case], label: str) -> None:
     for start in range(0, len(cases), LAYERS_PER_SESSION):
         chunk = cases[start : start + LAYERS_PER_SESSION]
         model, feeds, names = batch_model(chunk)
@@ -60,7 +67,35 @@ def test_every_path_matches_the_reference_on_random_layers(path: str, cases: lis
             try:
                 assert_case_agrees(case, outputs)
             except AssertionError as exc:
-                raise AssertionError(f"path {path}, case {start + index} ({case.op}, {case.attrs}): {exc}") from None
+                raise AssertionError(f"{label}, case {start + index} ({case.op}, {case.attrs}): {exc}") from None
+
+
+@pytest.mark.parametrize("path", paths())
+def test_every_path_matches_the_reference_on_random_layers(path: str, cases: list[Case],
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(native.PATH_ENV, path)
+    monkeypatch.delenv(native.ACCUMULATION_ENV, raising=False)
+    assert native.selected_path() == path
+    assert len(cases) >= 1000
+    _check_sessions(cases, f"path {path}")
+
+
+@pytest.mark.parametrize("path", paths())
+@pytest.mark.parametrize("accumulation", ACCUMULATIONS)
+def test_every_accumulation_form_matches_the_reference(path: str, accumulation: str, cases: list[Case],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each form forced on every step (the automatic choice runs some forms only on some steps)."""
+    monkeypatch.setenv(native.PATH_ENV, path)
+    monkeypatch.setenv(native.ACCUMULATION_ENV, accumulation)
+    _check_sessions(cases[:FORCED_CASES], f"path {path}, accumulation {accumulation}")
+
+
+def test_a_bad_accumulation_form_is_refused_with_the_choices(cases: list[Case],
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(native.ACCUMULATION_ENV, "union9")
+    model, _, _ = batch_model(cases[:1])
+    with pytest.raises(Exception, match="union9 is not one of auto, lists, dense, union1"):
+        native.session(model, threads=1)
 
 
 def test_the_cases_cover_what_the_kernel_must_handle(cases: list[Case]) -> None:
@@ -88,3 +123,10 @@ def test_the_cases_cover_what_the_kernel_must_handle(cases: list[Case]) -> None:
     zero_skip = [c for c in cases if c.op == "ZeroSkipConv"]
     assert {c.attrs.activation for c in zero_skip} == {"relu", "none"}
     assert any(c.attrs.clip_max == 6.0 for c in cases)
+    # The vectorized write-back with whole and partial 8-channel and 8-position blocks, with a Skip
+    # laid out like the output (its vectorized form) and broadcast (the general one).
+    many = [c for c in zero_skip if c.reference.shape[2] * c.reference.shape[3] > 64]  # several tiles
+    assert any(c.arrays["W"].shape[0] // c.attrs.group % 8 != 0 and c.arrays["W"].shape[0] // c.attrs.group > 8
+               for c in many)
+    assert any(c.arrays["Skip"] is not None and c.arrays["Skip"].ndim == 4 and c.arrays["Skip"].shape[2] > 1
+               for c in many)

@@ -6,6 +6,7 @@
 // Compiled with -mavx2 -mfma -mpopcnt; only called after cpuid says the CPU has AVX2 and FMA.
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstdint>
 
 #include "microkernel.h"
@@ -13,7 +14,7 @@
 namespace zapopt {
 namespace {
 
-// kLanes[mask]: byte i = the lane of the i-th set bit of mask (the rest 0).
+// kLaneOrder[mask]: byte i = the lane of the i-th set bit of mask (the rest 0).
 struct LaneTable {
   uint64_t entry[256];
   constexpr LaneTable() : entry() {
@@ -27,7 +28,7 @@ struct LaneTable {
     }
   }
 };
-constexpr LaneTable kLanes;
+constexpr LaneTable kLaneOrder;
 
 template <int NV>
 void run(const AccumulateArgs& a) {
@@ -56,10 +57,20 @@ struct Vec {
   static constexpr int kLanes = 8;
   static constexpr int kRows = 4;
   static constexpr int kVectors = 3;
+  static constexpr int kRegisters = 16;
   static Reg zero() { return _mm256_setzero_ps(); }
   static Reg load(const float* p) { return _mm256_loadu_ps(p); }
   static void store(float* p, Reg v) { _mm256_storeu_ps(p, v); }
   static Reg broadcast(const float* p) { return _mm256_broadcast_ss(p); }
+  static unsigned nonzero_bits(const float* p) {
+    return static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(p), _mm256_setzero_ps(), _CMP_NEQ_UQ)));
+  }
+  static int compress_lanes(unsigned bits, int32_t base, int32_t* out) {
+    const __m256i lanes = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(static_cast<long long>(kLaneOrder.entry[bits])));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), _mm256_add_epi32(lanes, _mm256_set1_epi32(base)));
+    return _mm_popcnt_u32(bits);
+  }
+  static void accumulate_lists(const AccumulateArgs& a, int ocb) { accumulate_avx2(a, ocb); }
   static Reg fma(Reg a, Reg b, Reg c) { return _mm256_fmadd_ps(a, b, c); }
 };
 
@@ -69,36 +80,7 @@ struct Vec {
 
 void dense_accumulate_avx2(const DenseAccumulateArgs& a, int ocb) { dense_accumulate<Vec>(a, ocb); }
 
-void transpose_row_avx2(const float* in, int64_t channel_stride, int64_t c, int64_t w, float* out) {
-  int64_t c0 = 0;
-  for (; c0 + 8 <= c; c0 += 8) {
-    int64_t x = 0;
-    for (; x + 8 <= w; x += 8) {  // 8 channels x 8 columns, transposed in registers
-      __m256 r[8];
-      for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(in + (c0 + i) * channel_stride + x);
-      const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
-      const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
-      const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
-      const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
-      const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
-      const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
-      const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
-      const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
-      const __m256 col[8] = {
-          _mm256_permute2f128_ps(u0, u4, 0x20), _mm256_permute2f128_ps(u1, u5, 0x20),
-          _mm256_permute2f128_ps(u2, u6, 0x20), _mm256_permute2f128_ps(u3, u7, 0x20),
-          _mm256_permute2f128_ps(u0, u4, 0x31), _mm256_permute2f128_ps(u1, u5, 0x31),
-          _mm256_permute2f128_ps(u2, u6, 0x31), _mm256_permute2f128_ps(u3, u7, 0x31)};
-      for (int i = 0; i < 8; ++i) _mm256_storeu_ps(out + (x + i) * c + c0, col[i]);
-    }
-    for (; x < w; ++x) {
-      for (int64_t ch = c0; ch < c0 + 8; ++ch) out[x * c + ch] = in[ch * channel_stride + x];
-    }
-  }
-  for (int64_t x = 0; c0 < c && x < w; ++x) {  // the last c % 8 channels
-    for (int64_t ch = c0; ch < c; ++ch) out[x * c + ch] = in[ch * channel_stride + x];
-  }
-}
+void union_accumulate_avx2(const UnionAccumulateArgs& a, int ocb, int rows) { union_accumulate<Vec>(a, ocb, rows); }
 
 int compact_avx2(const float* x, int n, int32_t k0, int32_t* ks, float* values) {
   int count = 0, i = 0;
@@ -106,7 +88,7 @@ int compact_avx2(const float* x, int n, int32_t k0, int32_t* ks, float* values) 
   for (; i + 8 <= n; i += 8) {
     const __m256 v = _mm256_loadu_ps(x + i);
     const int mask = _mm256_movemask_ps(_mm256_cmp_ps(v, zero, _CMP_NEQ_UQ));
-    const __m256i lanes = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(static_cast<long long>(kLanes.entry[mask])));
+    const __m256i lanes = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(static_cast<long long>(kLaneOrder.entry[mask])));
     _mm256_storeu_ps(values + count, _mm256_permutevar8x32_ps(v, lanes));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(ks + count), _mm256_add_epi32(lanes, _mm256_set1_epi32(k0 + i)));
     count += _mm_popcnt_u32(static_cast<unsigned>(mask));

@@ -75,17 +75,29 @@ class PackedConv {
                const std::vector<const std::vector<int32_t>*>& positions, const Epilogue& epilogue,
                const Band* shared_band) const;
 
-  // Not inlined into run_job: on its own it keeps its loop state in registers.
-  template <bool kSkip, bool kAux, bool kMasked>
-  __attribute__((noinline)) void finish_tile(const Job& job, const int32_t* pos, int32_t tile, float* acc, int acc_stride, int64_t wo,
-                   int64_t plane_out, const Epilogue& ep) const;
+  // The accumulation form of one (tile, tap, chunk) step with `nonzeros` of its `slots` inputs
+  // nonzero; dense_ok: the layer's weights are small enough for the dense form.
+  AccumulationChoice choose_accumulation(int64_t nonzeros, int64_t slots, bool dense_ok) const;
+
+  // Bias, Skip, activation and the transpose back to NCHW of one tile: vectorized through
+  // write_back_ when the tile's positions are consecutive and nothing else is asked for,
+  // otherwise finish_tile.
+  void write_tile(const Job& job, const int32_t* pos, int32_t tile, const float* acc, int acc_stride, int64_t wo,
+                  int64_t plane_out, const Epilogue& ep) const;
+  // Not inlined into write_tile: on its own it keeps its loop state in registers.
+  template <bool kMasked>
+  __attribute__((noinline)) void finish_tile(const Job& job, const int32_t* pos, int32_t tile, const float* acc,
+                                             int acc_stride, int64_t wo, int64_t plane_out, const Epilogue& ep) const;
 
   ConvGeometry geometry_;
   KernelPath path_ = KernelPath::kPortable;
   TransposeRowFn transpose_row_ = nullptr;
+  WriteBackFn write_back_ = nullptr;
   CompactFn compact_ = nullptr;
   AccumulateFn accumulate_ = nullptr;
   DenseAccumulateFn dense_accumulate_ = nullptr;
+  UnionAccumulateFn union_accumulate_ = nullptr;
+  AccumulationChoice accumulation_;  // forced form, or kAuto: per step from its nonzero counts
   int ocb_ = 1;        // output channels per block (a multiple of the path's lanes)
   int blocks_ = 1;     // blocks per group
   int chunk_ = 64;     // input channels per list (keeps one tap x chunk x ocb weight slab in L1)
