@@ -61,17 +61,72 @@ def test_exact_model_computes_the_original_outputs(exact_model: Path) -> None:
 
 
 def test_latency_check_writes_only_the_layers_it_found_faster(tmp_path: Path) -> None:
+    """A real latency check at two batch sizes: whatever the timings, the report is whole and
+    agrees with the written model, and a model without native nodes computes the original."""
     out = tmp_path / "m.onnx"
-    result = run_cli("optimize", str(RESNET), "--calib", CALIB, "--exact", "--latency-threads", "1", "-o", str(out))
+    result = run_cli("optimize", str(RESNET), "--calib", CALIB, "--exact", "--latency-batch", "2,1",
+                     "--latency-threads", "1", "-o", str(out))
     assert result.returncode == 0, result.stderr
     latency = json.loads(Path(f"{out}.report.json").read_text())["latency"]
     written = sorted(n.name for n in onnx.load(out).graph.node if is_zero_skip_node(n))
     assert latency["measured"] == native.library_available()
     assert sorted(d["name"] for d in latency["layers"] if d["native"]) == written
-    if latency["measured"]:
-        assert all(d["native_ms"] > 0 and d["stock_ms"] > 0 for d in latency["layers"])
-        assert all(d["native_ms"] < d["stock_ms"] for d in latency["layers"] if d["native"])
-        assert "latency-aware selection" in result.stdout
+    if not latency["measured"]:
+        return
+    assert latency["settings"] == [{"batch": 1, "threads": 1}, {"batch": 2, "threads": 1}]
+    assert all(d["native_ms"] > 0 and d["stock_ms"] > 0 for d in latency["layers"])
+    assert all(d["native_ms"] < d["stock_ms"] for d in latency["layers"] if d["native"])
+    assert "latency-aware selection" in result.stdout and latency["summary"] in result.stdout
+    checks = latency["model_checks"]
+    for check in checks:
+        ratios = check["speedup"]
+        assert check["passed"] == (check["lower_bound"] is not None and check["lower_bound"] > 1.0)
+        assert ratios["count"] == 15 and ratios["q1"] <= ratios["median"] <= ratios["q3"]
+        assert check["lower_bound"] <= ratios["median"]
+    if written:
+        last = [c for c in checks if c["round"] == checks[-1]["round"]]
+        assert [(c["batch"], c["passed"]) for c in last] == [(1, True), (2, True)]
+        assert latency["summary"].startswith(f"kept {len(written)} of 19 native layers: end to end")
+    else:
+        assert latency["summary"] == "no native layer pays on this machine: the output equals the original"
+        assert "warning: no native layer pays" in result.stderr
+        x = fashion_images(4)
+        want = make_session(onnx.load(RESNET)).run(None, {"input": x})[0]
+        np.testing.assert_array_equal(make_session(onnx.load(out)).run(None, {"input": x})[0], want)
+
+
+@pytest.mark.skipif(not native.library_available(), reason="zapopt's native op library is not built")
+def test_the_real_latency_measurements_are_well_formed() -> None:
+    """The onnxruntime timer's three measurements on two ResNet layers (shapes, not speeds)."""
+    from zapopt.latency import LatencySetting
+    from zapopt.latency_timer import OnnxruntimeTimer
+    from zapopt.native_model import layer_ports, native_builder, zero_skip_layers
+
+    original = onnx.load(RESNET)
+    eligible, _ = zero_skip_layers(original)
+    build = native_builder(original, eligible)
+    everything = build(frozenset(eligible))
+    timer = OnnxruntimeTimer(original, everything, layer_ports(everything), build,
+                             lambda n: fashion_images(n), layer_threads=1, model_repeats=5, profile_runs=2)
+    kept = frozenset(eligible[-2:])
+    native_s, stock_s = timer.time_layer(eligible[-1])
+    assert native_s > 0 and stock_s > 0
+    costs = timer.layer_costs(kept)
+    assert set(costs) == kept
+    assert all(c.native_ms > 0 and c.stock_ms and c.stock_ms > 0 and c.reorder_ms >= 0 for c in costs.values())
+    assert sum(c.reorder_ms for c in costs.values()) > 0  # the NCHWc chain ends before the native pair
+    timings = timer.time_model(kept, LatencySetting(3, 1))
+    assert sorted(timings.samples) == ["model", "original"]
+    assert all(len(v) == 5 and min(v) > 0 for v in timings.samples.values())
+    assert timer.inputs(3).shape == (3, 1, 28, 28)
+
+
+def test_latency_option_mistakes_are_one_line(tmp_path: Path) -> None:
+    out = str(tmp_path / "m.onnx")
+    for flag, value in (("--latency-batch", "0"), ("--latency-threads", "two")):
+        message = one_line_error(run_cli("optimize", str(RESNET), "--calib", CALIB, "--exact", flag, value,
+                                         "-o", out))
+        assert flag in message and "positive integers" in message
 
 
 def test_exact_user_errors_are_one_line(tmp_path: Path) -> None:

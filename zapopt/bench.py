@@ -11,17 +11,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 
-from zapopt.data import Dataset, ImageOptions, model_input, open_dataset
+from zapopt.data import ImageOptions, model_input, open_dataset
 from zapopt.errors import ZapoptError
 from zapopt.files import check_output_path, write_text_atomically
 from zapopt.graph import load_model
@@ -29,11 +26,9 @@ from zapopt.machine import machine_info
 from zapopt.model_form import as_native
 from zapopt.graph.index import GraphIndex
 from zapopt.rewrite.graph_edit import is_native_node, tag_of, tensor_shape
+from zapopt.profiling import profile, replaced_stock_ms
 from zapopt.runtime import feed_name, make_session, prepare
 from zapopt.timing import Spread, time_alternated
-
-#: onnxruntime profile events of layout conversions a custom node may force around itself.
-_REORDER_OPS = ("ReorderInput", "ReorderOutput")
 
 
 @dataclass(frozen=True)
@@ -121,13 +116,6 @@ class BenchReport:
         return "\n".join(lines)
 
 
-def _batch_of(dataset: Dataset, size: int) -> np.ndarray:
-    """``size`` samples, cycling through the data when it has fewer."""
-    data = dataset.take(min(size, len(dataset))).to_numpy(batch_size=min(size, len(dataset)))
-    reps = -(-size // len(data))
-    return np.concatenate([data] * reps, axis=0)[:size]
-
-
 def _parse_ints(values: Sequence[int], what: str) -> list[int]:
     out = [int(v) for v in values]
     if not out or any(v < 1 for v in out):
@@ -135,55 +123,13 @@ def _parse_ints(values: Sequence[int], what: str) -> list[int]:
     return list(dict.fromkeys(out))
 
 
-def _profile(model: onnx.ModelProto, feed: dict[str, np.ndarray], runs: int, threads: int) -> dict[str, float]:
-    """Mean kernel milliseconds per run of each node of ``model`` (onnxruntime's profile)."""
-    with tempfile.TemporaryDirectory(prefix="zapopt-profile-") as tmp:
-        session = make_session(model, threads=threads, profile_prefix=os.path.join(tmp, "profile"))
-        for _ in range(runs):
-            session.run(None, feed)
-        events = json.loads(Path(session.end_profiling()).read_text())
-    totals: dict[str, float] = defaultdict(float)
-    for event in events:
-        name = event.get("name", "")
-        if event.get("cat") == "Node" and name.endswith("_kernel_time"):
-            op = event.get("args", {}).get("op_name", "")
-            totals[f"{op}\t{name[: -len('_kernel_time')]}"] += event.get("dur", 0) / 1e3 / runs
-    return dict(totals)
-
-
-def _stock_ms(profile: dict[str, float], reference: onnx.ModelProto, replaced: str | None) -> float | None:
-    """The reference profile's time of the nodes a native node replaced: onnxruntime names a
-    fused node after one of its tensors, so names and output tensors both count."""
-    if not replaced:
-        return None
-    wanted = set(replaced.split(","))
-    for node in reference.graph.node:
-        if node.name in wanted or (node.output and node.output[0] in wanted):
-            wanted.update(o for o in node.output if o)
-    total, found = 0.0, False
-    for key, ms in profile.items():
-        name = key.split("\t", 1)[1]
-        base = name[: -len("_nchwc")] if name.endswith("_nchwc") else name
-        if base in wanted:
-            total, found = total + ms, True
-    return total if found else None
-
-
-def _native_time(profile: dict[str, float], name: str) -> float:
-    return sum(ms for key, ms in profile.items() if key.split("\t", 1)[1] == name)
-
-
-def _reorders(profile: dict[str, float]) -> float:
-    return sum(ms for key, ms in profile.items() if key.split("\t", 1)[0] in _REORDER_OPS)
-
-
 def _layer_benches(model: onnx.ModelProto, reference: onnx.ModelProto, sample: np.ndarray, runs: int,
                    threads: int) -> tuple[list[LayerBench], float, float]:
     nodes = [n for n in model.graph.node if is_native_node(n)]
     index = GraphIndex(model.graph)
     feed = {feed_name(make_session(reference, threads=threads)): sample}
-    native_profile = _profile(model, feed, runs, threads)
-    stock_profile = _profile(reference, feed, runs, threads)
+    native_profile = profile(model, feed, runs, threads)
+    stock_profile = profile(reference, feed, runs, threads)
     prepared = prepare(model, expose_masks=True, native=True)
     inputs = sorted({n.input[0] for n in nodes})
     extra = [t for t in inputs if t not in {o.name for o in prepared.model.graph.output}]
@@ -203,10 +149,10 @@ def _layer_benches(model: onnx.ModelProto, reference: onnx.ModelProto, sample: n
         x = values[node.input[0]]
         mask = values.get(prepared.mask_outputs.get(node.name, ""))
         layers.append(LayerBench(
-            node.name, node.op_type, macs, _native_time(native_profile, node.name),
-            _stock_ms(stock_profile, reference, tag_of(node, "zapopt.replaced")),
+            node.name, node.op_type, macs, native_profile.node_ms(node.name),
+            replaced_stock_ms(stock_profile, reference, tag_of(node, "zapopt.replaced")),
             float(np.mean(x == 0)), 0.0 if mask is None else 1.0 - float(np.mean(mask))))
-    return layers, _reorders(native_profile), _reorders(stock_profile)
+    return layers, native_profile.reorder_ms(), stock_profile.reorder_ms()
 
 
 def bench(model: str | os.PathLike, reference: str | os.PathLike, data: Any, *, batches: Sequence[int] = (1, 8),
@@ -233,7 +179,7 @@ def bench(model: str | os.PathLike, reference: str | os.PathLike, data: Any, *, 
         if fixed is not None and batch != fixed:
             notes.append(f"batch {batch} skipped: the model takes batches of exactly {fixed}")
             continue
-        feed_data = _batch_of(dataset, batch)
+        feed_data = dataset.batch_of(batch)
         for n_threads in threads:
             sessions = {"original": make_session(original, threads=n_threads),
                         "optimized": make_session(prepared.model, threads=n_threads)}
@@ -248,7 +194,7 @@ def bench(model: str | os.PathLike, reference: str | os.PathLike, data: Any, *, 
     layers, reorder, reference_reorder = [], None, None
     if per_layer and prepared.native and any(is_native_node(n) for n in optimized.graph.node):
         if fixed is None or fixed == 1:
-            layers, reorder, reference_reorder = _layer_benches(optimized, original, _batch_of(dataset, 1), runs,
+            layers, reorder, reference_reorder = _layer_benches(optimized, original, dataset.batch_of(1), runs,
                                                                 threads[-1])
         else:
             notes.append("per-layer profile skipped: it runs at batch 1")

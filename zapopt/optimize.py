@@ -28,7 +28,7 @@ from zapopt.evaluate import accuracy_drop, accuracy_drop_standard_error, run_mod
 from zapopt.files import check_distinct_outputs, check_output_path, save_model_atomically, write_text_atomically
 from zapopt.graph import ConvActivation, analyze, load_model, with_unique_node_names
 from zapopt.graph.opset import MIN_REWRITE_OPSET
-from zapopt.latency import LatencyReport
+from zapopt.latency import DEFAULT_BATCHES, LatencyReport, latency_settings
 from zapopt.layer_selection import named_subset, select_layers
 from zapopt.notices import collect_warnings
 from zapopt.native_model import (
@@ -105,15 +105,16 @@ class OptimizeConfig:
     drop_margin: float = 0.0  # --max-drop: standard errors added to the measured drop before comparing
     exact: bool = False  # no predictors: every eligible conv becomes ZeroSkipConv (outputs unchanged)
     latency_check: bool = True  # keep a native layer only where it is faster on this machine
-    latency_threads: int | None = None  # onnxruntime intra-op threads for the latency check (None: its default)
+    # the end-to-end latency check must hold at every batch size x thread count (threads None: onnxruntime's default)
+    latency_batch: int | tuple[int, ...] = DEFAULT_BATCHES
+    latency_threads: int | tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         patterns = parse_patterns(self.pattern)
         for name in ("exact", "latency_check"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
-        if self.latency_threads is not None and (not isinstance(self.latency_threads, int) or self.latency_threads < 1):
-            raise ZapoptError(f"latency threads must be a positive integer, got {self.latency_threads!r}")
+        latency_settings(self.latency_batch, self.latency_threads)  # validates them
         if self.exact:
             given = [flag for flag, value in (("--threshold", self.threshold), ("--max-error", self.max_error),
                                               ("--max-drop", self.max_drop)) if value is not None]
@@ -556,9 +557,9 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
 
 
 def _calibration_sample(original: onnx.ModelProto, calib: Any,
-                        image_options: ImageOptions | None) -> Callable[[], np.ndarray]:
-    """The first calibration input as a batch of one (read only when a latency check runs)."""
-    return lambda: next(open_dataset(calib, model_input(original), image_options, limit=1).batches(1))
+                        image_options: ImageOptions | None) -> Callable[[int], np.ndarray]:
+    """``sample(n)``: the first ``n`` calibration inputs (read only when a latency check runs)."""
+    return lambda size: open_dataset(calib, model_input(original), image_options, limit=size).batch_of(size)
 
 
 def optimize_exact(model: str | os.PathLike | onnx.ModelProto, calib: Any, *, config: OptimizeConfig,
@@ -579,7 +580,7 @@ def optimize_exact(model: str | os.PathLike | onnx.ModelProto, calib: Any, *, co
     t0 = time.perf_counter()
     native = choose_native_layers(original, build, chosen, sample=_calibration_sample(original, calib, image_options),
                                   check=config.latency_check and config.output_format != "onnx",
-                                  threads=config.latency_threads)
+                                  settings=latency_settings(config.latency_batch, config.latency_threads))
     rewritten = native.model
     if config.output_format == "onnx" and native_ops(rewritten):
         rewritten = ExpandZapToOnnx()(rewritten).model
@@ -590,7 +591,7 @@ def optimize_exact(model: str | os.PathLike | onnx.ModelProto, calib: Any, *, co
 
 def _native_zap_model(prepared: PreparedLayers, trained: Mapping[str, TrainedLayer],
                       thresholds: Mapping[str, float], config: OptimizeConfig,
-                      sample: Callable[[], np.ndarray] | None) -> NativeResult:
+                      sample: Callable[[int], np.ndarray] | None) -> NativeResult:
     """The ZAP layers as ZapConv and (``--format native``) every other Conv with a zero-able
     input as ZeroSkipConv, each kept only where the latency check finds it faster."""
     zap_names = [name for name, tau in thresholds.items() if tau != -math.inf]
@@ -606,16 +607,16 @@ def _native_zap_model(prepared: PreparedLayers, trained: Mapping[str, TrainedLay
     build = native_builder(prepared.original, zero_skip, zap_build)
     return choose_native_layers(prepared.original, build, [*zap_names, *zero_skip], sample=sample,
                                 check=config.latency_check and config.output_format != "onnx",
-                                threads=config.latency_threads)
+                                settings=latency_settings(config.latency_batch, config.latency_threads))
 
 
 def finish(prepared: PreparedLayers, choice: ThresholdChoice, config: OptimizeConfig, *, model_name: str,
            output: str | None = None, seconds: dict[str, float] | None = None,
-           started: float | None = None, sample: Callable[[], np.ndarray] | None = None,
+           started: float | None = None, sample: Callable[[int], np.ndarray] | None = None,
            progress: bool | None = None) -> OptimizeResult:
     """Rewrite the model at the chosen thresholds, measure its agreement with the original on
     the held-out calibration images (warning where it or a layer lost much), and assemble the
-    report; ``sample()`` (one batch-1 calibration input) lets the latency check time the layers."""
+    report; ``sample(n)`` (``n`` calibration inputs) lets the latency check time the layers."""
     trained, thresholds = prepared.chosen(choice.patterns), choice.thresholds
     curves = {name: layer.curve for name, layer in trained.items()}
     seconds = dict(seconds or prepared.seconds)

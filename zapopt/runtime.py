@@ -145,10 +145,11 @@ def _with_native_masks(model: onnx.ModelProto, outputs: tuple[str, ...]) -> Prep
 
 def make_session(model: onnx.ModelProto, *, threads: int | None = None,
                  optimization: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-                 profile_prefix: str | None = None) -> ort.InferenceSession:
+                 profile_prefix: str | None = None, optimized_model_path: str | None = None) -> ort.InferenceSession:
     """An onnxruntime CPU session for ``model`` (bytes in memory, nothing written); zapopt's
     op library is registered when the model has native ops. ``profile_prefix``: write
-    onnxruntime's per-node profile there (see ``session.end_profiling()``)."""
+    onnxruntime's per-node profile there (see ``session.end_profiling()``);
+    ``optimized_model_path``: save the graph onnxruntime will run there."""
     options = ort.SessionOptions()
     options.graph_optimization_level = optimization
     options.log_severity_level = 3
@@ -157,6 +158,8 @@ def make_session(model: onnx.ModelProto, *, threads: int | None = None,
     if profile_prefix is not None:
         options.enable_profiling = True
         options.profile_file_prefix = profile_prefix
+    if optimized_model_path is not None:
+        options.optimized_model_filepath = optimized_model_path
     if has_native_nodes(model):
         library = native_library()
         if library is None:
