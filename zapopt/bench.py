@@ -185,7 +185,7 @@ def bench(model: str | os.PathLike, reference: str | os.PathLike, data: Any, *, 
                         "optimized": make_session(prepared.model, threads=n_threads)}
             feeds = {k: {feed_name(s): feed_data} for k, s in sessions.items()}
             timings = time_alternated({k: (lambda s=s, k=k: s.run(None, feeds[k])) for k, s in sessions.items()},
-                                      repeats=runs)
+                                      repeats=runs, balanced=True)
             rows.append(EndToEnd(batch, n_threads, Spread.of([1e3 * t for t in timings.samples["original"]]),
                                  Spread.of([1e3 * t for t in timings.samples["optimized"]]),
                                  timings.ratio("original", "optimized")))

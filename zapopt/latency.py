@@ -297,8 +297,9 @@ def select_by_latency(candidates: Mapping[str, str], time_layer: LayerTimer, tim
                              f"was not surely faster: {failed.text}")
     if not accepted:
         for name in kept:
-            reasons[name] = (f"no candidate model was surely faster end to end within {max_rounds} rounds: the "
-                             "written model is the original graph")
+            rounds = checks[-1].round if checks else 0
+            reasons[name] = (f"no candidate model was surely faster end to end ({rounds} round{'s' * (rounds != 1)} "
+                             "measured): the written model is the original graph")
         kept = []
     decisions = []
     for name, op in candidates.items():
