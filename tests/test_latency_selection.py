@@ -26,6 +26,16 @@ B1 = LatencySetting(1, None)
 ROUNDS = 15
 
 
+def alone(times: dict[str, tuple[float, float]]) -> Callable[[str], Timings]:
+    """A fake per-layer timer: one paired run per layer, (native s, stock s)."""
+    return lambda name: Timings({"native": (times[name][0],), "stock": (times[name][1],)})
+
+
+def uniform(native: float, stock: float) -> Callable[[str], Timings]:
+    """A fake per-layer timer giving every layer the same times."""
+    return lambda name: Timings({"native": (native,), "stock": (stock,)})
+
+
 def paired(ratios: Sequence[float], original: float = 0.010) -> Timings:
     """Paired rounds whose original / model ratios are ``ratios``."""
     return Timings({"original": tuple(original for _ in ratios), "model": tuple(original / r for r in ratios)})
@@ -48,13 +58,15 @@ class ModelTimes:
 
 def test_layers_not_faster_native_keep_their_stock_nodes() -> None:
     model = ModelTimes(lambda kept, s: steady(1.2))
-    report = select_by_latency(OPS, LAYER_TIMES.__getitem__, model)
+    report = select_by_latency(OPS, alone(LAYER_TIMES), model)
     assert report.measured and report.native_layers == ["a", "b"]
     assert model.calls == [(frozenset({"a", "b"}), B1)]
     decisions = {d.name: d for d in report.layers}
     assert decisions["c"].reason == decisions["d"].reason == "stock nodes as fast or faster"
     assert decisions["a"].native_ms == pytest.approx(6.0) and decisions["a"].stock_ms == pytest.approx(10.0)
     assert decisions["a"].speedup == pytest.approx(10 / 6)
+    assert decisions["a"].speedup_spread.median == pytest.approx(10 / 6)
+    assert report.to_dict()["layers"][0]["speedup_spread"]["count"] == 1
     (check,) = report.model_checks
     assert check.native_layers == 2 and check.passed and check.speedup.median == pytest.approx(1.2)
     assert report.summary().startswith("kept 2 of 4 native layers: end to end 1.200x (IQR 1.200-1.200")
@@ -64,7 +76,7 @@ def test_layers_not_faster_native_keep_their_stock_nodes() -> None:
 def test_a_tie_end_to_end_falls_back_to_the_original() -> None:
     """Exactly as fast as the original is not surely faster: the original graph is written."""
     model = ModelTimes(lambda kept, s: steady(1.0))
-    report = select_by_latency(OPS, LAYER_TIMES.__getitem__, model)
+    report = select_by_latency(OPS, alone(LAYER_TIMES), model)
     assert report.native_layers == [] and not any(c.passed for c in report.model_checks)
     assert report.summary() == "no native layer pays on this machine: the output equals the original"
 
@@ -74,8 +86,8 @@ def test_noise_decides_by_the_lower_bound_not_the_median() -> None:
     noisy = [0.97, 0.98, 0.99, 0.995, 0.999] + [1.05] * 5 + [1.2] * 5
     calm = [0.97, 0.98, 0.99] + [1.04, 1.045] + [1.05] * 5 + [1.2] * 5
     one = {"a": "ZeroSkipConv"}
-    rejected = select_by_latency(one, lambda n: (0.001, 0.002), ModelTimes(lambda kept, s: paired(noisy)))
-    accepted = select_by_latency(one, lambda n: (0.001, 0.002), ModelTimes(lambda kept, s: paired(calm)))
+    rejected = select_by_latency(one, uniform(0.001, 0.002), ModelTimes(lambda kept, s: paired(noisy)))
+    accepted = select_by_latency(one, uniform(0.001, 0.002), ModelTimes(lambda kept, s: paired(calm)))
     assert rejected.native_layers == [] and rejected.model_checks[0].lower_bound == pytest.approx(0.995)
     assert rejected.model_checks[0].speedup.median == pytest.approx(1.05)
     assert accepted.native_layers == ["a"] and accepted.model_checks[0].lower_bound == pytest.approx(1.04)
@@ -86,7 +98,7 @@ def test_a_slower_model_drops_the_weaker_half_until_it_is_faster() -> None:
     times = {"a": (0.001, 0.005), "b": (0.004, 0.0045), "c": (0.002, 0.003), "e": (0.001, 0.004)}
     ops = {name: "ZeroSkipConv" for name in times}
     model = ModelTimes(lambda kept, s: steady(0.9 if {"b", "c"} & kept else 1.1))
-    report = select_by_latency(ops, times.__getitem__, model)
+    report = select_by_latency(ops, alone(times), model)
     assert [kept for kept, _ in model.calls] == [frozenset("abce"), frozenset("ae")]
     assert sorted(report.native_layers) == ["a", "e"]
     dropped = {d.name: d for d in report.layers if not d.native}
@@ -97,7 +109,7 @@ def test_a_slower_model_drops_the_weaker_half_until_it_is_faster() -> None:
 def test_a_model_that_is_always_slower_ends_as_the_original_within_the_round_limit() -> None:
     ops = {f"l{i}": "ZeroSkipConv" for i in range(20)}
     model = ModelTimes(lambda kept, s: steady(0.8))
-    report = select_by_latency(ops, lambda name: (0.001, 0.002), model)
+    report = select_by_latency(ops, uniform(0.001, 0.002), model)
     assert report.native_layers == []
     assert len(model.calls) == MAX_ROUNDS  # 20, 10, 5, 2 layers, then the original
     assert [len(kept) for kept, _ in model.calls] == [20, 10, 5, 2]
@@ -107,7 +119,7 @@ def test_a_model_that_is_always_slower_ends_as_the_original_within_the_round_lim
 
 
 def test_one_layer_left_and_slower_ends_with_no_native_layer() -> None:
-    report = select_by_latency({"a": "ZeroSkipConv"}, lambda name: (0.001, 0.002), ModelTimes(lambda k, s: steady(0.5)))
+    report = select_by_latency({"a": "ZeroSkipConv"}, uniform(0.001, 0.002), ModelTimes(lambda k, s: steady(0.5)))
     assert report.native_layers == [] and len(report.model_checks) == 1
     assert "0.500x" in report.format_table()
 
@@ -116,7 +128,7 @@ def test_nothing_faster_needs_no_model_timing() -> None:
     def model(kept: frozenset[str], setting: LatencySetting) -> Timings:
         raise AssertionError("no native layer left to time")
 
-    report = select_by_latency({"c": "ZeroSkipConv"}, LAYER_TIMES.__getitem__, model)
+    report = select_by_latency({"c": "ZeroSkipConv"}, alone(LAYER_TIMES), model)
     assert report.native_layers == [] and report.model_checks == []
 
 
@@ -126,7 +138,7 @@ def test_every_setting_must_pass_and_a_failed_one_stops_the_round() -> None:
     settings = latency_settings((8, 1), (2, 1))
     assert settings == (LatencySetting(1, 2), LatencySetting(1, 1), LatencySetting(8, 2), LatencySetting(8, 1))
     model = ModelTimes(lambda kept, s: steady(0.95 if s.batch == 8 and "b" in kept else 1.1))
-    report = select_by_latency({"a": "ZeroSkipConv", "b": "ZapConv"}, LAYER_TIMES.__getitem__, model,
+    report = select_by_latency({"a": "ZeroSkipConv", "b": "ZapConv"}, alone(LAYER_TIMES), model,
                                settings=settings)
     assert report.native_layers == ["a"]
     assert [(len(kept), s) for kept, s in model.calls] == [(2, settings[0]), (2, settings[1]), (2, settings[2]),
@@ -148,7 +160,7 @@ def test_a_layer_faster_alone_but_costly_in_the_model_goes_back_before_the_end_t
         return {name: costs[name] for name in kept}
 
     model = ModelTimes(lambda kept, s: steady(1.1))
-    report = select_by_latency(OPS, LAYER_TIMES.__getitem__, model, layer_costs=layer_costs)
+    report = select_by_latency(OPS, alone(LAYER_TIMES), model, layer_costs=layer_costs)
     assert seen == [frozenset("ab")] and [kept for kept, _ in model.calls] == [frozenset("a")]
     decisions = {d.name: d for d in report.layers}
     assert report.native_layers == ["a"] and "not in the model" in decisions["b"].reason
@@ -165,13 +177,13 @@ def test_the_in_model_saving_decides_which_half_is_dropped() -> None:
     costs = {"a": LayerCost(1.0, 1.2, 0.1), "b": LayerCost(1.0, 1.3, 0.0), "c": LayerCost(1.0, 3.0, 0.0),
              "d": LayerCost(1.0, 2.0, 0.0)}
     model = ModelTimes(lambda kept, s: steady(1.1 if kept <= {"c", "d"} else 0.9))
-    report = select_by_latency({n: "ZeroSkipConv" for n in "abcd"}, times.__getitem__, model,
+    report = select_by_latency({n: "ZeroSkipConv" for n in "abcd"}, alone(times), model,
                                layer_costs=lambda kept: {n: costs[n] for n in kept})
     assert sorted(report.native_layers) == ["c", "d"]
 
 
 def test_layer_costs_without_the_stock_nodes_in_the_profile_send_it_back() -> None:
-    report = select_by_latency({"a": "ZeroSkipConv"}, lambda name: (0.001, 0.002),
+    report = select_by_latency({"a": "ZeroSkipConv"}, uniform(0.001, 0.002),
                                ModelTimes(lambda kept, s: steady(1.1)),
                                layer_costs=lambda kept: {"a": LayerCost(1.0, None, 0.0)})
     assert report.native_layers == [] and "not found in the profile" in report.layers[0].reason
@@ -186,16 +198,16 @@ def test_unmeasured_keeps_everything_and_says_why() -> None:
 
 def test_a_layer_within_timing_noise_stays_stock() -> None:
     """Native 1.02x faster is within a shared machine's noise: kept stock, with that reason."""
-    report = select_by_latency({"a": "ZeroSkipConv"}, lambda name: (0.0100, 0.0102),
+    report = select_by_latency({"a": "ZeroSkipConv"}, uniform(0.0100, 0.0102),
                                ModelTimes(lambda kept, s: steady(1.1)))
     assert report.native_layers == [] and "within timing noise" in report.layers[0].reason
 
 
 def test_selection_arguments_are_checked() -> None:
     with pytest.raises(ZapoptError, match="at least one batch size"):
-        select_by_latency(OPS, LAYER_TIMES.__getitem__, ModelTimes(lambda k, s: steady(1.1)), settings=())
+        select_by_latency(OPS, alone(LAYER_TIMES), ModelTimes(lambda k, s: steady(1.1)), settings=())
     with pytest.raises(ZapoptError, match="max_rounds"):
-        select_by_latency(OPS, LAYER_TIMES.__getitem__, ModelTimes(lambda k, s: steady(1.1)), max_rounds=0)
+        select_by_latency(OPS, alone(LAYER_TIMES), ModelTimes(lambda k, s: steady(1.1)), max_rounds=0)
 
 
 def test_latency_settings_and_the_config_validate_batches_and_threads() -> None:

@@ -76,8 +76,8 @@ def latency_settings(batches: int | Sequence[int] | None = DEFAULT_BATCHES,
     return tuple(LatencySetting(b, t) for b in sorted(batch_sizes) for t in counts)
 
 
-#: (native seconds, stock seconds) of one layer, alone.
-LayerTimer = Callable[[str], tuple[float, float]]
+#: Paired runs of one layer alone: its native node ("native") and the stock nodes it replaces ("stock").
+LayerTimer = Callable[[str], Timings]
 #: Paired runs of the model with these native layers ("model") and of the original
 #: ("original") at one setting.
 ModelTimer = Callable[[frozenset[str], LatencySetting], Timings]
@@ -109,11 +109,12 @@ LayerCoster = Callable[[frozenset[str]], Mapping[str, LayerCost]]
 class LayerDecision:
     name: str
     op: str  # ZapConv or ZeroSkipConv
-    native_ms: float | None
+    native_ms: float | None  # medians of paired runs, the layer alone
     stock_ms: float | None
     native: bool  # kept as the native op in the written model
     reason: str
     in_model: LayerCost | None = None  # its last in-context profile
+    speedup_spread: Spread | None = None  # stock / native, per paired run
 
     @property
     def speedup(self) -> float | None:
@@ -124,6 +125,7 @@ class LayerDecision:
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "op": self.op, "native_ms": self.native_ms, "stock_ms": self.stock_ms,
                 "speedup": self.speedup, "native": self.native, "reason": self.reason,
+                "speedup_spread": None if self.speedup_spread is None else self.speedup_spread.to_dict(),
                 "in_model": None if self.in_model is None else self.in_model.to_dict()}
 
 
@@ -211,15 +213,18 @@ class LatencyReport:
         def ms(value: float | None) -> str:
             return "-" if value is None else f"{value:.3f}"
 
+        def spread(value: Spread | None) -> str:
+            return "-" if value is None else f"{value.q1:.2f}-{value.q3:.2f}"
+
         rows = [(d.name, d.op, ms(d.native_ms), ms(d.stock_ms),
-                 "-" if d.speedup is None else f"{d.speedup:.2f}x",
+                 "-" if d.speedup is None else f"{d.speedup:.2f}x", spread(d.speedup_spread),
                  "-" if d.in_model is None or d.in_model.stock_ms is None else f"{d.in_model.saving_ms:+.3f}",
                  "native" if d.native else "stock", d.reason)
                 for d in self.layers]
         lines = ["latency-aware selection (per layer: batch 1, median of alternated runs; in model: saving in "
                  "the whole model's profile, reorders included):",
-                 format_rows(("layer", "op", "native ms", "stock ms", "speedup", "in model ms", "written as", "why"),
-                             rows)]
+                 format_rows(("layer", "op", "native ms", "stock ms", "speedup", "IQR", "in model ms", "written as",
+                              "why"), rows)]
         if self.model_checks:
             check_rows = [(c.round, c.native_layers, c.setting.label, f"{c.original_ms.median:.3f}",
                            f"{c.model_ms.median:.3f}", f"{c.speedup.median:.3f}x",
@@ -248,7 +253,8 @@ def select_by_latency(candidates: Mapping[str, str], time_layer: LayerTimer, tim
         raise ZapoptError("the end-to-end latency check needs at least one batch size and thread count")
     if max_rounds < 1:
         raise ZapoptError(f"max_rounds must be >= 1, got {max_rounds}")
-    timed = {name: time_layer(name) for name in candidates}
+    alone = {name: time_layer(name) for name in candidates}
+    timed = {name: (t.median("native"), t.median("stock")) for name, t in alone.items()}
     reasons: dict[str, str] = {}
     for name, (native_s, stock_s) in timed.items():
         if native_s >= stock_s:
@@ -309,7 +315,7 @@ def select_by_latency(candidates: Mapping[str, str], time_layer: LayerTimer, tim
             reasons[name] = f"native {stock_s / native_s:.2f}x faster alone" + (
                 "" if cost is None or cost.stock_ms is None else f", saves {cost.saving_ms:.3f} ms in the model")
         decisions.append(LayerDecision(name, op, 1e3 * native_s, 1e3 * stock_s, name in kept, reasons[name],
-                                       in_model.get(name)))
+                                       in_model.get(name), alone[name].ratio("stock", "native")))
     return LatencyReport(True, decisions, checks, note, tuple(settings))
 
 

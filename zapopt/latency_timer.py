@@ -86,16 +86,15 @@ class OnnxruntimeTimer:
         self._models: dict[frozenset[str], onnx.ModelProto] = {}
         self._batches: dict[int, np.ndarray] = {}
 
-    def time_layer(self, name: str) -> tuple[float, float]:
+    def time_layer(self, name: str) -> Timings:
         port = self.ports[name]
         feeds = {t: self.tensors[t] for t in port.inputs}
         sessions = {}
         for form, extractor in (("native", self._native), ("stock", self._stock)):
             layer = extractor.extract_model(list(port.inputs), [port.output])
             sessions[form] = self._make_session(layer, threads=self.threads)
-        timings = time_alternated({form: (lambda s=s: s.run(None, feeds)) for form, s in sessions.items()},
-                                  repeats=self.repeats, balanced=True)
-        return timings.median("native"), timings.median("stock")
+        return time_alternated({form: (lambda s=s: s.run(None, feeds)) for form, s in sessions.items()},
+                               repeats=self.repeats, balanced=True)
 
     def _model(self, kept: frozenset[str]) -> onnx.ModelProto:
         if kept not in self._models:
