@@ -255,12 +255,7 @@ def select_by_latency(candidates: Mapping[str, str], time_layer: LayerTimer, tim
         raise ZapoptError(f"max_rounds must be >= 1, got {max_rounds}")
     alone = {name: time_layer(name) for name in candidates}
     timed = {name: (t.median("native"), t.median("stock")) for name, t in alone.items()}
-    reasons: dict[str, str] = {}
-    for name, (native_s, stock_s) in timed.items():
-        if native_s >= stock_s:
-            reasons[name] = "stock nodes as fast or faster"
-        elif native_s * MIN_LAYER_SPEEDUP >= stock_s:
-            reasons[name] = f"native only {stock_s / native_s:.2f}x faster, within timing noise (< {MIN_LAYER_SPEEDUP}x)"
+    reasons = _not_faster_alone(timed)
     kept = [name for name in candidates if name not in reasons]
     in_model: dict[str, LayerCost] = {}
     checks: list[ModelCheck] = []
@@ -268,20 +263,13 @@ def select_by_latency(candidates: Mapping[str, str], time_layer: LayerTimer, tim
     for round_ in range(1, max_rounds + 1):
         if not kept:
             break
-        saving = {name: timed[name][1] - timed[name][0] for name in kept}  # alone, seconds
+        saving = {name: 1e3 * (timed[name][1] - timed[name][0]) for name in kept}  # alone, ms
         if layer_costs is not None:
-            costs = layer_costs(frozenset(kept))
-            in_model.update({name: cost for name, cost in costs.items() if name in saving})
-            for name in list(kept):
-                cost = costs.get(name)
-                if cost is not None and cost.saving_ms <= 0:
-                    reasons[name] = (f"faster alone, but not in the model: native {cost.native_ms:.3f} ms + layout "
-                                     f"reorders {cost.reorder_ms:.3f} ms vs its stock nodes in the NCHWc chain "
-                                     + ("(not found in the profile)" if cost.stock_ms is None
-                                        else f"{cost.stock_ms:.3f} ms"))
-                    kept.remove(name)
-                elif cost is not None:
-                    saving[name] = cost.saving_ms
+            costs = {name: cost for name, cost in layer_costs(frozenset(kept)).items() if name in saving}
+            in_model.update(costs)
+            reasons.update(_costly_in_the_model(costs))
+            kept = [name for name in kept if name not in reasons]
+            saving.update({name: cost.saving_ms for name, cost in costs.items()})
             if not kept:
                 break
         ranked = sorted(kept, key=lambda name: -saving[name])  # most profitable first
@@ -312,11 +300,35 @@ def select_by_latency(candidates: Mapping[str, str], time_layer: LayerTimer, tim
         native_s, stock_s = timed[name]
         if name in kept:
             cost = in_model.get(name)
-            reasons[name] = f"native {stock_s / native_s:.2f}x faster alone" + (
+            reasons[name] = f"native {_times(stock_s, native_s)} faster alone" + (
                 "" if cost is None or cost.stock_ms is None else f", saves {cost.saving_ms:.3f} ms in the model")
         decisions.append(LayerDecision(name, op, 1e3 * native_s, 1e3 * stock_s, name in kept, reasons[name],
                                        in_model.get(name), alone[name].ratio("stock", "native")))
     return LatencyReport(True, decisions, checks, note, tuple(settings))
+
+
+def _times(numerator: float, denominator: float) -> str:
+    return f"{numerator / denominator:.2f}x" if denominator > 0 else "infinitely"
+
+
+def _not_faster_alone(timed: Mapping[str, tuple[float, float]]) -> dict[str, str]:
+    """Why each layer that is not ``MIN_LAYER_SPEEDUP`` faster alone keeps its stock nodes."""
+    reasons = {}
+    for name, (native_s, stock_s) in timed.items():
+        if native_s >= stock_s:
+            reasons[name] = "stock nodes as fast or faster"
+        elif native_s * MIN_LAYER_SPEEDUP >= stock_s:
+            reasons[name] = (f"native only {_times(stock_s, native_s)} faster, within timing noise "
+                             f"(< {MIN_LAYER_SPEEDUP}x)")
+    return reasons
+
+
+def _costly_in_the_model(costs: Mapping[str, LayerCost]) -> dict[str, str]:
+    """Why each layer that saves nothing inside the whole model (NCHWc chain, reorders) goes back."""
+    return {name: (f"faster alone, but not in the model: native {cost.native_ms:.3f} ms + layout reorders "
+                   f"{cost.reorder_ms:.3f} ms vs its stock nodes in the NCHWc chain "
+                   + ("(not found in the profile)" if cost.stock_ms is None else f"{cost.stock_ms:.3f} ms"))
+            for name, cost in costs.items() if cost.saving_ms <= 0}
 
 
 def unmeasured(candidates: Mapping[str, str], note: str) -> LatencyReport:
