@@ -556,12 +556,16 @@ def convert_command(model, output, form) -> None:
 @click.option("--threads", default="1,2", show_default=True, metavar="T1,T2,...", help="onnxruntime intra-op threads.")
 @click.option("--runs", type=click.IntRange(min=3), default=20, show_default=True,
               help="Alternated runs of each model per batch size and thread count.")
+@click.option("--cpu-time", "cpu_clock", is_flag=True,
+              help="Time the 1-thread rows in the CPU time of the thread running them (what a busy machine "
+                   "preempts does not count); other rows stay in wall time.")
 @click.option("--per-layer/--no-per-layer", default=True, show_default=True,
               help="Also profile each native layer against the stock nodes it replaced (batch 1).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=str), default=None,
               help="Also write the full report (with the machine it ran on) as JSON here.")
 @image_option_flags
-def bench_command(model, reference, data, batches, threads, runs, per_layer, json_path, image_options) -> None:
+def bench_command(model, reference, data, batches, threads, runs, cpu_clock, per_layer, json_path,
+                  image_options) -> None:
     """End-to-end latency of MODEL against its original, runs alternated in one process.
 
     Reports the speed-up per batch size and thread count as a median with its interquartile
@@ -570,7 +574,8 @@ def bench_command(model, reference, data, batches, threads, runs, per_layer, jso
     from zapopt.bench import bench
 
     report = bench(model, reference, data, batches=_int_list(batches, "--batch"), threads=_int_list(threads, "--threads"),
-                   runs=runs, per_layer=per_layer, image_options=image_options, json_path=json_path)
+                   runs=runs, per_layer=per_layer, cpu_clock=cpu_clock, image_options=image_options,
+                   json_path=json_path)
     click.echo(report.format_table())
     if json_path:
         click.echo(f"\nwrote {json_path}")

@@ -17,7 +17,7 @@ from zapopt.latency import (
     unmeasured,
 )
 from zapopt.optimize import OptimizeConfig
-from zapopt.timing import Spread, Timings, lower_bound_rank, median_lower_bound, time_alternated
+from zapopt.timing import Spread, Timings, clock_for, lower_bound_rank, median_lower_bound, time_alternated
 
 OPS = {"a": "ZeroSkipConv", "b": "ZapConv", "c": "ZeroSkipConv", "d": "ZeroSkipConv"}
 #: (native s, stock s): a saves 4 ms, b saves 1 ms, c is slower native, d ties.
@@ -146,7 +146,7 @@ def test_every_setting_must_pass_and_a_failed_one_stops_the_round() -> None:
                                                            (1, settings[3])]
     assert [c.setting.label for c in report.deciding_checks] == ["batch 1, 2 threads", "batch 1, 1 thread",
                                                                  "batch 8, 2 threads", "batch 8, 1 thread"]
-    assert report.to_dict()["settings"][2] == {"batch": 8, "threads": 2}
+    assert report.to_dict()["settings"][2] == {"batch": 8, "threads": 2, "clock": "wall time"}
 
 
 def test_a_layer_faster_alone_but_costly_in_the_model_goes_back_before_the_end_to_end_run() -> None:
@@ -259,3 +259,11 @@ def test_the_median_lower_bound_is_the_sign_test_order_statistic() -> None:
     assert median_lower_bound([1.0, 2.0]) is None
     with pytest.raises(ZapoptError, match="confidence"):
         lower_bound_rank(15, 1.0)
+
+
+def test_one_thread_is_timed_in_the_threads_cpu_time_more_in_wall_time() -> None:
+    import time
+
+    assert clock_for(1) == ("thread CPU time", time.thread_time)
+    assert clock_for(2) == clock_for(None) == ("wall time", time.perf_counter)
+    assert LatencySetting(1, 1).clock == "thread CPU time" and LatencySetting(8, None).clock == "wall time"

@@ -73,7 +73,7 @@ def test_latency_check_writes_only_the_layers_it_found_faster(tmp_path: Path) ->
     assert sorted(d["name"] for d in latency["layers"] if d["native"]) == written
     if not latency["measured"]:
         return
-    assert latency["settings"] == [{"batch": 1, "threads": 1}, {"batch": 2, "threads": 1}]
+    assert latency["settings"] == [{"batch": b, "threads": 1, "clock": "thread CPU time"} for b in (1, 2)]
     assert all(d["native_ms"] > 0 and d["stock_ms"] > 0 for d in latency["layers"])
     assert all(d["native_ms"] < d["stock_ms"] for d in latency["layers"] if d["native"])
     assert "latency-aware selection" in result.stdout and latency["summary"] in result.stdout
@@ -159,10 +159,12 @@ def test_convert_round_trip_through_the_cli(exact_model: Path, tmp_path: Path) -
 def test_bench_reports_ratios_with_spread_and_the_machine(exact_model: Path, tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     result = run_cli("bench", str(exact_model), "--reference", str(RESNET), "--data", TEST, "--batch", "1,2",
-                     "--threads", "1", "--runs", "3", "--json", str(out))
+                     "--threads", "1,2", "--runs", "3", "--cpu-time", "--json", str(out))
     assert result.returncode == 0, result.stderr
     report = json.loads(out.read_text())
-    assert [(r["batch"], r["threads"]) for r in report["end_to_end"]] == [(1, 1), (2, 1)]
+    assert [(r["batch"], r["threads"], r["clock"]) for r in report["end_to_end"]] == [
+        (1, 1, "thread CPU time"), (1, 2, "wall time"), (2, 1, "thread CPU time"), (2, 2, "wall time")]
+    assert len(report["machine"]["load_average"]) == 3
     for row in report["end_to_end"]:
         assert row["speedup"]["count"] == 3 and row["speedup"]["q1"] <= row["speedup"]["median"] <= row["speedup"]["q3"]
     assert report["machine"]["cpu"] and report["machine"]["cores"] >= 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,7 +29,7 @@ from zapopt.graph.index import GraphIndex
 from zapopt.rewrite.graph_edit import is_native_node, tag_of, tensor_shape
 from zapopt.profiling import profile, replaced_stock_ms
 from zapopt.runtime import feed_name, make_session, prepare
-from zapopt.timing import Spread, time_alternated
+from zapopt.timing import Spread, clock_for, time_alternated
 
 
 @dataclass(frozen=True)
@@ -38,9 +39,11 @@ class EndToEnd:
     original_ms: Spread
     optimized_ms: Spread
     speedup: Spread  # original / optimized, per round
+    clock: str = "wall time"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"batch": self.batch, "threads": self.threads, "original_ms": self.original_ms.to_dict(),
+        return {"batch": self.batch, "threads": self.threads, "clock": self.clock,
+                "original_ms": self.original_ms.to_dict(),
                 "optimized_ms": self.optimized_ms.to_dict(), "speedup": self.speedup.to_dict()}
 
 
@@ -101,8 +104,8 @@ class BenchReport:
                  f"data: {self.data}   {self.runs} alternated runs per setting   machine: "
                  f"{self.machine.get('cpu')}, {self.machine.get('cores')} cores", ""]
         rows = [(r.batch, r.threads, f"{r.original_ms.median:.2f}", f"{r.optimized_ms.median:.2f}",
-                 f"{r.speedup.median:.3f}x", f"{r.speedup.q1:.3f}-{r.speedup.q3:.3f}") for r in self.end_to_end]
-        lines.append(format_rows(("batch", "threads", "original ms", "optimized ms", "speed-up", "IQR"), rows))
+                 f"{r.speedup.median:.3f}x", f"{r.speedup.q1:.3f}-{r.speedup.q3:.3f}", r.clock) for r in self.end_to_end]
+        lines.append(format_rows(("batch", "threads", "original ms", "optimized ms", "speed-up", "IQR", "clock"), rows))
         if self.layers:
             layer_rows = [(b.name, b.op, f"{b.native_ms:.3f}", "-" if b.stock_ms is None else f"{b.stock_ms:.3f}",
                            "-" if b.speedup is None else f"{b.speedup:.2f}x", pct(b.input_zero_share),
@@ -156,9 +159,11 @@ def _layer_benches(model: onnx.ModelProto, reference: onnx.ModelProto, sample: n
 
 
 def bench(model: str | os.PathLike, reference: str | os.PathLike, data: Any, *, batches: Sequence[int] = (1, 8),
-          threads: Sequence[int] = (1, 2), runs: int = 20, per_layer: bool = True,
+          threads: Sequence[int] = (1, 2), runs: int = 20, per_layer: bool = True, cpu_clock: bool = False,
           image_options: ImageOptions | None = None, json_path: str | os.PathLike | None = None) -> BenchReport:
-    """Time ``model`` against ``reference`` (its original) on samples from ``data``."""
+    """Time ``model`` against ``reference`` (its original) on samples from ``data``;
+    ``cpu_clock``: time the 1-thread rows in the CPU time of the thread that runs them
+    (``zapopt.timing.clock_for``: steadier on a busy machine), the others in wall time."""
     batches, threads = _parse_ints(batches, "--batch"), _parse_ints(threads, "--threads")
     if runs < 3:
         raise ZapoptError(f"--runs must be at least 3 for a median and a spread, got {runs}")
@@ -184,11 +189,12 @@ def bench(model: str | os.PathLike, reference: str | os.PathLike, data: Any, *, 
             sessions = {"original": make_session(original, threads=n_threads),
                         "optimized": make_session(prepared.model, threads=n_threads)}
             feeds = {k: {feed_name(s): feed_data} for k, s in sessions.items()}
+            clock_name, clock = clock_for(n_threads) if cpu_clock else ("wall time", time.perf_counter)
             timings = time_alternated({k: (lambda s=s, k=k: s.run(None, feeds[k])) for k, s in sessions.items()},
-                                      repeats=runs, balanced=True)
+                                      repeats=runs, balanced=True, clock=clock)
             rows.append(EndToEnd(batch, n_threads, Spread.of([1e3 * t for t in timings.samples["original"]]),
                                  Spread.of([1e3 * t for t in timings.samples["optimized"]]),
-                                 timings.ratio("original", "optimized")))
+                                 timings.ratio("original", "optimized"), clock_name))
     if not rows:
         raise ZapoptError("no batch size could run; " + "; ".join(notes))
     layers, reorder, reference_reorder = [], None, None

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from zapopt.errors import ZapoptError
-from zapopt.timing import Spread, Timings, median_lower_bound
+from zapopt.timing import Spread, Timings, clock_for, median_lower_bound
 
 #: A layer must time at least this much faster native to be kept: on a shared machine single
 #: medians move by several percent, and a layer "faster" by less is as likely slower
@@ -56,8 +56,12 @@ class LatencySetting:
             f"{self.threads} thread{'s' if self.threads != 1 else ''}"
         return f"batch {self.batch}, {threads}"
 
+    @property
+    def clock(self) -> str:
+        return clock_for(self.threads)[0]
+
     def to_dict(self) -> dict[str, Any]:
-        return {"batch": self.batch, "threads": self.threads}
+        return {"batch": self.batch, "threads": self.threads, "clock": self.clock}
 
 
 def _positive_ints(values: int | Sequence[int] | None, what: str) -> tuple[int, ...]:
@@ -231,7 +235,8 @@ class LatencyReport:
                            f"{c.speedup.q1:.3f}-{c.speedup.q3:.3f}",
                            "-" if c.lower_bound is None else f"{c.lower_bound:.3f}x", "yes" if c.passed else "no")
                           for c in self.model_checks]
-            lines += ["", "end to end (paired alternated runs, original / candidate):",
+            lines += ["", "end to end (paired alternated runs, original / candidate; 1 thread: thread CPU time, "
+                      "else wall time):",
                       format_rows(("round", "native layers", "setting", "original ms", "candidate ms", "speed-up",
                                    "IQR", f"{END_TO_END_CONFIDENCE:.0%} lower bound", "passed"), check_rows)]
         if self.note:

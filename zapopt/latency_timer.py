@@ -1,7 +1,8 @@
 """The real measurements behind :func:`zapopt.latency.select_by_latency`, in onnxruntime on
 this machine: each layer alone, each native layer's cost inside the whole model (profile,
 layout reorders included), and paired alternated runs of a candidate model and the
-original at each batch size and thread count.
+original at each batch size and thread count. One-thread runs are timed in the CPU time of
+the thread that runs them (``zapopt.timing.clock_for``).
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import numpy as np
 import onnx
 
 from zapopt.latency import LatencySetting, LayerCost
-from zapopt.timing import Timings, time_alternated
+from zapopt.timing import Timings, clock_for, time_alternated
 
 #: Paired rounds per end-to-end comparison (the 95 % bound then is the 4th smallest ratio of 15).
 MODEL_REPEATS = 15
@@ -94,7 +95,7 @@ class OnnxruntimeTimer:
             layer = extractor.extract_model(list(port.inputs), [port.output])
             sessions[form] = self._make_session(layer, threads=self.threads)
         return time_alternated({form: (lambda s=s: s.run(None, feeds)) for form, s in sessions.items()},
-                               repeats=self.repeats, balanced=True)
+                               repeats=self.repeats, balanced=True, clock=clock_for(self.threads)[1])
 
     def _model(self, kept: frozenset[str]) -> onnx.ModelProto:
         if kept not in self._models:
@@ -127,4 +128,4 @@ class OnnxruntimeTimer:
         sessions = {"model": self._make_session(self._model(kept), threads=setting.threads),
                     "original": self._make_session(self.original, threads=setting.threads)}
         return time_alternated({k: (lambda s=s: s.run(None, feed)) for k, s in sessions.items()},
-                               repeats=self.model_repeats, balanced=True)
+                               repeats=self.model_repeats, balanced=True, clock=clock_for(setting.threads)[1])

@@ -95,7 +95,8 @@ def choose_native_layers(original: onnx.ModelProto, build: Builder, candidates: 
     if not runnable:
         runnable = sorted({LatencySetting(fixed, s.threads) for s in settings}, key=lambda s: s.threads or 0)
     counts = [s.threads for s in runnable]
-    layer_threads = None if None in counts else max(counts)  # type: ignore[type-var]
+    # the layers are screened at the fewest threads asked for: one thread is timed in CPU time, the least noisy
+    layer_threads = None if None in counts else min(counts)  # type: ignore[type-var]
     timer = OnnxruntimeTimer(original, everything, layer_ports(everything), build, sample,
                              layer_threads=layer_threads, layer_batch=fixed or 1)
     report = select_by_latency(ops, timer.time_layer, timer.time_model, settings=runnable,

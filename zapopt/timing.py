@@ -90,6 +90,18 @@ def median_lower_bound(samples: list[float] | tuple[float, ...], confidence: flo
     return None if rank is None else sorted(samples)[rank - 1]
 
 
+def clock_for(threads: int | None) -> tuple[str, Callable[[], float]]:
+    """The clock to time onnxruntime runs with at ``threads`` intra-op threads, and its name.
+
+    One thread: onnxruntime computes in the calling thread, so that thread's CPU time is the
+    run's cost without the time other processes preempted it for (on a shared machine that
+    is most of the noise). More threads: wall time, the only clock that sees them all.
+    """
+    if threads == 1:
+        return "thread CPU time", time.thread_time
+    return "wall time", time.perf_counter
+
+
 def time_alternated(runners: Mapping[str, Callable[[], object]], *, repeats: int, warmup: int = 2,
                     clock: Callable[[], float] = time.perf_counter, balanced: bool = False) -> Timings:
     """Call every runner ``warmup`` times, then ``repeats`` rounds of one call each, in turn;
