@@ -12,7 +12,12 @@ import sys
 
 import click
 
+from zapopt.data_checks import MIN_CALIBRATION_IMAGES
 from zapopt.errors import ZapoptError
+from zapopt.ops.spec import PREDICTOR_INPUTS
+from zapopt.optimize_config import FORMATS, MAGNITUDE_WEIGHT_RANGE
+from zapopt.optimize_config import config_default as _config
+from zapopt.selection_modes import DROP_MARGIN_RANGE, AccuracyBudget
 
 #: Exit status for a user error (bad file, bad argument, bad data).
 EXIT_USER_ERROR = 2
@@ -220,6 +225,32 @@ class _Threshold(click.ParamType):
 THRESHOLD = _Threshold()
 
 
+def _default_first(choices: tuple[str, ...], default: str) -> list[str]:
+    return [default, *(c for c in choices if c != default)]
+
+
+def _accuracy_default(name: str):  # type: ignore[no-untyped-def]
+    """A ``--max-drop`` option's default: the ``AccuracyBudget`` field's."""
+    return AccuracyBudget.__dataclass_fields__[name].default
+
+
+class IntListType(click.ParamType):
+    """``1,8`` -> ``(1, 8)``: comma-separated positive integers (a tuple default passes as is)."""
+
+    name = "N1,N2,..."
+
+    def convert(self, value, param, ctx):  # type: ignore[no-untyped-def]
+        if value is None or isinstance(value, tuple):
+            return value
+        try:
+            return tuple(_int_list(str(value), param.opts[0] if param is not None else "the option"))
+        except ZapoptError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+INT_LIST = IntListType()
+
+
 @cli.command("optimize")
 @click.argument("model", type=click.Path(dir_okay=False, path_type=str))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=str),
@@ -228,22 +259,25 @@ THRESHOLD = _Threshold()
 @click.option("--calib", required=True, metavar="DATA",
               help="Calibration inputs (no labels needed): an image folder, a .npy, a .npz with x, or "
                    "embedded:fashion-mnist-train / embedded:photos.")
-@click.option("--calib-images", type=click.IntRange(min=8), default=1024, show_default=True,
+@click.option("--calib-images", type=click.IntRange(min=MIN_CALIBRATION_IMAGES), default=_config("calib_images"),
+              show_default=True,
               help="Use at most this many calibration images (a quarter is held out to measure the curves). "
                    "More train better predictors: on the reference VGG, 4,096 saved 23.3 % of the MACs at "
                    "<= 0.5 % top-1 drop where 1,024 saved 21.9 %, for about 4x the training time.")
-@click.option("--pattern", default="checkerboard", show_default=True, metavar="NAME",
+@click.option("--pattern", default=_config("pattern"), show_default=True, metavar="NAME",
               help="Which activations are computed up front; the rest are predicted. One of: "
                    "checkerboard, tile5x5-60, tile5x5-40, diag3x3-33, rows-50, cols-50, all. "
                    "A comma-separated list, or 'auto' (the paper's four), trains a predictor per pattern "
                    "and lets --max-error/--max-drop pick each layer's pattern (training takes that many "
                    "times longer).")
-@click.option("--predictor-input", type=click.Choice(["preactivation", "activation"]), default="preactivation",
+@click.option("--predictor-input", type=click.Choice(_default_first(PREDICTOR_INPUTS, _config("predictor_input"))),
+              default=_config("predictor_input"),
               show_default=True,
               help="What each predictor reads at the computed positions: the pre-activation (conv output "
                    "before the ReLU; how far below zero a neighbour is) or, as in the ZAP paper, the "
                    "activation after the ReLU. Same cost; the pre-activation predicts zeros better.")
-@click.option("--magnitude-weight", type=click.FloatRange(min=0, max=1e6), default=6.0, show_default=True,
+@click.option("--magnitude-weight", type=click.FloatRange(*MAGNITUDE_WEIGHT_RANGE), default=_config("magnitude_weight"),
+              show_default=True,
               help="Predictor training loss: each position's squared error is weighted by 1 + this * "
                    "activation / mean positive activation, so missing a large activation costs more. "
                    "0 = the ZAP paper's plain MSE.")
@@ -257,12 +291,14 @@ THRESHOLD = _Threshold()
 @click.option("--max-drop", type=float, default=None,
               help="Instead of --threshold: the most savings whose measured top-1 drop (with labels) or top-1 "
                    "disagreement with the original (without) on --eval data stays <= this, in percent.")
-@click.option("--sensitivity/--no-sensitivity", "sensitivity_weighting", default=True, show_default=True,
+@click.option("--sensitivity/--no-sensitivity", "sensitivity_weighting", default=_accuracy_default("sensitivity"),
+              show_default=True,
               help="With --max-drop: first run each layer alone on up to 1,000 --eval images at 4 thresholds "
                    "(0.3-10% of its activation mass lost) and measure how far its output moves (KL divergence); "
                    "the budget then goes where it hurts least (4 extra runs per layer). Off: the plain "
                    "activation-mass error budget.")
-@click.option("--drop-margin", type=click.FloatRange(min=0, max=100), default=0.0, show_default=True,
+@click.option("--drop-margin", type=click.FloatRange(*DROP_MARGIN_RANGE), default=_accuracy_default("margin"),
+              show_default=True,
               metavar="SE",
               help="With --max-drop: compare the measured drop plus this many standard errors with the limit. "
                    "The search's pick is still a noisy measurement on --eval, so on other data its drop can "
@@ -271,19 +307,19 @@ THRESHOLD = _Threshold()
               help="Held-out data for --max-drop, any source --calib takes (an image folder too). With labels "
                    "(a .npz y, embedded:fashion-mnist-test) the drop is in top-1 accuracy; without labels "
                    "(image folders, .npy) it is the share of images whose top-1 class differs from the original's.")
-@click.option("--eval-images", type=click.IntRange(min=1), default=None, help="Use at most this many --eval images.")
+@click.option("--eval-images", type=click.IntRange(min=1), default=_config("eval_images"), help="Use at most this many --eval images.")
 @click.option("--layers", multiple=True, metavar="NAME|REGEX",
               help="Only these Conv layers (node name or full regex; repeatable). Also the way to include "
                    "the first conv, which is skipped by default.")
 @click.option("--exclude", multiple=True, metavar="NAME|REGEX", help="Leave these Conv layers alone (repeatable).")
-@click.option("--epochs", type=click.IntRange(min=1), default=3, show_default=True,
+@click.option("--epochs", type=click.IntRange(min=1), default=_config("epochs"), show_default=True,
               help="Predictor training epochs over the calibration images, on the layer with the largest "
                    "feature map; layers with smaller maps get proportionally more (see --max-epoch-scale).")
-@click.option("--max-epoch-scale", type=click.IntRange(min=1), default=8, show_default=True,
+@click.option("--max-epoch-scale", type=click.IntRange(min=1), default=_config("max_epoch_scale"), show_default=True,
               help="At most this many times --epochs for a small layer (their epochs are cheap and their "
                    "predictors are the ones still learning). 1 trains every layer for --epochs.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for predictor training.")
-@click.option("--format", "output_format", type=click.Choice(["native", "zap", "onnx"]), default="native",
+@click.option("--seed", type=int, default=_config("seed"), show_default=True, help="Seed for predictor training.")
+@click.option("--format", "output_format", type=click.Choice(FORMATS), default=_config("output_format"),
               show_default=True,
               help="native: ai.zapopt::ZapConv nodes for the ZAP layers (thresholds retunable) and ZeroSkipConv "
                    "nodes for the other convs whose input can be zero; they run in onnxruntime with zapopt's op "
@@ -293,7 +329,8 @@ THRESHOLD = _Threshold()
               help="No predictors: every conv whose input can be zero becomes a ZeroSkipConv, which computes every "
                    "output and skips only multiply-adds with a zero input, so outputs equal the original's "
                    "(float rounding aside). --calib then only serves to time the layers.")
-@click.option("--latency-check/--no-latency-check", "latency_check", default=True, show_default=True,
+@click.option("--latency-check/--no-latency-check", "latency_check", default=_config("latency_check"),
+              show_default=True,
               help="Time each native layer against the stock nodes it replaces on this machine (batch 1, a "
                    "calibration input) and keep the stock nodes unless native is at least 1.05x faster, or "
                    "unless it costs more than it saves inside the whole model (layout reorders included); "
@@ -301,11 +338,12 @@ THRESHOLD = _Threshold()
                    "if a 95% lower bound on its speed-up is above 1.0 at every --latency-batch and "
                    "--latency-threads, else drop the weaker half of the native layers and retry (4 rounds at "
                    "most), else write the original graph. Off: the speed is unmeasured.")
-@click.option("--latency-batch", "latency_batch", default="1", show_default=True, metavar="B1,B2,...",
+@click.option("--latency-batch", "latency_batch", type=INT_LIST, default=_config("latency_batch"),
+              show_default=",".join(map(str, _config("latency_batch"))),
               help="Batch sizes the end-to-end latency check must hold at (calibration inputs).")
-@click.option("--latency-threads", default=None, metavar="T1,T2,...",
+@click.option("--latency-threads", type=INT_LIST, default=_config("latency_threads"),
               help="onnxruntime thread counts the latency check must hold at (default: onnxruntime's own "
-                   "choice, all cores).")
+                   "choice, all cores; 1 thread is timed in CPU time).")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=str), default=None,
               help="Where to write the JSON report (default OUTPUT.report.json).")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=str), default=None,
@@ -329,18 +367,16 @@ def optimize_command(model, output, calib, calib_images, pattern, predictor_inpu
     """
     import json
 
-    from zapopt.optimize import OptimizeConfig, optimize
+    from zapopt.optimize import OptimizeConfig, optimize, selection_from_flags
 
-    config = OptimizeConfig(pattern=pattern, threshold=threshold, max_error=max_error, max_drop=max_drop,
-                            layers=tuple(layers), exclude=tuple(exclude), calib_images=calib_images,
-                            eval_images=eval_images, epochs=epochs, max_epoch_scale=max_epoch_scale, seed=seed,
-                            output_format=output_format,
+    selection = selection_from_flags(threshold=threshold, max_error=max_error, max_drop=max_drop,
+                                     drop_margin=drop_margin, sensitivity=sensitivity_weighting, exact=exact)
+    config = OptimizeConfig(selection=selection, pattern=pattern, layers=tuple(layers), exclude=tuple(exclude),
+                            calib_images=calib_images, eval_images=eval_images, epochs=epochs,
+                            max_epoch_scale=max_epoch_scale, seed=seed, output_format=output_format,
                             predictor_input=predictor_input, magnitude_weight=magnitude_weight,
-                            sensitivity_weighting=sensitivity_weighting, drop_margin=drop_margin,
-                            exact=exact, latency_check=latency_check,
-                            latency_batch=tuple(_int_list(latency_batch, "--latency-batch")),
-                            latency_threads=None if latency_threads is None else
-                            tuple(_int_list(latency_threads, "--latency-threads")))
+                            latency_check=latency_check, latency_batch=latency_batch,
+                            latency_threads=latency_threads)
     result = optimize(model, output, calib, config=config, eval_data=eval_data, image_options=image_options,
                       input_shapes=_input_shapes(input_shapes), report_path=report_path, plot_path=plot_path,
                       progress=_progress(quiet))

@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from result_files import REPO_ROOT, command_line, results_dir, write_result  # noqa: E402
 from zapopt.bench import bench  # noqa: E402
 from zapopt.errors import ZapoptError  # noqa: E402
-from zapopt.optimize import OptimizeConfig, optimize  # noqa: E402
+from zapopt.optimize import ExactOnly, OptimizeConfig, optimize  # noqa: E402
 
 ROOT = REPO_ROOT
 RESULTS = results_dir("native_models")
@@ -105,9 +105,9 @@ def config_for(variant: str, batches: list[int], threads: list[int]) -> Optimize
     count the benchmark then measures."""
     latency = {"latency_batch": tuple(batches), "latency_threads": tuple(threads)}
     if variant == "exact":
-        return OptimizeConfig(exact=True, **latency)
+        return OptimizeConfig(ExactOnly(), **latency)
     if variant == "exact-all":
-        return OptimizeConfig(exact=True, latency_check=False)
+        return OptimizeConfig(ExactOnly(), latency_check=False)
     return OptimizeConfig(calib_images=1024, epochs=3, **latency)
 
 

@@ -33,7 +33,7 @@ from zapopt.data import load_fashion_mnist  # noqa: E402
 from zapopt.evaluate import evaluate  # noqa: E402
 from zapopt.files import save_model_atomically  # noqa: E402
 from zapopt.finetuning import FinetuneConfig, finetune  # noqa: E402
-from zapopt.optimize import OptimizeConfig, choose_thresholds, finish, prepare_layers  # noqa: E402
+from zapopt.optimize import AccuracyBudget, OptimizeConfig, choose_thresholds, finish, prepare_layers  # noqa: E402
 from zap_common import save_results  # noqa: E402
 
 VARIANTS = {"plain": {}, "sparse85": {"grad_sparsity": 0.85}, "fp6": {"grad_bits": 6}}
@@ -65,8 +65,8 @@ def main() -> None:
         np.savez(train, x=x_train[:args.train_images, None].astype(np.float32) / 255, y=y_train[:args.train_images])
 
         started = time.perf_counter()
-        config = OptimizeConfig(pattern=args.pattern, calib_images=args.calib_images, max_drop=args.max_drop,
-                                sensitivity_weighting=not args.no_sensitivity)
+        config = OptimizeConfig(AccuracyBudget(args.max_drop, sensitivity=not args.no_sensitivity),
+                                pattern=args.pattern, calib_images=args.calib_images)
         prepared = prepare_layers(args.model, calib, config=config, eval_data=test, progress=False)
         choice = choose_thresholds(prepared, config, eval_data=test, progress=False)
         before_path = tmp / "before.zap.onnx"

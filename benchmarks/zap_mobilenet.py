@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from zapopt.data import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from zapopt.data.embedded import photo_arrays  # noqa: E402
 from zapopt.evaluate import evaluate  # noqa: E402
-from zapopt.optimize import OptimizeConfig, choose_thresholds, finish, prepare_layers  # noqa: E402
+from zapopt.optimize import OptimizeConfig, UniformThreshold, choose_thresholds, finish, prepare_layers  # noqa: E402
 from zap_common import save_results  # noqa: E402
 
 MODEL = Path(__file__).resolve().parent.parent / "models" / "mobilenet_v2" / "mobilenet_v2.onnx"
@@ -61,10 +61,10 @@ def main() -> None:
         calib, held_out = Path(tmp) / "calib.npy", Path(tmp) / "eval.npy"
         np.save(calib, random_crops(args.calib_images, seed=0))
         np.save(held_out, random_crops(args.eval_images, seed=1))
-        config = OptimizeConfig(calib_images=args.calib_images, threshold=args.thresholds[0])
+        config = OptimizeConfig(UniformThreshold(args.thresholds[0]), calib_images=args.calib_images)
         prepared = prepare_layers(MODEL, str(calib), config=config, progress=False)
         for tau in args.thresholds:
-            config = OptimizeConfig(calib_images=args.calib_images, threshold=tau)
+            config = OptimizeConfig(UniformThreshold(tau), calib_images=args.calib_images)
             result = finish(prepared, choose_thresholds(prepared, config), config, model_name=str(MODEL))
             path = Path(tmp) / f"zap-{tau}.onnx"
             path.write_bytes(result.model.SerializeToString())

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from zapopt.data import load_fashion_mnist  # noqa: E402
 from zapopt.evaluate import evaluate  # noqa: E402
-from zapopt.optimize import OptimizeConfig, choose_thresholds, finish, prepare_layers  # noqa: E402
+from zapopt.optimize import AccuracyBudget, OptimizeConfig, choose_thresholds, finish, prepare_layers  # noqa: E402
 from zap_common import save_results  # noqa: E402
 
 
@@ -83,15 +83,15 @@ def main() -> None:
         np.save(calib, x_train[: args.calib_images, None].astype(np.float32) / 255)
         for pattern, seed in itertools.product(args.patterns, args.seeds):
             started = time.perf_counter()
-            config = OptimizeConfig(pattern=pattern, calib_images=args.calib_images, epochs=args.epochs,
-                                    max_drop=args.drops[0], predictor_input=args.predictor_input,
-                                    magnitude_weight=args.magnitude_weight, seed=seed,
-                                    sensitivity_weighting=not args.no_sensitivity, drop_margin=args.drop_margin)
+            budget = AccuracyBudget(args.drops[0], margin=args.drop_margin, sensitivity=not args.no_sensitivity)
+            config = OptimizeConfig(budget, pattern=pattern, calib_images=args.calib_images, epochs=args.epochs,
+                                    predictor_input=args.predictor_input, magnitude_weight=args.magnitude_weight,
+                                    seed=seed)
             prepared = prepare_layers(args.model, calib, config=config, eval_data=data["full"], progress=False)
             train_s = time.perf_counter() - started
             probes = {}  # per search split: the sensitivity probes do not depend on the drop
             for drop in args.drops:
-                config = replace(config, max_drop=drop)
+                config = replace(config, selection=replace(budget, max_drop=drop))
                 for select in args.select:
                     search_split, unseen_split = SELECTIONS[select]
                     choice = choose_thresholds(prepared, config, eval_data=data[search_split], progress=False,

@@ -16,7 +16,7 @@ from zapopt.latency import (
     select_by_latency,
     unmeasured,
 )
-from zapopt.optimize import OptimizeConfig
+from zapopt.optimize import ExactOnly, OptimizeConfig
 from zapopt.timing import Spread, Timings, clock_for, lower_bound_rank, median_lower_bound, time_alternated
 
 OPS = {"a": "ZeroSkipConv", "b": "ZapConv", "c": "ZeroSkipConv", "d": "ZeroSkipConv"}
@@ -219,8 +219,8 @@ def test_latency_settings_and_the_config_validate_batches_and_threads() -> None:
         with pytest.raises(ZapoptError, match="positive integers"):
             latency_settings(batches, threads)
         with pytest.raises(ZapoptError, match="positive integers"):
-            OptimizeConfig(exact=True, latency_batch=batches, latency_threads=threads)
-    assert OptimizeConfig(exact=True, latency_batch=(1, 8), latency_threads=2).latency_threads == 2
+            OptimizeConfig(ExactOnly(), latency_batch=batches, latency_threads=threads)
+    assert OptimizeConfig(ExactOnly(), latency_batch=(1, 8), latency_threads=2).latency_threads == 2
 
 
 def test_time_alternated_alternates_and_pairs_rounds() -> None:

@@ -17,7 +17,7 @@ from tests.conftest import REPO_ROOT
 from zapopt.errors import ZapoptError
 from zapopt.ops.spec import ZapConvAttrs, is_zap_node
 from zapopt.evaluate import evaluate, run_model
-from zapopt.optimize import OptimizeConfig, optimize
+from zapopt.optimize import AccuracyBudget, ErrorBudget, OptimizeConfig, UniformThreshold, optimize
 from zapopt.retune import retune
 from zapopt.rewrite.zap_layers import read_zap_layers
 from zapopt.model_form import convert, model_form
@@ -265,7 +265,7 @@ def test_eval_without_max_drop_and_float32_twin_threshold(small_cnn: Path, tmp_p
     with pytest.raises(ZapoptError, match="--eval is only used"):
         optimize(small_cnn, tmp_path / "a.onnx", CALIB, eval_data=TEST, progress=False)
     # 0.100000001 rounds to the same float32 as the grid's 0.1: must not break the curves
-    config = OptimizeConfig(latency_check=False, calib_images=32, epochs=1, threshold=0.100000001)
+    config = OptimizeConfig(UniformThreshold(0.100000001), latency_check=False, calib_images=32, epochs=1)
     assert optimize(small_cnn, tmp_path / "b.onnx", CALIB, config=config, progress=False).report.zap_layers
 
 
@@ -288,8 +288,8 @@ def test_optimize_plots_layer_curves(small_cnn: Path, tmp_path: Path) -> None:
 @pytest.mark.parametrize("weighting", [True, False])
 def test_max_drop_meets_its_limit_on_the_eval_data(small_cnn: Path, tmp_path: Path, weighting: bool) -> None:
     out = tmp_path / "drop.onnx"
-    config = OptimizeConfig(latency_check=False, calib_images=64, epochs=1, max_drop=1.0, eval_images=300,
-                            sensitivity_weighting=weighting)
+    config = OptimizeConfig(AccuracyBudget(1.0, sensitivity=weighting), latency_check=False, calib_images=64,
+                            epochs=1, eval_images=300)
     result = optimize(small_cnn, out, CALIB, config=config, eval_data=TEST, progress=False)
     assert result.report.measured_drop is not None and result.report.measured_drop <= 1.0
     assert result.report.search and all("drop" in e for e in result.report.search)
@@ -316,11 +316,12 @@ def test_max_drop_meets_its_limit_on_the_eval_data(small_cnn: Path, tmp_path: Pa
 
 
 def test_drop_margin_makes_the_search_conservative(small_cnn: Path, tmp_path: Path) -> None:
-    base = dict(calib_images=64, epochs=1, max_drop=1.0, eval_images=300)
-    plain = optimize(small_cnn, tmp_path / "plain.onnx", CALIB, config=OptimizeConfig(latency_check=False, **base), eval_data=TEST,
-                     progress=False).report
-    careful = optimize(small_cnn, tmp_path / "careful.onnx", CALIB, config=OptimizeConfig(latency_check=False, **base, drop_margin=2.0),
-                       eval_data=TEST, progress=False).report
+    base = dict(calib_images=64, epochs=1, eval_images=300, latency_check=False)
+    plain = optimize(small_cnn, tmp_path / "plain.onnx", CALIB, config=OptimizeConfig(AccuracyBudget(1.0), **base),
+                     eval_data=TEST, progress=False).report
+    careful = optimize(small_cnn, tmp_path / "careful.onnx", CALIB,
+                       config=OptimizeConfig(AccuracyBudget(1.0, margin=2.0), **base), eval_data=TEST,
+                       progress=False).report
     assert careful.savings <= plain.savings + 1e-12
     # Every point the careful search accepted had drop + 2 standard errors within the limit.
     for entry in careful.search:
@@ -334,7 +335,8 @@ def test_pattern_chosen_per_layer_is_written_and_reported(small_cnn: Path, tmp_p
     from zapopt.optimize import choose_thresholds, finish, prepare_layers
     from zapopt.thresholds import error_budget
 
-    config = OptimizeConfig(latency_check=False, pattern="checkerboard,diag3x3-33", calib_images=96, epochs=1, max_error=0.05)
+    config = OptimizeConfig(ErrorBudget(0.05), latency_check=False, pattern="checkerboard,diag3x3-33", calib_images=96,
+                            epochs=1)
     prepared = prepare_layers(small_cnn, CALIB, config=config, progress=False)
     assert set(prepared.by_pattern) == {"checkerboard", "diag3x3-33"}
     choice = choose_thresholds(prepared, config)
@@ -363,8 +365,8 @@ def test_sensitivity_probes_with_several_patterns_report_real_thresholds(small_c
     report names each one's pattern and that pattern's own threshold."""
     from zapopt.optimize import choose_thresholds, prepare_layers
 
-    config = OptimizeConfig(latency_check=False, pattern="checkerboard,diag3x3-33", calib_images=64, epochs=1, max_drop=1.0,
-                            eval_images=200)
+    config = OptimizeConfig(AccuracyBudget(1.0), latency_check=False, pattern="checkerboard,diag3x3-33",
+                            calib_images=64, epochs=1, eval_images=200)
     prepared = prepare_layers(small_cnn, CALIB, config=config, eval_data=TEST, progress=False)
     choice = choose_thresholds(prepared, config, eval_data=TEST, progress=False)
     assert choice.sensitivities
@@ -377,37 +379,37 @@ def test_sensitivity_probes_with_several_patterns_report_real_thresholds(small_c
 
 
 def test_max_drop_nothing_fits_is_a_clear_error(small_cnn: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import zapopt.optimize as optimize_module
-    from zapopt.optimize import choose_thresholds, prepare_layers
+    import zapopt.accuracy_search as search_module
+    from zapopt.optimize import choose_thresholds, finish, prepare_layers
 
-    config = OptimizeConfig(latency_check=False, calib_images=32, epochs=1, max_drop=0.5, eval_images=100)
+    config = OptimizeConfig(AccuracyBudget(0.5), latency_check=False, calib_images=32, epochs=1, eval_images=100)
     prepared = prepare_layers(small_cnn, CALIB, config=config, eval_data=TEST, progress=False)
-    monkeypatch.setattr(optimize_module, "accuracy_drop", lambda *_: 5.0)  # every point misses the limit
+    monkeypatch.setattr(search_module, "accuracy_drop", lambda *_: 5.0)  # every point misses the limit
     choice = choose_thresholds(prepared, config, eval_data=TEST, progress=False)
     assert choice.measured_drop is None and choice.drop_standard_error is None
     assert all(tau == -math.inf for tau in choice.thresholds.values())
     assert choice.search and all(e["measured_drop"] == 5.0 for e in choice.search)
     with pytest.raises(ZapoptError, match="no setting kept the accuracy drop within 0.5%"):
-        optimize_module.finish(prepared, choice, config, model_name="m.onnx")
+        finish(prepared, choice, config, model_name="m.onnx")
 
 
 def test_a_second_max_drop_search_reuses_the_probes(small_cnn: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Another --max-drop target on the same prepared layers and data needs no new probes:
     the result equals a search that probes again; probes of other layers or images are refused."""
-    import zapopt.optimize as optimize_module
+    import zapopt.accuracy_search as search_module
     from zapopt.optimize import choose_thresholds, prepare_layers
 
-    config = OptimizeConfig(latency_check=False, calib_images=32, epochs=1, max_drop=0.5, eval_images=200)
+    config = OptimizeConfig(AccuracyBudget(0.5), latency_check=False, calib_images=32, epochs=1, eval_images=200)
     prepared = prepare_layers(small_cnn, CALIB, config=config, eval_data=TEST, progress=False)
     first = choose_thresholds(prepared, config, eval_data=TEST, progress=False)
     assert first.probes is not None and set(first.probes.layers) == set(prepared.curves)
-    looser = replace(config, max_drop=2.0)
+    looser = replace(config, selection=AccuracyBudget(2.0))
     probed_again = choose_thresholds(prepared, looser, eval_data=TEST, progress=False)
 
     def no_probing(*_args: object, **_kwargs: object) -> None:
         raise AssertionError("the probes were run again")
 
-    monkeypatch.setattr(optimize_module, "layer_sensitivities", no_probing)
+    monkeypatch.setattr(search_module, "layer_sensitivities", no_probing)
     reused = choose_thresholds(prepared, looser, eval_data=TEST, progress=False, probes=first.probes)
     assert reused.thresholds == probed_again.thresholds
     assert reused.sensitivities == probed_again.sensitivities

@@ -9,7 +9,7 @@ import pytest
 
 from zapopt.curves import LayerCurve, default_taus
 from zapopt.errors import ZapoptError
-from zapopt.optimize import OptimizeConfig
+from zapopt.optimize import ErrorBudget, OptimizeConfig, UniformThreshold
 from zapopt.pattern_choice import PAPER_PATTERNS, merge_curves, parse_patterns
 from zapopt.thresholds import error_budget
 
@@ -27,8 +27,8 @@ def test_several_patterns_need_a_per_layer_budget() -> None:
     with pytest.raises(ZapoptError, match="per-layer budget"):
         OptimizeConfig(pattern="auto")
     with pytest.raises(ZapoptError, match="per-layer budget"):
-        OptimizeConfig(pattern="auto", threshold=0.2)
-    assert OptimizeConfig(pattern="auto", max_error=0.1).patterns == PAPER_PATTERNS
+        OptimizeConfig(UniformThreshold(0.2), pattern="auto")
+    assert OptimizeConfig(ErrorBudget(0.1), pattern="auto").patterns == PAPER_PATTERNS
 
 
 def _curve(name: str, saved_scale: float, error_scale: float, seed: int) -> LayerCurve:

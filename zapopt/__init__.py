@@ -10,8 +10,9 @@ from zapopt.errors import ZapoptError
 __version__ = "0.1.0"
 
 __all__ = [
-    "FinetuneConfig", "OptimizeConfig", "ZapoptError", "__version__", "bench", "convert", "evaluate", "finetune",
-    "get_library_path", "info", "optimize", "retune", "session", "sweep",
+    "AccuracyBudget", "ErrorBudget", "ExactOnly", "FinetuneConfig", "OptimizeConfig", "UniformThreshold",
+    "ZapoptError", "__version__", "bench", "convert", "evaluate", "finetune", "get_library_path", "info", "optimize",
+    "retune", "session", "sweep",
 ]
 
 #: Public names imported on first use: attribute name -> (module, name in that module).
@@ -19,6 +20,10 @@ _LAZY_EXPORTS = {
     "info": ("zapopt.graph.info", "info"),
     "optimize": ("zapopt.optimize", "optimize"),
     "OptimizeConfig": ("zapopt.optimize", "OptimizeConfig"),
+    "UniformThreshold": ("zapopt.selection_modes", "UniformThreshold"),
+    "ErrorBudget": ("zapopt.selection_modes", "ErrorBudget"),
+    "AccuracyBudget": ("zapopt.selection_modes", "AccuracyBudget"),
+    "ExactOnly": ("zapopt.selection_modes", "ExactOnly"),
     "evaluate": ("zapopt.evaluate", "evaluate"),
     "sweep": ("zapopt.sweep", "sweep"),
     "retune": ("zapopt.retune", "retune"),

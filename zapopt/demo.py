@@ -26,7 +26,7 @@ def run_demo(out_dir: str | os.PathLike = "zapopt-demo", *, model: str | os.Path
     """Run the demo, print each step's table via ``echo``, return a summary dict."""
     from zapopt.evaluate import evaluate
     from zapopt.graph.info import info
-    from zapopt.optimize import OptimizeConfig, optimize
+    from zapopt.optimize import OptimizeConfig, UniformThreshold, optimize
     from zapopt.sweep import sweep
 
     source = Path(model) if model is not None else DEFAULT_MODEL
@@ -43,7 +43,7 @@ def run_demo(out_dir: str | os.PathLike = "zapopt-demo", *, model: str | os.Path
          "--format zap --no-latency-check")
     # The demo shows what ZAP saves in MACs and costs in accuracy, so every ZAP layer stays a
     # ZapConv; whether this machine runs them faster is `zapopt bench`'s question.
-    config = OptimizeConfig(calib_images=calib_images, threshold=threshold, output_format="zap",
+    config = OptimizeConfig(UniformThreshold(threshold), calib_images=calib_images, output_format="zap",
                             latency_check=False)
     result = optimize(source, optimized, CALIB, config=config, progress=progress)
     echo(result.report.format_table())

@@ -25,8 +25,13 @@ from zapopt.errors import ZapoptError
 from zapopt.graph import analyze
 from zapopt.ops.patterns import PATTERNS
 from zapopt.ops.spec import is_zap_node
-from zapopt.optimize import (OptimizeConfig, OptimizeResult, PreparedLayers, TrainedLayer, _ofm_sparsity,
-                             choose_thresholds, finish)
+from zapopt.layer_preparation import PreparedLayers
+from zapopt.layer_training import TrainedLayer, ofm_sparsity
+from zapopt.optimize import finish
+from zapopt.optimize_config import OptimizeConfig
+from zapopt.optimize_report import OptimizeResult
+from zapopt.selection_modes import AccuracyBudget
+from zapopt.threshold_choice import choose_thresholds
 from zapopt.predictor.folded import FoldedPredictor, pattern_mask
 from zapopt.predictor.inputs import PredictorInput
 from zapopt.predictor.train import TrainedPredictor
@@ -143,8 +148,9 @@ def rechoose_thresholds(model: onnx.ModelProto, calib: Any, eval_data: Any, max_
     if unknown:
         raise ZapoptError(f"re-thresholding needs registered patterns; the model uses {', '.join(unknown)}")
     kinds = {layer.attrs.predictor_input for layer in layers.values()}
-    config = OptimizeConfig(max_drop=max_drop, calib_images=calib_images, eval_images=eval_images,
-                            sensitivity_weighting=sensitivity_weighting, predictor_input=sorted(kinds)[-1])
+    budget = AccuracyBudget(max_drop, sensitivity=sensitivity_weighting)
+    config = OptimizeConfig(budget, calib_images=calib_images, eval_images=eval_images,
+                            predictor_input=sorted(kinds)[-1])
     spec = model_input(plain)
     calib_set = open_dataset(calib, spec, image_options, limit=calib_images)
     eval_set = open_dataset(eval_data, spec, image_options, limit=eval_images)  # refused before calibrating
@@ -157,7 +163,8 @@ def rechoose_thresholds(model: onnx.ModelProto, calib: Any, eval_data: Any, max_
         if max_drop + gain < 0:
             raise ZapoptError(f"the fine-tuned model, computing everything, is {-gain:.2f} points below the model "
                               f"before fine-tuning: no threshold keeps the drop within {max_drop} %")
-        config = replace(config, max_drop=max_drop + gain)
+        budget = replace(budget, max_drop=max_drop + gain)
+        config = replace(config, selection=budget)
     tensors = {name: (convs[name].preactivation if layers[name].attrs.predictor_input == "preactivation"
                       else convs[name].output) for name in layers}
     trained: dict[str, TrainedLayer] = {}
@@ -171,10 +178,10 @@ def rechoose_thresholds(model: onnx.ModelProto, calib: Any, eval_data: Any, max_
                                          pattern_mask(layer.pattern, *stored.shape[2:]), epochs=0, images=0,
                                          seconds=0.0, epoch_losses=(), predictor_input=source)
             curve = layer_curve(name, stored, predictor, macs=conv.macs, taus=default_taus())
-            trained[name] = TrainedLayer(conv, predictor, curve, _ofm_sparsity(stored, source), 0.0,
+            trained[name] = TrainedLayer(conv, predictor, curve, ofm_sparsity(stored, source), 0.0,
                                          layer.pattern.name)
         images = store.num_images
     prepared = PreparedLayers(plain, info.total_macs, {"kept": trained}, [], images, {})
     choice = choose_thresholds(prepared, config, eval_data=eval_data, image_options=image_options,
                                progress=progress)
-    return Rethresholded(finish(prepared, choice, config, model_name=model_name), config.max_drop, gain)
+    return Rethresholded(finish(prepared, choice, config, model_name=model_name), budget.max_drop, gain)

@@ -61,15 +61,18 @@ def selected_path() -> str:
     return chosen
 
 
-def session_options(*, threads: int | None = None, optimization: Any = None, **options: Any):
-    """``onnxruntime.SessionOptions`` with the zapopt op library registered.
+def session_options(*, threads: int | None = None, optimization: Any = None, register_library: bool = True,
+                    **options: Any):
+    """``onnxruntime.SessionOptions`` with the zapopt op library registered (the one place
+    that registers it; ``register_library=False`` for a model without native ops).
 
     ``options`` are set as attributes of the SessionOptions (e.g. ``inter_op_num_threads=1``).
     """
     import onnxruntime as ort
 
     session_opts = ort.SessionOptions()
-    session_opts.register_custom_ops_library(get_library_path())
+    if register_library:
+        session_opts.register_custom_ops_library(get_library_path())
     session_opts.graph_optimization_level = (
         ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimization is None else optimization
     )
@@ -89,8 +92,6 @@ def session(path_or_model: Any, *, threads: int | None = None, optimization: Any
     the intra-op threads, ``optimization`` the graph optimization level (default ORT_ENABLE_ALL),
     and any other keyword is set on the ``SessionOptions``.
     """
-    import onnxruntime as ort
-
     if hasattr(path_or_model, "SerializeToString"):
         source: Any = path_or_model.SerializeToString()
     elif isinstance(path_or_model, (bytes, bytearray)):
@@ -99,8 +100,15 @@ def session(path_or_model: Any, *, threads: int | None = None, optimization: Any
         source = os.fspath(path_or_model)
         if not Path(source).is_file():
             raise ZapoptError(f"model file {source} does not exist")
-    opts = session_options(threads=threads, optimization=optimization, **options)
+    return open_session(source, session_options(threads=threads, optimization=optimization, **options))
+
+
+def open_session(source: Any, options: Any):
+    """A CPU ``onnxruntime.InferenceSession`` on ``source`` (a path or serialized bytes), its
+    load errors as one-line zapopt errors."""
+    import onnxruntime as ort
+
     try:
-        return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types
         raise ZapoptError(f"onnxruntime cannot load the model: {str(exc).splitlines()[0]}") from None
