@@ -65,8 +65,8 @@ class OnnxruntimeTimer:
 
     def __init__(self, original: onnx.ModelProto, native: onnx.ModelProto, ports: Mapping[str, LayerPorts],
                  build: Callable[[frozenset[str]], onnx.ModelProto], inputs: Callable[[int], np.ndarray], *,
-                 layer_threads: int | None = None, layer_batch: int = 1, repeats: int = 7, model_repeats: int = MODEL_REPEATS,
-                 profile_runs: int = PROFILE_RUNS) -> None:
+                 layer_threads: int | None = None, layer_batch: int = 1, repeats: int = 7,
+                 model_repeats: int = MODEL_REPEATS, profile_runs: int = PROFILE_RUNS) -> None:
         from onnx.utils import Extractor
 
         from zapopt.runtime import feed_name, make_session
