@@ -35,7 +35,8 @@ from zapopt.ops import (  # noqa: E402
 from zap_common import save_results  # noqa: E402
 
 #: (C_in, C_out, kernel, spatial size): ResNet-50's 3x3 and 1x1 convs, one per stage.
-LAYERS = [(64, 64, 3, 56), (128, 128, 3, 28), (256, 256, 3, 14), (512, 512, 3, 7), (256, 64, 1, 56), (1024, 256, 1, 14)]
+LAYERS = [(64, 64, 3, 56), (128, 128, 3, 28), (256, 256, 3, 14), (512, 512, 3, 7), (256, 64, 1, 56), (1024, 256, 1, 14),
+          (64, 256, 1, 56), (64, 64, 1, 56)]
 
 
 def _model(node: onnx.NodeProto, inits: list, c_in: int, size: int, custom: bool) -> onnx.ModelProto:

@@ -3,7 +3,7 @@
 A case is a ZeroSkipConv or ZapConv layer with its arrays, attributes and numpy reference.
 The shapes are small but reach every code path: channel counts below and above one vector
 block, kernels 1-7, strides, dilations, asymmetric pads, groups and depthwise, batch > 1,
-odd sizes, 0-100 % input zeros, broadcast Skip shapes, every pattern and threshold kind.
+odd sizes, 0-100 % input zeros (scattered and in regions), broadcast Skip shapes, every pattern and threshold kind.
 """
 from __future__ import annotations
 
@@ -81,6 +81,12 @@ def _input(rng: np.random.Generator, shape: tuple[int, ...], zero_shares: tuple[
         x = np.maximum(x, 0)  # a ReLU's output: about half zeros
     share = float(rng.choice(zero_shares))
     x[rng.random(shape) < share] = 0
+    if zero_shares is ZERO_SHARES and rng.random() < 0.2:
+        # A zero region across all channels (real ReLU zeros cluster): whole taps of a tile
+        # read nothing but zeros, which the kernel skips.
+        top, left = (int(rng.integers(0, d)) for d in shape[2:])
+        bottom, right = (int(rng.integers(lo + 1, d + 1)) for lo, d in zip((top, left), shape[2:]))
+        x[:, :, top:bottom, left:right] = 0
     return x
 
 

@@ -26,6 +26,12 @@ LAYERS_PER_SESSION = 50
 DENSE_CHANNELS = ((70, 40, 3), (130, 64, 1), (96, 64, 2), (17, 100, 3), (33, 8, 3), (100, 24, 2), (65, 48, 3))
 DENSE_ZERO_SHARES = (0.0, 0.0, 0.05, 0.1, 0.15, 0.2)
 DENSE_CASES_PER_OP = 30
+#: Layers for the vectorized tile write-back (8 positions x 8 channels per transpose): channel
+#: counts at, between and above whole 8-channel blocks, several 64-position tiles with partial
+#: 8-position tails; ZapConv's pattern-only and masked phases cover tiles whose positions are
+#: not consecutive (the general write-back).
+WRITE_BACK_CHANNELS = ((8, 8, 1), (12, 20, 1), (3, 64, 3), (16, 100, 1), (5, 13, 2))
+WRITE_BACK_CASES_PER_OP = 20
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +40,8 @@ def cases() -> list[Case]:
     out = [random_case(rng, op) for op in ("ZeroSkipConv", "ZapConv") for _ in range(CASES_PER_OP)]
     out += [random_case(rng, op, DENSE_CHANNELS[i % len(DENSE_CHANNELS)], DENSE_ZERO_SHARES)
             for op in ("ZeroSkipConv", "ZapConv") for i in range(DENSE_CASES_PER_OP)]
+    out += [random_case(rng, op, WRITE_BACK_CHANNELS[i % len(WRITE_BACK_CHANNELS)])
+            for op in ("ZeroSkipConv", "ZapConv") for i in range(WRITE_BACK_CASES_PER_OP)]
     order = rng.permutation(len(out))  # mix both ops in every session
     return [out[i] for i in order]
 
@@ -88,3 +96,10 @@ def test_the_cases_cover_what_the_kernel_must_handle(cases: list[Case]) -> None:
     zero_skip = [c for c in cases if c.op == "ZeroSkipConv"]
     assert {c.attrs.activation for c in zero_skip} == {"relu", "none"}
     assert any(c.attrs.clip_max == 6.0 for c in cases)
+    # The vectorized write-back with whole and partial 8-channel and 8-position blocks, with a Skip
+    # laid out like the output (its vectorized form) and broadcast (the general one).
+    many = [c for c in zero_skip if c.reference.shape[2] * c.reference.shape[3] > 64]  # several tiles
+    assert any(c.arrays["W"].shape[0] // c.attrs.group % 8 != 0 and c.arrays["W"].shape[0] // c.attrs.group > 8
+               for c in many)
+    assert any(c.arrays["Skip"] is not None and c.arrays["Skip"].ndim == 4 and c.arrays["Skip"].shape[2] > 1
+               for c in many)

@@ -17,7 +17,7 @@ bool cpu_has(KernelPath path) {
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_cpu_init();
   switch (path) {
-    case KernelPath::kAvx512:  // the AVX-512 path also uses the AVX2 transpose
+    case KernelPath::kAvx512:  // the AVX-512 path also uses the AVX2 transposes
       return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     case KernelPath::kAvx2: return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     default: return true;
@@ -53,9 +53,9 @@ bool select_path(KernelPath* path, std::string* error) {
 
 PathTraits traits_of(KernelPath path) {
   switch (path) {
-    case KernelPath::kAvx512: return {transpose_row_avx2, compact_avx512, accumulate_avx512, dense_accumulate_avx512, 16, 4};
-    case KernelPath::kAvx2: return {transpose_row_avx2, compact_avx2, accumulate_avx2, dense_accumulate_avx2, 8, 8};
-    default: return {transpose_row_portable, compact_portable, accumulate_portable, dense_accumulate_portable, 1, 32};
+    case KernelPath::kAvx512: return {transpose_row_avx2, compact_avx512, accumulate_avx512, dense_accumulate_avx512, 16, 4, write_back_avx2};
+    case KernelPath::kAvx2: return {transpose_row_avx2, compact_avx2, accumulate_avx2, dense_accumulate_avx2, 8, 8, write_back_avx2};
+    default: return {transpose_row_portable, compact_portable, accumulate_portable, dense_accumulate_portable, 1, 32, write_back_portable};
   }
 }
 

@@ -3,6 +3,7 @@
 #pragma once
 #include <string>
 
+#include "layout.h"
 #include "microkernel.h"
 
 namespace zapopt {
@@ -22,6 +23,7 @@ struct PathTraits {
   DenseAccumulateFn dense_accumulate;
   int lanes;       // output channels per vector register
   int max_vectors; // accumulators per position (ocb <= lanes * max_vectors)
+  WriteBackFn write_back;
 };
 PathTraits traits_of(KernelPath path);
 

@@ -69,37 +69,6 @@ struct Vec {
 
 void dense_accumulate_avx2(const DenseAccumulateArgs& a, int ocb) { dense_accumulate<Vec>(a, ocb); }
 
-void transpose_row_avx2(const float* in, int64_t channel_stride, int64_t c, int64_t w, float* out) {
-  int64_t c0 = 0;
-  for (; c0 + 8 <= c; c0 += 8) {
-    int64_t x = 0;
-    for (; x + 8 <= w; x += 8) {  // 8 channels x 8 columns, transposed in registers
-      __m256 r[8];
-      for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(in + (c0 + i) * channel_stride + x);
-      const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
-      const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
-      const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
-      const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
-      const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
-      const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
-      const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
-      const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
-      const __m256 col[8] = {
-          _mm256_permute2f128_ps(u0, u4, 0x20), _mm256_permute2f128_ps(u1, u5, 0x20),
-          _mm256_permute2f128_ps(u2, u6, 0x20), _mm256_permute2f128_ps(u3, u7, 0x20),
-          _mm256_permute2f128_ps(u0, u4, 0x31), _mm256_permute2f128_ps(u1, u5, 0x31),
-          _mm256_permute2f128_ps(u2, u6, 0x31), _mm256_permute2f128_ps(u3, u7, 0x31)};
-      for (int i = 0; i < 8; ++i) _mm256_storeu_ps(out + (x + i) * c + c0, col[i]);
-    }
-    for (; x < w; ++x) {
-      for (int64_t ch = c0; ch < c0 + 8; ++ch) out[x * c + ch] = in[ch * channel_stride + x];
-    }
-  }
-  for (int64_t x = 0; c0 < c && x < w; ++x) {  // the last c % 8 channels
-    for (int64_t ch = c0; ch < c; ++ch) out[x * c + ch] = in[ch * channel_stride + x];
-  }
-}
-
 int compact_avx2(const float* x, int n, int32_t k0, int32_t* ks, float* values) {
   int count = 0, i = 0;
   const __m256 zero = _mm256_setzero_ps();

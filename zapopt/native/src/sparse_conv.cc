@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
 namespace zapopt {
 namespace {
@@ -18,6 +19,8 @@ constexpr size_t kTasks = 32;          // tasks handed to the thread pool per ru
 // once and shared by all jobs; larger ones are compacted band by band inside each job, so the
 // lists are still in cache when they are read (halo rows are compacted twice).
 constexpr int64_t kSharedListBytes = int64_t{4} << 20;
+// NHWC pixels transposed per pass before they are compacted (still in L2 when compacted).
+constexpr int64_t kTransposeBytes = int64_t{128} << 10;
 // A (tile, tap, chunk) step whose inputs are at least this share nonzero (padding counts as
 // zero) runs the register-blocked dense path (one weight load per channel feeds several
 // positions); sparser ones walk the per-position nonzero lists. Measured on Zen 3, 1 thread,
@@ -31,6 +34,111 @@ constexpr float kDenseCutover = 0.85f;
 // tile; the dense path reads each slab in 24-channel pieces, which the prefetcher follows
 // poorly (512->512 3x3 7x7, 9.4 MB: 0.55 with lists, 0.34 dense), so they keep the lists.
 constexpr int64_t kDenseMaxWeightBytes = int64_t{4} << 20;
+
+// Whether x[0..n) are all +0 or -0 (anything else, NaN included, is nonzero as in compaction).
+// Checked before compacting a pixel's chunk: all-zero pixels (dead regions of a ReLU's output)
+// then cost a few loads instead of a compaction; 16 values a step, so dense inputs exit at once.
+bool all_zero(const float* x, int n) {
+  int i = 0;
+  for (; i + 16 <= n; i += 16) {
+    uint32_t bits = 0;
+    for (int l = 0; l < 16; ++l) {
+      uint32_t b;
+      std::memcpy(&b, x + i + l, sizeof b);
+      bits |= b << 1;  // drops the sign
+    }
+    if (bits != 0) return false;
+  }
+  uint32_t bits = 0;
+  for (; i < n; ++i) {
+    uint32_t b;
+    std::memcpy(&b, x + i, sizeof b);
+    bits |= b << 1;
+  }
+  return bits == 0;
+}
+
+// A compacted band as the per-step gathering reads it.
+struct BandView {
+  const int32_t* channels;
+  const float* values;
+  const int32_t* counts;
+  const float* pixels;
+  const int64_t* before;
+  int64_t stride, row_begin, row_end, w, cg_in;
+  int chunks;
+};
+
+// Whether every input pixel one tap reads for a tile is zero or padding. Output row segment i
+// (positions [segment_start[i], segment_start[i + 1]), receptive fields from (ih0, iw0) shifted
+// by (dy, dx)) reads input row ih0 + dy between its first and last position's columns.
+bool tap_is_empty(const BandView& band, const int64_t* ih0, const int64_t* iw0, const int32_t* segment_start,
+                  int32_t segments, int64_t dy, int64_t dx) {
+  for (int32_t i = 0; i < segments; ++i) {
+    const int32_t t0 = segment_start[i], t1 = segment_start[i + 1] - 1;
+    const int64_t row = ih0[t0] + dy - band.row_begin;
+    if (row < 0 || row >= band.row_end - band.row_begin) continue;  // padding
+    const int64_t lo = std::max<int64_t>(0, iw0[t0] + dx), hi = std::min<int64_t>(band.w - 1, iw0[t1] + dx);
+    if (lo > hi) continue;
+    if (band.before[row * band.w + hi + 1] != band.before[row * band.w + lo]) return false;
+  }
+  return true;
+}
+
+// Where each position of a tile reads for one (tap, channel chunk): its nonzero list
+// (channels, values, counts; empty in the padding) and its dense input vector.
+struct StepInputs {
+  const int32_t** __restrict channels;
+  const float** __restrict values;
+  int32_t* __restrict counts;
+  const float** __restrict dense;
+};
+
+// Fills `out` for positions whose receptive fields start at input (ih0[t], iw0[t]), shifted
+// by this tap's (dy, dx), chunk j (from channel c0). Returns the nonzeros in all these lists;
+// *empty: the positions with none. On its own (not inlined into run_job), its sums stay in
+// registers.
+__attribute__((noinline)) int64_t gather_step(const BandView& band, const int64_t* ih0, const int64_t* iw0,
+                                              int32_t tile, int64_t dy, int64_t dx, int j, int64_t c0,
+                                              const float* zeros, const StepInputs& out, int32_t* empty) {
+  // Locals, not band's and out's fields: the stores through out could alias them otherwise.
+  const int32_t* const band_counts = band.counts;
+  const int32_t* const band_channels = band.channels;
+  const float* const band_values = band.values;
+  const float* const band_pixels = band.pixels;
+  const int64_t row_begin = band.row_begin, rows = band.row_end - band.row_begin, w = band.w;
+  const int64_t stride = band.stride, cg_in = band.cg_in, chunks = band.chunks;
+  const int32_t** __restrict channels = out.channels;
+  const float** __restrict values = out.values;
+  int32_t* __restrict counts = out.counts;
+  const float** __restrict dense = out.dense;
+  int64_t nonzeros = 0;
+  int32_t none = 0;
+  for (int32_t t = 0; t < tile; ++t) {
+    const int64_t row = ih0[t] + dy - row_begin, col = iw0[t] + dx;
+    // One unsigned comparison per axis: negative values wrap to large ones.
+    if (static_cast<uint64_t>(row) >= static_cast<uint64_t>(rows) ||
+        static_cast<uint64_t>(col) >= static_cast<uint64_t>(w)) {
+      counts[t] = 0;  // padding
+      channels[t] = band_channels;
+      values[t] = band_values;
+      dense[t] = zeros;
+      ++none;
+      continue;
+    }
+    const int64_t pixel = row * w + col;
+    const int64_t list = pixel * chunks + j;
+    const int32_t count = band_counts[list];
+    counts[t] = count;
+    nonzeros += count;
+    none += count == 0;
+    channels[t] = band_channels + list * stride;
+    values[t] = band_values + list * stride;
+    dense[t] = band_pixels + pixel * cg_in + c0;
+  }
+  *empty = none;
+  return nonzeros;
+}
 
 int64_t conv_out(int64_t size, int64_t kernel, int64_t stride, int64_t pad_begin, int64_t pad_end,
                  int64_t dilation) {
@@ -79,6 +187,7 @@ std::unique_ptr<PackedConv> PackedConv::create(const ConvGeometry& geo, const fl
   PathTraits traits = traits_of(path);
   conv->compact_ = traits.compact;
   conv->transpose_row_ = traits.transpose_row;
+  conv->write_back_ = traits.write_back;
   // Too few channels per group to fill one vector: a narrower path wastes less work.
   if (cg_out < traits.lanes && path == KernelPath::kAvx512 && cg_out >= traits_of(KernelPath::kAvx2).lanes) {
     path = KernelPath::kAvx2;
@@ -132,6 +241,9 @@ struct PackedConv::Band {
   std::unique_ptr<float[]> values;
   std::unique_ptr<int32_t[]> counts;  // [row][column][chunk]
   std::unique_ptr<float[]> pixels;    // [row][column][channel]: the dense inputs (NHWC)
+  // before[p]: the nonzeros of all pixels before p (row-major, every chunk); a span's count is
+  // a difference of two entries.
+  std::unique_ptr<int64_t[]> before;
 };
 
 void PackedConv::compact_band(const float* x, int64_t n, int64_t g, int64_t h, int64_t w, int64_t row_begin,
@@ -145,18 +257,35 @@ void PackedConv::compact_band(const float* x, int64_t n, int64_t g, int64_t h, i
   band->counts.reset(new int32_t[std::max<size_t>(1, lists)]);
   band->pixels.reset(new float[std::max<size_t>(1, static_cast<size_t>(std::max<int64_t>(0, row_end - row_begin) * w * cg_in))]);
   const float* group_planes = x + (n * geometry_.c_in + g * cg_in) * h * w;
-  for (int64_t y = row_begin; y < row_end; ++y) {
-    float* pixels = band->pixels.get() + (y - row_begin) * w * cg_in;
-    transpose_row_(group_planes + y * w, h * w, cg_in, w, pixels);
-    for (int64_t col = 0; col < w; ++col) {
+  // Rows are contiguous in every channel plane, so several rows transpose as one long row:
+  // each 8-channel block then streams through its planes (a row at a time, wide layers read
+  // hundreds of planes a few cache lines each, which the prefetchers do not follow).
+  const int64_t rows_per_pass =
+      std::max<int64_t>(1, kTransposeBytes / (w * cg_in * static_cast<int64_t>(sizeof(float))));
+  for (int64_t y0 = row_begin; y0 < row_end; y0 += rows_per_pass) {
+    const int64_t y1 = std::min(row_end, y0 + rows_per_pass);
+    const int64_t first_pixel = (y0 - row_begin) * w, end_pixel = (y1 - row_begin) * w;
+    float* pixels = band->pixels.get() + first_pixel * cg_in;
+    transpose_row_(group_planes + y0 * w, h * w, cg_in, end_pixel - first_pixel, pixels);
+    for (int64_t pixel = first_pixel; pixel < end_pixel; ++pixel) {
       for (int j = 0; j < chunks_; ++j) {
         const int64_t c0 = int64_t{j} * chunk_, c1 = std::min<int64_t>(cg_in, c0 + chunk_);
-        const int64_t list = ((y - row_begin) * w + col) * chunks_ + j;
-        band->counts[list] = compact_(pixels + col * cg_in + c0, static_cast<int>(c1 - c0), 0,
-                                      band->channels.get() + list * band->stride,
-                                      band->values.get() + list * band->stride);
+        const int64_t list = pixel * chunks_ + j;
+        const float* inputs = band->pixels.get() + pixel * cg_in + c0;
+        const int k = static_cast<int>(c1 - c0);
+        band->counts[list] = all_zero(inputs, k) ? 0
+                                                 : compact_(inputs, k, 0, band->channels.get() + list * band->stride,
+                                                            band->values.get() + list * band->stride);
       }
     }
+  }
+  const int64_t band_pixels = std::max<int64_t>(0, row_end - row_begin) * w;
+  band->before.reset(new int64_t[static_cast<size_t>(band_pixels + 1)]);
+  band->before[0] = 0;
+  for (int64_t p = 0; p < band_pixels; ++p) {
+    int64_t sum = 0;
+    for (int j = 0; j < chunks_; ++j) sum += band->counts[p * chunks_ + j];
+    band->before[p + 1] = band->before[p] + sum;
   }
 }
 
@@ -223,35 +352,43 @@ bool PackedConv::run(const float* x, int64_t n, int64_t h, int64_t w,
 }
 
 
-template <bool kSkip, bool kAux, bool kMasked>
-void PackedConv::finish_tile(const Job& job, const int32_t* pos, int32_t tile, float* acc, int acc_stride,
+void PackedConv::write_tile(const Job& job, const int32_t* pos, int32_t tile, const float* acc, int acc_stride,
+                            int64_t wo, int64_t plane_out, const Epilogue& ep) const {
+  const bool consecutive = pos[tile - 1] - pos[0] == tile - 1;  // pos ascending
+  const bool skip_consecutive = ep.skip == nullptr || (ep.skip_strides[3] == 1 && ep.skip_strides[2] == wo);
+  if (ep.computed != nullptr) {
+    finish_tile<true>(job, pos, tile, acc, acc_stride, wo, plane_out, ep);
+    return;
+  }
+  if (!consecutive || !skip_consecutive || ep.aux != nullptr) {
+    finish_tile<false>(job, pos, tile, acc, acc_stride, wo, plane_out, ep);
+    return;
+  }
+  const ConvGeometry& geo = geometry_;
+  const int64_t oc0 = job.g * geo.cg_out() + int64_t{job.b0} * ocb_;  // the tile's first output channel
+  WriteBackArgs args;
+  args.acc = acc;
+  args.acc_stride = acc_stride;
+  args.positions = tile;
+  args.channels = static_cast<int32_t>(std::min<int64_t>(geo.cg_out() - int64_t{job.b0} * ocb_, acc_stride));
+  args.bias = padded_bias_.data() + (job.g * blocks_ + job.b0) * int64_t{ocb_};
+  args.skip = ep.skip == nullptr ? nullptr : ep.skip + job.n * ep.skip_strides[0] + oc0 * ep.skip_strides[1] + pos[0];
+  args.skip_channel_stride = ep.skip_strides[1];
+  args.relu = ep.relu;
+  args.clip_max = ep.clip_max;
+  args.y = ep.y + (job.n * geo.c_out + oc0) * plane_out + pos[0];
+  args.y_channel_stride = plane_out;
+  write_back_(args);
+}
+
+// The general write-back: any positions, Skip broadcast in any way, the aux output, the mask.
+template <bool kMasked>
+void PackedConv::finish_tile(const Job& job, const int32_t* pos, int32_t tile, const float* acc, int acc_stride,
                              int64_t wo, int64_t plane_out, const Epilogue& ep) const {
   const ConvGeometry& geo = geometry_;
   const int64_t cg_out = geo.cg_out();
   const float clip_max = ep.clip_max;
   const bool relu = ep.relu;
-  if (!kSkip && !kAux && !kMasked) {
-    // Bias and activation on the NHWC accumulators (contiguous, vectorized), then a plain copy.
-    const float* bias = padded_bias_.data() + (job.g * blocks_ + job.b0) * int64_t{ocb_};
-    for (int32_t t = 0; t < tile; ++t) {
-      float* row = acc + static_cast<size_t>(t) * acc_stride;
-      if (relu) {
-        for (int i = 0; i < acc_stride; ++i) row[i] = std::min(std::max(row[i] + bias[i], 0.0f), clip_max);
-      } else {
-        for (int i = 0; i < acc_stride; ++i) row[i] += bias[i];
-      }
-    }
-    for (int b = 0; b < job.b1 - job.b0; ++b) {
-      for (int o = 0; o < ocb_; ++o) {
-        const int64_t oc_local = int64_t{job.b0 + b} * ocb_ + o;
-        if (oc_local >= cg_out) break;
-        float* y = ep.y + (job.n * geo.c_out + job.g * cg_out + oc_local) * plane_out;
-        const float* a = acc + static_cast<size_t>(b) * ocb_ + o;
-        for (int32_t t = 0; t < tile; ++t) y[pos[t]] = a[static_cast<size_t>(t) * acc_stride];
-      }
-    }
-    return;
-  }
   for (int b = 0; b < job.b1 - job.b0; ++b) {
     for (int o = 0; o < ocb_; ++o) {
       const int64_t oc_local = int64_t{job.b0 + b} * ocb_ + o;
@@ -268,13 +405,13 @@ void PackedConv::finish_tile(const Job& job, const int32_t* pos, int32_t tile, f
           continue;
         }
         float v = a[static_cast<size_t>(t) * acc_stride] + bias;
-        if (kSkip && ep.skip != nullptr) {
+        if (ep.skip != nullptr) {
           v += ep.skip[job.n * ep.skip_strides[0] + oc * ep.skip_strides[1] + (p / wo) * ep.skip_strides[2] +
                        (p % wo) * ep.skip_strides[3]];
         }
         const float full = relu ? std::min(std::max(v, 0.0f), clip_max) : v;
         y[p] = full;
-        if (kAux && ep.aux != nullptr) ep.aux[plane + p] = ep.aux_preactivation ? v : full;
+        if (ep.aux != nullptr) ep.aux[plane + p] = ep.aux_preactivation ? v : full;
       }
     }
   }
@@ -308,6 +445,8 @@ void PackedConv::run_job(const Job& job, const float* x, int64_t h, int64_t w, i
   }
   const Band& band = shared_band != nullptr ? *shared_band : own;
 
+  const BandView view{band.channels.get(), band.values.get(), band.counts.get(), band.pixels.get(),
+                      band.before.get(), band.stride, band.row_begin, band.row_end, w, cg_in, chunks_};
   // Per position of a tile: the list of the pixel under the current tap (count 0 in padding).
   std::unique_ptr<const int32_t*[]> channel_lists(new const int32_t*[kTilePositions]);
   std::unique_ptr<const float*[]> value_lists(new const float*[kTilePositions]);
@@ -315,10 +454,14 @@ void PackedConv::run_job(const Job& job, const float* x, int64_t h, int64_t w, i
   std::unique_ptr<const float*[]> dense_inputs(new const float*[kTilePositions]);
   std::unique_ptr<float[]> zeros(new float[static_cast<size_t>(chunk_)]());  // the padding's inputs
   std::unique_ptr<int64_t[]> ih0(new int64_t[kTilePositions]), iw0(new int64_t[kTilePositions]);
+  std::unique_ptr<int32_t[]> segment_start(new int32_t[kTilePositions + 1]);
+  const StepInputs step_inputs{channel_lists.get(), value_lists.get(), counts.get(), dense_inputs.get()};
   // Accumulators, deliberately uninitialized: the first tap's pass writes them, and those of
   // skipped (position, block) pairs are never used (their outputs are 0).
   std::unique_ptr<float[]> acc(new float[static_cast<size_t>(kTilePositions) * acc_stride]);
   std::vector<uint8_t> needed(ep.computed != nullptr ? static_cast<size_t>(kTilePositions) * n_blocks : 0);
+  // needed, narrowed for one step to the positions whose lists are not empty.
+  std::vector<uint8_t> step_needed(static_cast<size_t>(kTilePositions) * n_blocks);
 
   for (int64_t tile_start = 0; tile_start < job.count; tile_start += kTilePositions) {
     const int32_t* pos = job_pos + tile_start;
@@ -336,40 +479,35 @@ void PackedConv::run_job(const Job& job, const float* x, int64_t h, int64_t w, i
         }
       }
     }
+    // The tile's positions by output row: segment i is positions [segment_start[i], segment_start[i + 1]).
+    int32_t segments = 0;
     for (int32_t t = 0; t < tile; ++t) {
       ih0[t] = (pos[t] / wo) * geo.stride_h - geo.pad_top;
       iw0[t] = (pos[t] % wo) * geo.stride_w - geo.pad_left;
+      if (t == 0 || ih0[t] != ih0[t - 1]) segment_start[segments++] = t;
     }
+    segment_start[segments] = tile;
     bool first = true;
     for (int64_t a = 0; a < geo.kh; ++a) {
       for (int64_t bw = 0; bw < geo.kw; ++bw) {
         const int64_t tap = a * geo.kw + bw;
+        // A tap whose input pixels are all zero (or padding) adds nothing after the first step:
+        // checked per output row on the span of input pixels it reads (a superset when strided).
+        if (!first && tap_is_empty(view, ih0.get(), iw0.get(), segment_start.get(), segments, a * geo.dilation_h,
+                                   bw * geo.dilation_w)) {
+          continue;
+        }
         for (int j = 0; j < chunks_; ++j) {
           const int64_t c0 = int64_t{j} * chunk_;
           const int32_t k = static_cast<int32_t>(std::min<int64_t>(chunk_, cg_in - c0));
-          int64_t nonzeros = 0;
-          for (int32_t t = 0; t < tile; ++t) {
-            const int64_t ih = ih0[t] + a * geo.dilation_h, iw = iw0[t] + bw * geo.dilation_w;
-            if (ih < band.row_begin || ih >= band.row_end || iw < 0 || iw >= w) {  // padding
-              counts[t] = 0;
-              channel_lists[t] = band.channels.get();
-              value_lists[t] = band.values.get();
-              dense_inputs[t] = zeros.get();
-              continue;
-            }
-            const int64_t pixel = (ih - band.row_begin) * w + iw;
-            const int64_t list = pixel * chunks_ + j;
-            counts[t] = band.counts[list];
-            nonzeros += counts[t];
-            channel_lists[t] = band.channels.get() + list * band.stride;
-            value_lists[t] = band.values.get() + list * band.stride;
-            dense_inputs[t] = band.pixels.get() + pixel * cg_in + c0;
-          }
+          int32_t empty = 0;  // positions with nothing to add in this step
+          const int64_t nonzeros = gather_step(view, ih0.get(), iw0.get(), tile, a * geo.dilation_h,
+                                               bw * geo.dilation_w, j, c0, zeros.get(), step_inputs, &empty);
           const int64_t k0 = tap * cg_in + c0;
-          auto block_target = [&](int b) {
+          auto block_target = [&](int b, const std::vector<uint8_t>& mask) {
             TileTarget target;
             target.positions = tile;
-            target.needed = needed.empty() ? nullptr : needed.data() + b;
+            target.needed = mask.empty() ? nullptr : mask.data() + b;
             target.needed_stride = n_blocks;
             target.weights = weights_.data() + ((job.g * blocks_ + job.b0 + b) * k_size + k0) * ocb;
             target.acc = acc.get() + static_cast<size_t>(b) * ocb;
@@ -380,7 +518,7 @@ void PackedConv::run_job(const Job& job, const float* x, int64_t h, int64_t w, i
           if (dense_ok && static_cast<float>(nonzeros) >= kDenseCutover * static_cast<float>(int64_t{tile} * k)) {
             for (int b = 0; b < n_blocks; ++b) {
               DenseAccumulateArgs args;
-              static_cast<TileTarget&>(args) = block_target(b);
+              static_cast<TileTarget&>(args) = block_target(b, needed);
               args.inputs = dense_inputs.get();
               args.k = k;
               dense_accumulate_(args, ocb);
@@ -388,9 +526,21 @@ void PackedConv::run_job(const Job& job, const float* x, int64_t h, int64_t w, i
             first = false;
             continue;
           }
+          // After the first step (which initializes every accumulator), positions with empty
+          // lists have nothing to do: at high input sparsity most steps of most positions.
+          if (!first && nonzeros == 0) continue;
+          const bool narrow = !first && empty > 0;
+          if (narrow) {
+            for (int32_t t = 0; t < tile; ++t) {
+              for (int b = 0; b < n_blocks; ++b) {
+                const size_t i = static_cast<size_t>(t) * n_blocks + b;
+                step_needed[i] = counts[t] != 0 && (needed.empty() || needed[i] != 0);
+              }
+            }
+          }
           for (int b = 0; b < n_blocks; ++b) {
             AccumulateArgs args;
-            static_cast<TileTarget&>(args) = block_target(b);
+            static_cast<TileTarget&>(args) = block_target(b, narrow ? step_needed : needed);
             args.channels = channel_lists.get();
             args.values = value_lists.get();
             args.counts = counts.get();
@@ -400,15 +550,7 @@ void PackedConv::run_job(const Job& job, const float* x, int64_t h, int64_t w, i
         }
       }
     }
-    // Bias, Skip, activation, and the transpose back to NCHW.
-    const bool has_skip = ep.skip != nullptr, has_aux = ep.aux != nullptr, masked = ep.computed != nullptr;
-    if (!has_skip && !has_aux && !masked) {
-      finish_tile<false, false, false>(job, pos, tile, acc.get(), acc_stride, wo, plane_out, ep);
-    } else if (!masked) {
-      finish_tile<true, true, false>(job, pos, tile, acc.get(), acc_stride, wo, plane_out, ep);
-    } else {
-      finish_tile<true, true, true>(job, pos, tile, acc.get(), acc_stride, wo, plane_out, ep);
-    }
+    write_tile(job, pos, tile, acc.get(), acc_stride, wo, plane_out, ep);
   }
 }
 

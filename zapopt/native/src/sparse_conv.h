@@ -75,14 +75,20 @@ class PackedConv {
                const std::vector<const std::vector<int32_t>*>& positions, const Epilogue& epilogue,
                const Band* shared_band) const;
 
-  // Not inlined into run_job: on its own it keeps its loop state in registers.
-  template <bool kSkip, bool kAux, bool kMasked>
-  __attribute__((noinline)) void finish_tile(const Job& job, const int32_t* pos, int32_t tile, float* acc, int acc_stride, int64_t wo,
-                   int64_t plane_out, const Epilogue& ep) const;
+  // Bias, Skip, activation and the transpose back to NCHW of one tile: vectorized through
+  // write_back_ when the tile's positions are consecutive and nothing else is asked for,
+  // otherwise finish_tile.
+  void write_tile(const Job& job, const int32_t* pos, int32_t tile, const float* acc, int acc_stride, int64_t wo,
+                  int64_t plane_out, const Epilogue& ep) const;
+  // Not inlined into write_tile: on its own it keeps its loop state in registers.
+  template <bool kMasked>
+  __attribute__((noinline)) void finish_tile(const Job& job, const int32_t* pos, int32_t tile, const float* acc,
+                                             int acc_stride, int64_t wo, int64_t plane_out, const Epilogue& ep) const;
 
   ConvGeometry geometry_;
   KernelPath path_ = KernelPath::kPortable;
   TransposeRowFn transpose_row_ = nullptr;
+  WriteBackFn write_back_ = nullptr;
   CompactFn compact_ = nullptr;
   AccumulateFn accumulate_ = nullptr;
   DenseAccumulateFn dense_accumulate_ = nullptr;
