@@ -32,6 +32,10 @@ DENSE_CASES_PER_OP = 30
 #: not consecutive (the general write-back).
 WRITE_BACK_CHANNELS = ((8, 8, 1), (12, 20, 1), (3, 64, 3), (16, 100, 1), (5, 13, 2))
 WRITE_BACK_CASES_PER_OP = 20
+#: The accumulation forms a test can force (ZAPOPT_ACCUMULATION), each on the first
+#: FORCED_CASES layers (both ops, every corner is reached well before that).
+ACCUMULATIONS = ("lists", "dense", "union1", "union2", "union3", "union4")
+FORCED_CASES = 150
 
 
 @pytest.fixture(scope="module")
@@ -50,12 +54,7 @@ def paths() -> list[str]:
     return list(native.kernel_paths()) if native.library_available() else []
 
 
-@pytest.mark.parametrize("path", paths())
-def test_every_path_matches_the_reference_on_random_layers(path: str, cases: list[Case],
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(native.PATH_ENV, path)
-    assert native.selected_path() == path
-    assert len(cases) >= 1000
+def _check_sessions(cases: list[Case], label: str) -> None:
     for start in range(0, len(cases), LAYERS_PER_SESSION):
         chunk = cases[start : start + LAYERS_PER_SESSION]
         model, feeds, names = batch_model(chunk)
@@ -68,7 +67,35 @@ def test_every_path_matches_the_reference_on_random_layers(path: str, cases: lis
             try:
                 assert_case_agrees(case, outputs)
             except AssertionError as exc:
-                raise AssertionError(f"path {path}, case {start + index} ({case.op}, {case.attrs}): {exc}") from None
+                raise AssertionError(f"{label}, case {start + index} ({case.op}, {case.attrs}): {exc}") from None
+
+
+@pytest.mark.parametrize("path", paths())
+def test_every_path_matches_the_reference_on_random_layers(path: str, cases: list[Case],
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(native.PATH_ENV, path)
+    monkeypatch.delenv(native.ACCUMULATION_ENV, raising=False)
+    assert native.selected_path() == path
+    assert len(cases) >= 1000
+    _check_sessions(cases, f"path {path}")
+
+
+@pytest.mark.parametrize("path", paths())
+@pytest.mark.parametrize("accumulation", ACCUMULATIONS)
+def test_every_accumulation_form_matches_the_reference(path: str, accumulation: str, cases: list[Case],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each form forced on every step (the automatic choice runs some forms only on some steps)."""
+    monkeypatch.setenv(native.PATH_ENV, path)
+    monkeypatch.setenv(native.ACCUMULATION_ENV, accumulation)
+    _check_sessions(cases[:FORCED_CASES], f"path {path}, accumulation {accumulation}")
+
+
+def test_a_bad_accumulation_form_is_refused_with_the_choices(cases: list[Case],
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(native.ACCUMULATION_ENV, "union9")
+    model, _, _ = batch_model(cases[:1])
+    with pytest.raises(Exception, match="union9 is not one of auto, lists, dense, union1"):
+        native.session(model, threads=1)
 
 
 def test_the_cases_cover_what_the_kernel_must_handle(cases: list[Case]) -> None:

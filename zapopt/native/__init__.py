@@ -18,6 +18,9 @@ from zapopt.errors import ZapoptError
 LIBRARY_NAME = "libzapopt_ops.so"
 #: Environment variable that forces an instruction-set path: avx512, avx2 or portable.
 PATH_ENV = "ZAPOPT_KERNEL_PATH"
+#: Forces one accumulation form on every step (lists, dense, union1-4; default auto), for tests
+#: and measurements; read when a session creates its kernels.
+ACCUMULATION_ENV = "ZAPOPT_ACCUMULATION"
 _BUILD_HINT = (
     "build it with `pip install -e .` (or `bash scripts/install.sh`) from the zapopt checkout; "
     "that needs cmake, a C++17 compiler and onnxruntime's headers (fetched automatically)"

@@ -53,10 +53,32 @@ bool select_path(KernelPath* path, std::string* error) {
 
 PathTraits traits_of(KernelPath path) {
   switch (path) {
-    case KernelPath::kAvx512: return {transpose_row_avx2, compact_avx512, accumulate_avx512, dense_accumulate_avx512, 16, 4, write_back_avx2};
-    case KernelPath::kAvx2: return {transpose_row_avx2, compact_avx2, accumulate_avx2, dense_accumulate_avx2, 8, 8, write_back_avx2};
-    default: return {transpose_row_portable, compact_portable, accumulate_portable, dense_accumulate_portable, 1, 32, write_back_portable};
+    case KernelPath::kAvx512: return {transpose_row_avx2, compact_avx512, accumulate_avx512, dense_accumulate_avx512, union_accumulate_avx512, 16, 4, write_back_avx2};
+    case KernelPath::kAvx2: return {transpose_row_avx2, compact_avx2, accumulate_avx2, dense_accumulate_avx2, union_accumulate_avx2, 8, 8, write_back_avx2};
+    default: return {transpose_row_portable, compact_portable, accumulate_portable, dense_accumulate_portable, union_accumulate_portable, 1, 32, write_back_portable};
   }
+}
+
+bool select_accumulation(AccumulationChoice* choice, std::string* error) {
+  const char* forced = std::getenv("ZAPOPT_ACCUMULATION");
+  *choice = AccumulationChoice{};
+  if (forced == nullptr || forced[0] == '\0' || std::strcmp(forced, "auto") == 0) return true;
+  if (std::strcmp(forced, "lists") == 0) {
+    choice->form = AccumulationChoice::kLists;
+    return true;
+  }
+  if (std::strcmp(forced, "dense") == 0) {
+    choice->form = AccumulationChoice::kDense;
+    return true;
+  }
+  if (std::strncmp(forced, "union", 5) == 0 && forced[5] >= '1' && forced[5] <= '4' && forced[6] == '\0') {
+    choice->form = AccumulationChoice::kUnion;
+    choice->rows = forced[5] - '0';
+    return true;
+  }
+  *error = std::string("ZAPOPT_ACCUMULATION=") + forced +
+           " is not one of auto, lists, dense, union1, union2, union3, union4";
+  return false;
 }
 
 }  // namespace zapopt

@@ -21,10 +21,23 @@ struct PathTraits {
   CompactFn compact;
   AccumulateFn accumulate;
   DenseAccumulateFn dense_accumulate;
+  UnionAccumulateFn union_accumulate;
   int lanes;       // output channels per vector register
   int max_vectors; // accumulators per position (ocb <= lanes * max_vectors)
   WriteBackFn write_back;
 };
 PathTraits traits_of(KernelPath path);
+
+// Which accumulation form the (tile, tap, chunk) steps run: chosen per step from its nonzero
+// counts (kAuto), or forced for every step with the environment variable
+// ZAPOPT_ACCUMULATION=lists|dense|union1|union2|union3|union4 (tests and measurements; unionR
+// groups R positions).
+struct AccumulationChoice {
+  enum Form { kAuto, kLists, kDense, kUnion } form = kAuto;
+  int rows = 0;  // positions per group of kUnion
+};
+
+// The choice a new kernel uses; on failure returns false and says why in *error.
+bool select_accumulation(AccumulationChoice* choice, std::string* error);
 
 }  // namespace zapopt

@@ -29,11 +29,13 @@ struct TileTarget {
 };
 
 // For a tile of output positions, the nonzero list each one reads for one (tap, channel chunk).
-struct AccumulateArgs : TileTarget {
+struct NonzeroLists {
   const int32_t* const* channels;  // position t's list: channels[t][j], values[t][j], j < counts[t]
   const float* const* values;
   const int32_t* counts;
 };
+
+struct AccumulateArgs : TileTarget, NonzeroLists {};
 
 // acc[t][0..ocb) (+)= sum over position t's entries of value * weights[channel][0..ocb).
 using AccumulateFn = void (*)(const AccumulateArgs& args, int ocb);
@@ -49,6 +51,17 @@ struct DenseAccumulateArgs : TileTarget {
 // each loaded weight row; zeros are multiplied like any other value (the portable version
 // skips them).
 using DenseAccumulateFn = void (*)(const DenseAccumulateArgs& args, int ocb);
+
+// The most input channels (args.k) one union accumulation call takes.
+constexpr int kMaxUnionChannels = 512;
+
+// The dense inputs and the nonzero lists of a tile's positions.
+struct UnionAccumulateArgs : DenseAccumulateArgs, NonzeroLists {};
+
+// The union form for medium sparsity: groups of `rows` (1-4) positions share each loaded weight
+// row, over the channels nonzero at one of the group's positions at least (the others skipped);
+// a group whose nonzeros overlap too little for that to pay walks its positions' lists instead.
+using UnionAccumulateFn = void (*)(const UnionAccumulateArgs& args, int ocb, int rows);
 
 // One row of an NCHW tensor to NHWC: out[x][ch] = in[ch * channel_stride + x] for ch < c, x < w.
 using TransposeRowFn = void (*)(const float* in, int64_t channel_stride, int64_t c, int64_t w, float* out);
@@ -67,5 +80,9 @@ void accumulate_avx512(const AccumulateArgs& args, int ocb);  // ocb in {16, 32,
 void dense_accumulate_portable(const DenseAccumulateArgs& args, int ocb);
 void dense_accumulate_avx2(const DenseAccumulateArgs& args, int ocb);    // ocb a multiple of 8
 void dense_accumulate_avx512(const DenseAccumulateArgs& args, int ocb);  // ocb a multiple of 16
+
+void union_accumulate_portable(const UnionAccumulateArgs& args, int ocb, int rows);
+void union_accumulate_avx2(const UnionAccumulateArgs& args, int ocb, int rows);    // ocb in {8, 16, ..., 64}
+void union_accumulate_avx512(const UnionAccumulateArgs& args, int ocb, int rows);  // ocb in {16, 32, 48, 64}
 
 }  // namespace zapopt

@@ -6,6 +6,7 @@
 // Compiled with -mavx2 -mfma -mpopcnt; only called after cpuid says the CPU has AVX2 and FMA.
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstdint>
 
 #include "microkernel.h"
@@ -13,7 +14,7 @@
 namespace zapopt {
 namespace {
 
-// kLanes[mask]: byte i = the lane of the i-th set bit of mask (the rest 0).
+// kLaneOrder[mask]: byte i = the lane of the i-th set bit of mask (the rest 0).
 struct LaneTable {
   uint64_t entry[256];
   constexpr LaneTable() : entry() {
@@ -27,7 +28,7 @@ struct LaneTable {
     }
   }
 };
-constexpr LaneTable kLanes;
+constexpr LaneTable kLaneOrder;
 
 template <int NV>
 void run(const AccumulateArgs& a) {
@@ -56,10 +57,20 @@ struct Vec {
   static constexpr int kLanes = 8;
   static constexpr int kRows = 4;
   static constexpr int kVectors = 3;
+  static constexpr int kRegisters = 16;
   static Reg zero() { return _mm256_setzero_ps(); }
   static Reg load(const float* p) { return _mm256_loadu_ps(p); }
   static void store(float* p, Reg v) { _mm256_storeu_ps(p, v); }
   static Reg broadcast(const float* p) { return _mm256_broadcast_ss(p); }
+  static unsigned nonzero_bits(const float* p) {
+    return static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(p), _mm256_setzero_ps(), _CMP_NEQ_UQ)));
+  }
+  static int compress_lanes(unsigned bits, int32_t base, int32_t* out) {
+    const __m256i lanes = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(static_cast<long long>(kLaneOrder.entry[bits])));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), _mm256_add_epi32(lanes, _mm256_set1_epi32(base)));
+    return _mm_popcnt_u32(bits);
+  }
+  static void accumulate_lists(const AccumulateArgs& a, int ocb) { accumulate_avx2(a, ocb); }
   static Reg fma(Reg a, Reg b, Reg c) { return _mm256_fmadd_ps(a, b, c); }
 };
 
@@ -69,13 +80,15 @@ struct Vec {
 
 void dense_accumulate_avx2(const DenseAccumulateArgs& a, int ocb) { dense_accumulate<Vec>(a, ocb); }
 
+void union_accumulate_avx2(const UnionAccumulateArgs& a, int ocb, int rows) { union_accumulate<Vec>(a, ocb, rows); }
+
 int compact_avx2(const float* x, int n, int32_t k0, int32_t* ks, float* values) {
   int count = 0, i = 0;
   const __m256 zero = _mm256_setzero_ps();
   for (; i + 8 <= n; i += 8) {
     const __m256 v = _mm256_loadu_ps(x + i);
     const int mask = _mm256_movemask_ps(_mm256_cmp_ps(v, zero, _CMP_NEQ_UQ));
-    const __m256i lanes = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(static_cast<long long>(kLanes.entry[mask])));
+    const __m256i lanes = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(static_cast<long long>(kLaneOrder.entry[mask])));
     _mm256_storeu_ps(values + count, _mm256_permutevar8x32_ps(v, lanes));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(ks + count), _mm256_add_epi32(lanes, _mm256_set1_epi32(k0 + i)));
     count += _mm_popcnt_u32(static_cast<unsigned>(mask));

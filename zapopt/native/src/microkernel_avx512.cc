@@ -5,6 +5,7 @@
 // Compiled with -mavx512f -mfma -mpopcnt; only called after cpuid says the CPU has AVX-512F.
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstdint>
 
 #include "microkernel.h"
@@ -39,10 +40,21 @@ struct Vec {
   static constexpr int kLanes = 16;
   static constexpr int kRows = 6;
   static constexpr int kVectors = 3;
+  static constexpr int kRegisters = 32;
   static Reg zero() { return _mm512_setzero_ps(); }
   static Reg load(const float* p) { return _mm512_loadu_ps(p); }
   static void store(float* p, Reg v) { _mm512_storeu_ps(p, v); }
   static Reg broadcast(const float* p) { return _mm512_set1_ps(*p); }
+  static unsigned nonzero_bits(const float* p) {
+    return _mm512_cmp_ps_mask(_mm512_loadu_ps(p), _mm512_setzero_ps(), _CMP_NEQ_UQ);
+  }
+  static int compress_lanes(unsigned bits, int32_t base, int32_t* out) {
+    const __m512i index = _mm512_add_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                           _mm512_set1_epi32(base));
+    _mm512_storeu_si512(out, _mm512_maskz_compress_epi32(static_cast<__mmask16>(bits), index));
+    return _mm_popcnt_u32(bits);
+  }
+  static void accumulate_lists(const AccumulateArgs& a, int ocb) { accumulate_avx512(a, ocb); }
   static Reg fma(Reg a, Reg b, Reg c) { return _mm512_fmadd_ps(a, b, c); }
 };
 
@@ -51,6 +63,8 @@ struct Vec {
 }  // namespace
 
 void dense_accumulate_avx512(const DenseAccumulateArgs& a, int ocb) { dense_accumulate<Vec>(a, ocb); }
+
+void union_accumulate_avx512(const UnionAccumulateArgs& a, int ocb, int rows) { union_accumulate<Vec>(a, ocb, rows); }
 
 int compact_avx512(const float* x, int n, int32_t k0, int32_t* ks, float* values) {
   int count = 0, i = 0;

@@ -59,4 +59,64 @@ void dense_accumulate_portable(const DenseAccumulateArgs& a, int ocb) {
   }
 }
 
+// Groups of `rows` positions: a channel zero at every position of the group is skipped, the
+// others are multiplied at all of them (zeros included); a group whose union is too large for
+// that to pay walks its positions' lists, like the vector versions (with their cost ratio).
+void union_accumulate_portable(const UnionAccumulateArgs& a, int ocb, int rows) {
+  constexpr float kUnionCost = 0.75f;
+  float* acc[4];
+  const float* in[4];
+  int32_t index[4];
+  int filled = 0;
+  auto flush = [&]() {
+    int32_t n = 0, own = 0;
+    for (int32_t c = 0; c < a.k; ++c) {
+      bool any = false;
+      for (int r = 0; r < filled; ++r) any |= !(in[r][c] == 0.0f);
+      n += any;
+    }
+    for (int r = 0; r < filled; ++r) own += a.counts[index[r]];
+    if (static_cast<float>(n * filled) * kUnionCost > static_cast<float>(own)) {
+      AccumulateArgs one;
+      static_cast<TileTarget&>(one) = a;
+      one.positions = 1;
+      one.needed = nullptr;
+      for (int r = 0; r < filled; ++r) {  // one position at a time: acc[r] are not evenly spaced
+        one.acc = acc[r];
+        one.channels = a.channels + index[r];
+        one.values = a.values + index[r];
+        one.counts = a.counts + index[r];
+        accumulate_portable(one, ocb);
+      }
+      filled = 0;
+      return;
+    }
+    for (int r = 0; r < filled; ++r) {
+      if (a.first) {
+        for (int o = 0; o < ocb; ++o) acc[r][o] = 0.0f;
+      }
+    }
+    for (int32_t c = 0; c < a.k; ++c) {
+      bool any = false;
+      for (int r = 0; r < filled; ++r) any |= !(in[r][c] == 0.0f);
+      if (!any) continue;
+      const float* w = a.weights + static_cast<int64_t>(c) * ocb;
+      for (int r = 0; r < filled; ++r) {
+        const float v = in[r][c];
+        for (int o = 0; o < ocb; ++o) acc[r][o] += v * w[o];
+      }
+    }
+    filled = 0;
+  };
+  const int group = rows < 1 ? 1 : rows > 4 ? 4 : rows;
+  for (int32_t t = 0; t < a.positions; ++t) {
+    if (a.needed != nullptr && a.needed[t * a.needed_stride] == 0) continue;
+    in[filled] = a.inputs[t];
+    acc[filled] = a.acc + static_cast<int64_t>(t) * a.acc_stride;
+    index[filled] = t;
+    if (++filled == group) flush();
+  }
+  if (filled > 0) flush();
+}
+
 }  // namespace zapopt

@@ -30,6 +30,17 @@ constexpr int64_t kTransposeBytes = int64_t{128} << 10;
 // 0.64/0.66, 0.50/0.53); at 30 % the lists win (0.65/0.59, 0.66/0.54 with 16-position tiles).
 // Single ratios move by +-15 % on the shared machine; the break-even is about 80 % nonzero.
 constexpr float kDenseCutover = 0.85f;
+// 1x1 convs break even much lower: at 50 % scattered zeros, 1 thread, stock/native lists vs
+// dense 0.75/0.76 (256->64 56x56), 0.50/0.68 (1024->256 14x14), real OpenNSFW input (45 %
+// zeros) 0.58/0.66; at 70 % zeros the lists win (1.02/0.80, 0.66/0.66; real 61 %: 0.87/0.74).
+constexpr float kDenseCutoverPointwise = 0.5f;
+// The union form (groups of positions sharing each weight row over the union of their nonzero
+// channels, dense_microkernel.h) is not chosen automatically: on Zen 3 (1 thread, CPU-time
+// ratio stock/native, rotated runs, 50 % scattered zeros / real OpenNSFW inputs) it lost to the
+// lists on every ResNet-50 layer shape, e.g. 64->64 3x3: lists 0.91 / 0.87, union of 3
+// positions 0.68 / 0.75; 256->256 3x3: 0.76 / 1.16 vs 0.62 / 0.96. Real ReLU zeros overlap too
+// little (union of 3 adjacent positions = 1.2-1.8x their own nonzeros) for its weight reuse to
+// pay. ZAPOPT_ACCUMULATION=union2|union3|... forces it (benchmarks/native_accumulation.py).
 // Layers whose packed weights (per group) exceed this stream them from L3 or memory once per
 // tile; the dense path reads each slab in 24-channel pieces, which the prefetcher follows
 // poorly (512->512 3x3 7x7, 9.4 MB: 0.55 with lists, 0.34 dense), so they keep the lists.
@@ -200,6 +211,8 @@ std::unique_ptr<PackedConv> PackedConv::create(const ConvGeometry& geo, const fl
   conv->path_ = path;
   conv->accumulate_ = traits.accumulate;
   conv->dense_accumulate_ = traits.dense_accumulate;
+  conv->union_accumulate_ = traits.union_accumulate;
+  if (!select_accumulation(&conv->accumulation_, error)) return nullptr;
   const int64_t max_ocb = int64_t{traits.lanes} * traits.max_vectors;
   const int64_t blocks = (cg_out + max_ocb - 1) / max_ocb;
   const int64_t per_block = (cg_out + blocks - 1) / blocks;
@@ -417,6 +430,15 @@ void PackedConv::finish_tile(const Job& job, const int32_t* pos, int32_t tile, c
   }
 }
 
+AccumulationChoice PackedConv::choose_accumulation(int64_t nonzeros, int64_t slots, bool dense_ok) const {
+  if (accumulation_.form != AccumulationChoice::kAuto) return accumulation_;
+  AccumulationChoice choice;
+  const float cutover = geometry_.kh * geometry_.kw == 1 ? kDenseCutoverPointwise : kDenseCutover;
+  const bool dense = dense_ok && static_cast<float>(nonzeros) >= cutover * static_cast<float>(slots);
+  choice.form = dense ? AccumulationChoice::kDense : AccumulationChoice::kLists;
+  return choice;
+}
+
 void PackedConv::run_job(const Job& job, const float* x, int64_t h, int64_t w, int64_t ho, int64_t wo,
                          const std::vector<const std::vector<int32_t>*>& positions, const Epilogue& ep,
                          const Band* shared_band) const {
@@ -515,13 +537,23 @@ void PackedConv::run_job(const Job& job, const float* x, int64_t h, int64_t w, i
             target.first = first;
             return target;
           };
-          if (dense_ok && static_cast<float>(nonzeros) >= kDenseCutover * static_cast<float>(int64_t{tile} * k)) {
+          const AccumulationChoice form = choose_accumulation(nonzeros, int64_t{tile} * k, dense_ok);
+          if (form.form != AccumulationChoice::kLists) {
             for (int b = 0; b < n_blocks; ++b) {
               DenseAccumulateArgs args;
               static_cast<TileTarget&>(args) = block_target(b, needed);
               args.inputs = dense_inputs.get();
               args.k = k;
-              dense_accumulate_(args, ocb);
+              if (form.form == AccumulationChoice::kDense) {
+                dense_accumulate_(args, ocb);
+              } else {
+                UnionAccumulateArgs with_lists;
+                static_cast<DenseAccumulateArgs&>(with_lists) = args;
+                with_lists.channels = channel_lists.get();
+                with_lists.values = value_lists.get();
+                with_lists.counts = counts.get();
+                union_accumulate_(with_lists, ocb, form.rows);
+              }
             }
             first = false;
             continue;

@@ -75,6 +75,10 @@ class PackedConv {
                const std::vector<const std::vector<int32_t>*>& positions, const Epilogue& epilogue,
                const Band* shared_band) const;
 
+  // The accumulation form of one (tile, tap, chunk) step with `nonzeros` of its `slots` inputs
+  // nonzero; dense_ok: the layer's weights are small enough for the dense form.
+  AccumulationChoice choose_accumulation(int64_t nonzeros, int64_t slots, bool dense_ok) const;
+
   // Bias, Skip, activation and the transpose back to NCHW of one tile: vectorized through
   // write_back_ when the tile's positions are consecutive and nothing else is asked for,
   // otherwise finish_tile.
@@ -92,6 +96,8 @@ class PackedConv {
   CompactFn compact_ = nullptr;
   AccumulateFn accumulate_ = nullptr;
   DenseAccumulateFn dense_accumulate_ = nullptr;
+  UnionAccumulateFn union_accumulate_ = nullptr;
+  AccumulationChoice accumulation_;  // forced form, or kAuto: per step from its nonzero counts
   int ocb_ = 1;        // output channels per block (a multiple of the path's lanes)
   int blocks_ = 1;     // blocks per group
   int chunk_ = 64;     // input channels per list (keeps one tap x chunk x ocb weight slab in L1)
