@@ -234,6 +234,23 @@ def _accuracy_default(name: str):  # type: ignore[no-untyped-def]
     return AccuracyBudget.__dataclass_fields__[name].default
 
 
+class IntListType(click.ParamType):
+    """``1,8`` -> ``(1, 8)``: comma-separated positive integers (a tuple default passes as is)."""
+
+    name = "N1,N2,..."
+
+    def convert(self, value, param, ctx):  # type: ignore[no-untyped-def]
+        if value is None or isinstance(value, tuple):
+            return value
+        try:
+            return tuple(_int_list(str(value), param.opts[0] if param is not None else "the option"))
+        except ZapoptError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+INT_LIST = IntListType()
+
+
 @cli.command("optimize")
 @click.argument("model", type=click.Path(dir_okay=False, path_type=str))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=str),
@@ -315,11 +332,18 @@ def _accuracy_default(name: str):  # type: ignore[no-untyped-def]
 @click.option("--latency-check/--no-latency-check", "latency_check", default=_config("latency_check"),
               show_default=True,
               help="Time each native layer against the stock nodes it replaces on this machine (batch 1, a "
-                   "calibration input) and keep the stock nodes unless native is at least 1.05x faster; then "
-                   "time the whole model against the original and drop the least profitable native layers "
-                   "while it is slower. Off: the speed is unmeasured.")
-@click.option("--latency-threads", type=click.IntRange(min=1), default=_config("latency_threads"),
-              help="onnxruntime threads for the latency check (default: onnxruntime's own choice).")
+                   "calibration input) and keep the stock nodes unless native is at least 1.05x faster, or "
+                   "unless it costs more than it saves inside the whole model (layout reorders included); "
+                   "then time the whole model against the original (paired alternated runs) and keep it only "
+                   "if a 95% lower bound on its speed-up is above 1.0 at every --latency-batch and "
+                   "--latency-threads, else drop the weaker half of the native layers and retry (4 rounds at "
+                   "most), else write the original graph. Off: the speed is unmeasured.")
+@click.option("--latency-batch", "latency_batch", type=INT_LIST, default=_config("latency_batch"),
+              show_default=",".join(map(str, _config("latency_batch"))),
+              help="Batch sizes the end-to-end latency check must hold at (calibration inputs).")
+@click.option("--latency-threads", type=INT_LIST, default=_config("latency_threads"),
+              help="onnxruntime thread counts the latency check must hold at (default: onnxruntime's own "
+                   "choice, all cores; 1 thread is timed in CPU time).")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=str), default=None,
               help="Where to write the JSON report (default OUTPUT.report.json).")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=str), default=None,
@@ -330,8 +354,8 @@ def _accuracy_default(name: str):  # type: ignore[no-untyped-def]
 @image_option_flags
 def optimize_command(model, output, calib, calib_images, pattern, predictor_input, magnitude_weight, threshold,
                      max_error, max_drop, sensitivity_weighting, drop_margin, eval_data, eval_images, layers,
-                     exclude, epochs, max_epoch_scale, seed, output_format, exact, latency_check, latency_threads,
-                     report_path, plot_path, input_shapes, as_json, quiet, image_options) -> None:
+                     exclude, epochs, max_epoch_scale, seed, output_format, exact, latency_check, latency_batch,
+                     latency_threads, report_path, plot_path, input_shapes, as_json, quiet, image_options) -> None:
     """Train a zero activation predictor per eligible layer and rewrite MODEL.
 
     Eligible layers are Conv [+BatchNorm] [+residual Add] + Relu/ReLU6 (see `zapopt info`);
@@ -351,7 +375,8 @@ def optimize_command(model, output, calib, calib_images, pattern, predictor_inpu
                             calib_images=calib_images, eval_images=eval_images, epochs=epochs,
                             max_epoch_scale=max_epoch_scale, seed=seed, output_format=output_format,
                             predictor_input=predictor_input, magnitude_weight=magnitude_weight,
-                            latency_check=latency_check, latency_threads=latency_threads)
+                            latency_check=latency_check, latency_batch=latency_batch,
+                            latency_threads=latency_threads)
     result = optimize(model, output, calib, config=config, eval_data=eval_data, image_options=image_options,
                       input_shapes=_input_shapes(input_shapes), report_path=report_path, plot_path=plot_path,
                       progress=_progress(quiet))
@@ -359,8 +384,7 @@ def optimize_command(model, output, calib, calib_images, pattern, predictor_inpu
     if latency is not None and not latency.measured and latency.layers:
         click.echo(f"warning: speed unmeasured: {latency.note}", err=True)
     elif latency is not None and latency.measured and not latency.native_layers:
-        click.echo("warning: no native layer was faster than its stock nodes on this machine, so the written model "
-                   "computes like the original (--no-latency-check writes them anyway)", err=True)
+        click.echo(f"warning: {latency.summary()} (--no-latency-check writes the native layers anyway)", err=True)
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=1))
     else:
@@ -574,12 +598,16 @@ def convert_command(model, output, form) -> None:
 @click.option("--threads", default="1,2", show_default=True, metavar="T1,T2,...", help="onnxruntime intra-op threads.")
 @click.option("--runs", type=click.IntRange(min=3), default=20, show_default=True,
               help="Alternated runs of each model per batch size and thread count.")
+@click.option("--cpu-time", "cpu_clock", is_flag=True,
+              help="Time the 1-thread rows in the CPU time of the thread running them (what a busy machine "
+                   "preempts does not count); other rows stay in wall time.")
 @click.option("--per-layer/--no-per-layer", default=True, show_default=True,
               help="Also profile each native layer against the stock nodes it replaced (batch 1).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=str), default=None,
               help="Also write the full report (with the machine it ran on) as JSON here.")
 @image_option_flags
-def bench_command(model, reference, data, batches, threads, runs, per_layer, json_path, image_options) -> None:
+def bench_command(model, reference, data, batches, threads, runs, cpu_clock, per_layer, json_path,
+                  image_options) -> None:
     """End-to-end latency of MODEL against its original, runs alternated in one process.
 
     Reports the speed-up per batch size and thread count as a median with its interquartile
@@ -588,7 +616,8 @@ def bench_command(model, reference, data, batches, threads, runs, per_layer, jso
     from zapopt.bench import bench
 
     report = bench(model, reference, data, batches=_int_list(batches, "--batch"), threads=_int_list(threads, "--threads"),
-                   runs=runs, per_layer=per_layer, image_options=image_options, json_path=json_path)
+                   runs=runs, per_layer=per_layer, cpu_clock=cpu_clock, image_options=image_options,
+                   json_path=json_path)
     click.echo(report.format_table())
     if json_path:
         click.echo(f"\nwrote {json_path}")

@@ -65,6 +65,8 @@ def machine() -> dict[str, Any]:
                             "platform": platform.platform(), "python": platform.python_version()}
     if hasattr(os, "sched_getaffinity"):
         info["cores_usable"] = len(os.sched_getaffinity(0))
+    if hasattr(os, "getloadavg"):  # a shared machine's timings mean little without how busy it was
+        info["load_average"] = [round(v, 2) for v in os.getloadavg()]
     torch = sys.modules.get("torch")  # never imported here: the ONNX benchmarks run without it
     if torch is not None:
         info["torch"] = torch.__version__

@@ -33,6 +33,8 @@ def test_write_result_records_command_commit_and_machine(tmp_path: Path) -> None
         assert isinstance(provenance["git"]["dirty"], bool)
     assert provenance["machine"]["cores"] == os.cpu_count()
     assert provenance["machine"]["cpu_model"]
+    load = provenance["machine"].get("load_average")
+    assert load is None if not hasattr(os, "getloadavg") else len(load) == 3 and min(load) >= 0
     assert not [p.name for p in path.parent.iterdir() if p.name != "out.json"], "no temp file left behind"
 
 

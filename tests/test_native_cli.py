@@ -61,17 +61,73 @@ def test_exact_model_computes_the_original_outputs(exact_model: Path) -> None:
 
 
 def test_latency_check_writes_only_the_layers_it_found_faster(tmp_path: Path) -> None:
+    """A real latency check at two batch sizes: whatever the timings, the report is whole and
+    agrees with the written model, and a model without native nodes computes the original."""
     out = tmp_path / "m.onnx"
-    result = run_cli("optimize", str(RESNET), "--calib", CALIB, "--exact", "--latency-threads", "1", "-o", str(out))
+    result = run_cli("optimize", str(RESNET), "--calib", CALIB, "--exact", "--latency-batch", "2,1",
+                     "--latency-threads", "1", "-o", str(out))
     assert result.returncode == 0, result.stderr
     latency = json.loads(Path(f"{out}.report.json").read_text())["latency"]
     written = sorted(n.name for n in onnx.load(out).graph.node if is_zero_skip_node(n))
     assert latency["measured"] == native.library_available()
     assert sorted(d["name"] for d in latency["layers"] if d["native"]) == written
-    if latency["measured"]:
-        assert all(d["native_ms"] > 0 and d["stock_ms"] > 0 for d in latency["layers"])
-        assert all(d["native_ms"] < d["stock_ms"] for d in latency["layers"] if d["native"])
-        assert "latency-aware selection" in result.stdout
+    if not latency["measured"]:
+        return
+    assert latency["settings"] == [{"batch": b, "threads": 1, "clock": "thread CPU time"} for b in (1, 2)]
+    assert all(d["native_ms"] > 0 and d["stock_ms"] > 0 for d in latency["layers"])
+    assert all(d["native_ms"] < d["stock_ms"] for d in latency["layers"] if d["native"])
+    assert "latency-aware selection" in result.stdout and latency["summary"] in result.stdout
+    checks = latency["model_checks"]
+    for check in checks:
+        ratios = check["speedup"]
+        assert check["passed"] == (check["lower_bound"] is not None and check["lower_bound"] > 1.0)
+        assert ratios["count"] == 15 and ratios["q1"] <= ratios["median"] <= ratios["q3"]
+        assert check["lower_bound"] <= ratios["median"]
+    if written:
+        last = [c for c in checks if c["round"] == checks[-1]["round"]]
+        assert [(c["batch"], c["passed"]) for c in last] == [(1, True), (2, True)]
+        assert latency["summary"].startswith(f"kept {len(written)} of 19 native layers: end to end")
+    else:
+        assert latency["summary"] == "no native layer pays on this machine: the output equals the original"
+        assert "warning: no native layer pays" in result.stderr
+        x = fashion_images(4)
+        want = make_session(onnx.load(RESNET)).run(None, {"input": x})[0]
+        np.testing.assert_array_equal(make_session(onnx.load(out)).run(None, {"input": x})[0], want)
+
+
+@pytest.mark.skipif(not native.library_available(), reason="zapopt's native op library is not built")
+def test_the_real_latency_measurements_are_well_formed() -> None:
+    """The onnxruntime timer's three measurements on two ResNet layers (shapes, not speeds)."""
+    from zapopt.latency import LatencySetting
+    from zapopt.latency_timer import OnnxruntimeTimer
+    from zapopt.native_model import layer_ports, native_builder, zero_skip_layers
+
+    original = onnx.load(RESNET)
+    eligible, _ = zero_skip_layers(original)
+    build = native_builder(original, eligible)
+    everything = build(frozenset(eligible))
+    timer = OnnxruntimeTimer(original, everything, layer_ports(everything), build,
+                             lambda n: fashion_images(n), layer_threads=1, model_repeats=5, profile_runs=2)
+    kept = frozenset(eligible[-2:])
+    alone = timer.time_layer(eligible[-1])
+    assert sorted(alone.samples) == ["native", "stock"] and all(len(v) == 7 for v in alone.samples.values())
+    assert alone.median("native") > 0 and alone.median("stock") > 0
+    costs = timer.layer_costs(kept)
+    assert set(costs) == kept
+    assert all(c.native_ms > 0 and c.stock_ms and c.stock_ms > 0 and c.reorder_ms >= 0 for c in costs.values())
+    assert sum(c.reorder_ms for c in costs.values()) > 0  # the NCHWc chain ends before the native pair
+    timings = timer.time_model(kept, LatencySetting(3, 1))
+    assert sorted(timings.samples) == ["model", "original"]
+    assert all(len(v) == 5 and min(v) > 0 for v in timings.samples.values())
+    assert timer.inputs(3).shape == (3, 1, 28, 28)
+
+
+def test_latency_option_mistakes_are_one_line(tmp_path: Path) -> None:
+    out = str(tmp_path / "m.onnx")
+    for flag, value in (("--latency-batch", "0"), ("--latency-threads", "two")):
+        message = one_line_error(run_cli("optimize", str(RESNET), "--calib", CALIB, "--exact", flag, value,
+                                         "-o", out))
+        assert flag in message and "positive integers" in message
 
 
 def test_exact_user_errors_are_one_line(tmp_path: Path) -> None:
@@ -103,10 +159,12 @@ def test_convert_round_trip_through_the_cli(exact_model: Path, tmp_path: Path) -
 def test_bench_reports_ratios_with_spread_and_the_machine(exact_model: Path, tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     result = run_cli("bench", str(exact_model), "--reference", str(RESNET), "--data", TEST, "--batch", "1,2",
-                     "--threads", "1", "--runs", "3", "--json", str(out))
+                     "--threads", "1,2", "--runs", "3", "--cpu-time", "--json", str(out))
     assert result.returncode == 0, result.stderr
     report = json.loads(out.read_text())
-    assert [(r["batch"], r["threads"]) for r in report["end_to_end"]] == [(1, 1), (2, 1)]
+    assert [(r["batch"], r["threads"], r["clock"]) for r in report["end_to_end"]] == [
+        (1, 1, "thread CPU time"), (1, 2, "wall time"), (2, 1, "thread CPU time"), (2, 2, "wall time")]
+    assert len(report["machine"]["load_average"]) == 3
     for row in report["end_to_end"]:
         assert row["speedup"]["count"] == 3 and row["speedup"]["q1"] <= row["speedup"]["median"] <= row["speedup"]["q3"]
     assert report["machine"]["cpu"] and report["machine"]["cores"] >= 1

@@ -106,7 +106,7 @@ CONFIG_OPTIONS = {
     "calib_images": "calib_images", "pattern": "pattern", "predictor_input": "predictor_input",
     "magnitude_weight": "magnitude_weight", "epochs": "epochs", "max_epoch_scale": "max_epoch_scale",
     "seed": "seed", "output_format": "output_format", "latency_check": "latency_check",
-    "latency_threads": "latency_threads", "eval_images": "eval_images",
+    "latency_batch": "latency_batch", "latency_threads": "latency_threads", "eval_images": "eval_images",
 }
 ACCURACY_OPTIONS = {"sensitivity_weighting": "sensitivity", "drop_margin": "margin"}
 

@@ -11,17 +11,15 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from collections import defaultdict
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 
-from zapopt.data import Dataset, ImageOptions, model_input, open_dataset
+from zapopt.data import ImageOptions, model_input, open_dataset
 from zapopt.errors import ZapoptError
 from zapopt.files import check_output_path, write_text_atomically
 from zapopt.graph import load_model
@@ -29,11 +27,9 @@ from zapopt.machine import machine_info
 from zapopt.model_form import as_native
 from zapopt.graph.index import GraphIndex
 from zapopt.rewrite.graph_edit import is_native_node, tag_of, tensor_shape
+from zapopt.profiling import profile, replaced_stock_ms
 from zapopt.runtime import feed_name, make_session, prepare
-from zapopt.timing import Spread, time_alternated
-
-#: onnxruntime profile events of layout conversions a custom node may force around itself.
-_REORDER_OPS = ("ReorderInput", "ReorderOutput")
+from zapopt.timing import Spread, clock_for, time_alternated
 
 
 @dataclass(frozen=True)
@@ -43,9 +39,11 @@ class EndToEnd:
     original_ms: Spread
     optimized_ms: Spread
     speedup: Spread  # original / optimized, per round
+    clock: str = "wall time"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"batch": self.batch, "threads": self.threads, "original_ms": self.original_ms.to_dict(),
+        return {"batch": self.batch, "threads": self.threads, "clock": self.clock,
+                "original_ms": self.original_ms.to_dict(),
                 "optimized_ms": self.optimized_ms.to_dict(), "speedup": self.speedup.to_dict()}
 
 
@@ -106,8 +104,8 @@ class BenchReport:
                  f"data: {self.data}   {self.runs} alternated runs per setting   machine: "
                  f"{self.machine.get('cpu')}, {self.machine.get('cores')} cores", ""]
         rows = [(r.batch, r.threads, f"{r.original_ms.median:.2f}", f"{r.optimized_ms.median:.2f}",
-                 f"{r.speedup.median:.3f}x", f"{r.speedup.q1:.3f}-{r.speedup.q3:.3f}") for r in self.end_to_end]
-        lines.append(format_rows(("batch", "threads", "original ms", "optimized ms", "speed-up", "IQR"), rows))
+                 f"{r.speedup.median:.3f}x", f"{r.speedup.q1:.3f}-{r.speedup.q3:.3f}", r.clock) for r in self.end_to_end]
+        lines.append(format_rows(("batch", "threads", "original ms", "optimized ms", "speed-up", "IQR", "clock"), rows))
         if self.layers:
             layer_rows = [(b.name, b.op, f"{b.native_ms:.3f}", "-" if b.stock_ms is None else f"{b.stock_ms:.3f}",
                            "-" if b.speedup is None else f"{b.speedup:.2f}x", pct(b.input_zero_share),
@@ -121,13 +119,6 @@ class BenchReport:
         return "\n".join(lines)
 
 
-def _batch_of(dataset: Dataset, size: int) -> np.ndarray:
-    """``size`` samples, cycling through the data when it has fewer."""
-    data = dataset.take(min(size, len(dataset))).to_numpy(batch_size=min(size, len(dataset)))
-    reps = -(-size // len(data))
-    return np.concatenate([data] * reps, axis=0)[:size]
-
-
 def _parse_ints(values: Sequence[int], what: str) -> list[int]:
     out = [int(v) for v in values]
     if not out or any(v < 1 for v in out):
@@ -135,55 +126,13 @@ def _parse_ints(values: Sequence[int], what: str) -> list[int]:
     return list(dict.fromkeys(out))
 
 
-def _profile(model: onnx.ModelProto, feed: dict[str, np.ndarray], runs: int, threads: int) -> dict[str, float]:
-    """Mean kernel milliseconds per run of each node of ``model`` (onnxruntime's profile)."""
-    with tempfile.TemporaryDirectory(prefix="zapopt-profile-") as tmp:
-        session = make_session(model, threads=threads, profile_prefix=os.path.join(tmp, "profile"))
-        for _ in range(runs):
-            session.run(None, feed)
-        events = json.loads(Path(session.end_profiling()).read_text())
-    totals: dict[str, float] = defaultdict(float)
-    for event in events:
-        name = event.get("name", "")
-        if event.get("cat") == "Node" and name.endswith("_kernel_time"):
-            op = event.get("args", {}).get("op_name", "")
-            totals[f"{op}\t{name[: -len('_kernel_time')]}"] += event.get("dur", 0) / 1e3 / runs
-    return dict(totals)
-
-
-def _stock_ms(profile: dict[str, float], reference: onnx.ModelProto, replaced: str | None) -> float | None:
-    """The reference profile's time of the nodes a native node replaced: onnxruntime names a
-    fused node after one of its tensors, so names and output tensors both count."""
-    if not replaced:
-        return None
-    wanted = set(replaced.split(","))
-    for node in reference.graph.node:
-        if node.name in wanted or (node.output and node.output[0] in wanted):
-            wanted.update(o for o in node.output if o)
-    total, found = 0.0, False
-    for key, ms in profile.items():
-        name = key.split("\t", 1)[1]
-        base = name[: -len("_nchwc")] if name.endswith("_nchwc") else name
-        if base in wanted:
-            total, found = total + ms, True
-    return total if found else None
-
-
-def _native_time(profile: dict[str, float], name: str) -> float:
-    return sum(ms for key, ms in profile.items() if key.split("\t", 1)[1] == name)
-
-
-def _reorders(profile: dict[str, float]) -> float:
-    return sum(ms for key, ms in profile.items() if key.split("\t", 1)[0] in _REORDER_OPS)
-
-
 def _layer_benches(model: onnx.ModelProto, reference: onnx.ModelProto, sample: np.ndarray, runs: int,
                    threads: int) -> tuple[list[LayerBench], float, float]:
     nodes = [n for n in model.graph.node if is_native_node(n)]
     index = GraphIndex(model.graph)
     feed = {feed_name(make_session(reference, threads=threads)): sample}
-    native_profile = _profile(model, feed, runs, threads)
-    stock_profile = _profile(reference, feed, runs, threads)
+    native_profile = profile(model, feed, runs, threads)
+    stock_profile = profile(reference, feed, runs, threads)
     prepared = prepare(model, expose_masks=True, native=True)
     inputs = sorted({n.input[0] for n in nodes})
     extra = [t for t in inputs if t not in {o.name for o in prepared.model.graph.output}]
@@ -203,16 +152,18 @@ def _layer_benches(model: onnx.ModelProto, reference: onnx.ModelProto, sample: n
         x = values[node.input[0]]
         mask = values.get(prepared.mask_outputs.get(node.name, ""))
         layers.append(LayerBench(
-            node.name, node.op_type, macs, _native_time(native_profile, node.name),
-            _stock_ms(stock_profile, reference, tag_of(node, "zapopt.replaced")),
+            node.name, node.op_type, macs, native_profile.node_ms(node.name),
+            replaced_stock_ms(stock_profile, reference, tag_of(node, "zapopt.replaced")),
             float(np.mean(x == 0)), 0.0 if mask is None else 1.0 - float(np.mean(mask))))
-    return layers, _reorders(native_profile), _reorders(stock_profile)
+    return layers, native_profile.reorder_ms(), stock_profile.reorder_ms()
 
 
 def bench(model: str | os.PathLike, reference: str | os.PathLike, data: Any, *, batches: Sequence[int] = (1, 8),
-          threads: Sequence[int] = (1, 2), runs: int = 20, per_layer: bool = True,
+          threads: Sequence[int] = (1, 2), runs: int = 20, per_layer: bool = True, cpu_clock: bool = False,
           image_options: ImageOptions | None = None, json_path: str | os.PathLike | None = None) -> BenchReport:
-    """Time ``model`` against ``reference`` (its original) on samples from ``data``."""
+    """Time ``model`` against ``reference`` (its original) on samples from ``data``;
+    ``cpu_clock``: time the 1-thread rows in the CPU time of the thread that runs them
+    (``zapopt.timing.clock_for``: steadier on a busy machine), the others in wall time."""
     batches, threads = _parse_ints(batches, "--batch"), _parse_ints(threads, "--threads")
     if runs < 3:
         raise ZapoptError(f"--runs must be at least 3 for a median and a spread, got {runs}")
@@ -233,22 +184,23 @@ def bench(model: str | os.PathLike, reference: str | os.PathLike, data: Any, *, 
         if fixed is not None and batch != fixed:
             notes.append(f"batch {batch} skipped: the model takes batches of exactly {fixed}")
             continue
-        feed_data = _batch_of(dataset, batch)
+        feed_data = dataset.batch_of(batch)
         for n_threads in threads:
             sessions = {"original": make_session(original, threads=n_threads),
                         "optimized": make_session(prepared.model, threads=n_threads)}
             feeds = {k: {feed_name(s): feed_data} for k, s in sessions.items()}
+            clock_name, clock = clock_for(n_threads) if cpu_clock else ("wall time", time.perf_counter)
             timings = time_alternated({k: (lambda s=s, k=k: s.run(None, feeds[k])) for k, s in sessions.items()},
-                                      repeats=runs)
+                                      repeats=runs, balanced=True, clock=clock)
             rows.append(EndToEnd(batch, n_threads, Spread.of([1e3 * t for t in timings.samples["original"]]),
                                  Spread.of([1e3 * t for t in timings.samples["optimized"]]),
-                                 timings.ratio("original", "optimized")))
+                                 timings.ratio("original", "optimized"), clock_name))
     if not rows:
         raise ZapoptError("no batch size could run; " + "; ".join(notes))
     layers, reorder, reference_reorder = [], None, None
     if per_layer and prepared.native and any(is_native_node(n) for n in optimized.graph.node):
         if fixed is None or fixed == 1:
-            layers, reorder, reference_reorder = _layer_benches(optimized, original, _batch_of(dataset, 1), runs,
+            layers, reorder, reference_reorder = _layer_benches(optimized, original, dataset.batch_of(1), runs,
                                                                 threads[-1])
         else:
             notes.append("per-layer profile skipped: it runs at batch 1")

@@ -25,5 +25,8 @@ def cpu_model() -> str:
 def machine_info() -> dict[str, Any]:
     import onnxruntime
 
-    return {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
+    info = {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
             "onnxruntime": onnxruntime.__version__}
+    if hasattr(os, "getloadavg"):  # 1, 5 and 15 minute load: how busy the machine was around the timing
+        info["load_average"] = [round(v, 2) for v in os.getloadavg()]
+    return info

@@ -49,7 +49,7 @@ def build_zap_model(original: onnx.ModelProto, trained: Mapping[str, TrainedLaye
 
 def native_zap_model(original: onnx.ModelProto, trained: Mapping[str, TrainedLayer],
                      thresholds: Mapping[str, float], config: OptimizeConfig,
-                     sample: Callable[[], np.ndarray] | None) -> NativeResult:
+                     sample: Callable[[int], np.ndarray] | None) -> NativeResult:
     """The ZAP layers as ZapConv and (``--format native``) every other Conv with a zero-able
     input as ZeroSkipConv, each kept only where the latency check finds it faster."""
     zap_names = [name for name, tau in thresholds.items() if tau != -math.inf]
@@ -63,7 +63,7 @@ def native_zap_model(original: onnx.ModelProto, trained: Mapping[str, TrainedLay
         zero_skip = named_subset(eligible, config.layers, config.exclude)
     build = native_builder(original, zero_skip, zap_build)
     return choose_native_layers(original, build, [*zap_names, *zero_skip], sample=sample,
-                                check=config.checks_latency, threads=config.latency_threads)
+                                check=config.checks_latency, settings=config.latency_points)
 
 
 def in_output_format(model: onnx.ModelProto, output_format: str) -> onnx.ModelProto:

@@ -4,14 +4,15 @@ which of them stay native on this machine.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import onnx
 
-from zapopt.latency import LatencyReport, LayerPorts, OnnxruntimeTimer, select_by_latency, unmeasured
+from zapopt.latency import LatencyReport, LatencySetting, latency_settings, select_by_latency, unmeasured
+from zapopt.latency_timer import LayerPorts, OnnxruntimeTimer
 from zapopt.ops.spec import is_zero_skip_node
 from zapopt.rewrite.graph_edit import is_native_node
 from zapopt.rewrite.zero_skip import ReplaceWithZeroSkip, zero_skip_candidates
@@ -69,10 +70,12 @@ class NativeResult:
 
 
 def choose_native_layers(original: onnx.ModelProto, build: Builder, candidates: Collection[str], *,
-                         sample: Callable[[], np.ndarray] | None, check: bool, threads: int | None = None,
-                         repeats: int = 7) -> NativeResult:
+                         sample: Callable[[int], np.ndarray] | None, check: bool,
+                         settings: Sequence[LatencySetting] = latency_settings()) -> NativeResult:
     """Build the model with every candidate native, then (``check``) keep only the layers
-    that make this machine faster; ``sample()`` gives one batch-1 calibration input."""
+    that make this machine faster at every batch size and thread count of ``settings``;
+    ``sample(n)`` gives a batch of ``n`` calibration inputs."""
+    from zapopt.data import model_input
     from zapopt.runtime import native_library
 
     everything = build(frozenset(candidates))
@@ -85,9 +88,19 @@ def choose_native_layers(original: onnx.ModelProto, build: Builder, candidates: 
         return NativeResult(everything, unmeasured(ops, NO_LIBRARY_NOTE))
     if sample is None:
         return NativeResult(everything, unmeasured(ops, "no calibration sample was given to time the layers with"))
-    timer = OnnxruntimeTimer(original, everything, layer_ports(everything), build, sample(), threads=threads,
-                             repeats=repeats)
-    report = select_by_latency(ops, timer.time_layer, timer.time_model, threads=threads)
+    fixed = model_input(original).shape[0]
+    runnable = [s for s in settings if fixed is None or s.batch == fixed]
+    note = "" if len(runnable) == len(settings) else \
+        f"the model takes batches of exactly {fixed}: other latency batch sizes were not checked"
+    if not runnable:
+        runnable = sorted({LatencySetting(fixed, s.threads) for s in settings}, key=lambda s: s.threads or 0)
+    counts = [s.threads for s in runnable]
+    # the layers are screened at the fewest threads asked for: one thread is timed in CPU time, the least noisy
+    layer_threads = None if None in counts else min(counts)  # type: ignore[type-var]
+    timer = OnnxruntimeTimer(original, everything, layer_ports(everything), build, sample,
+                             layer_threads=layer_threads, layer_batch=fixed or 1)
+    report = select_by_latency(ops, timer.time_layer, timer.time_model, settings=runnable,
+                               layer_costs=timer.layer_costs, note=note)
     return NativeResult(build(frozenset(report.native_layers)), report)
 
 

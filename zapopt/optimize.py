@@ -114,9 +114,9 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
 
 
 def _calibration_sample(original: onnx.ModelProto, calib: Any,
-                        image_options: ImageOptions | None) -> Callable[[], np.ndarray]:
-    """The first calibration input as a batch of one (read only when a latency check runs)."""
-    return lambda: next(open_dataset(calib, model_input(original), image_options, limit=1).batches(1))
+                        image_options: ImageOptions | None) -> Callable[[int], np.ndarray]:
+    """``sample(n)``: the first ``n`` calibration inputs (read only when a latency check runs)."""
+    return lambda size: open_dataset(calib, model_input(original), image_options, limit=size).batch_of(size)
 
 
 def optimize_exact(model: str | os.PathLike | onnx.ModelProto, calib: Any, *, config: OptimizeConfig,
@@ -136,7 +136,8 @@ def optimize_exact(model: str | os.PathLike | onnx.ModelProto, calib: Any, *, co
     build = native_builder(original, chosen)
     t0 = time.perf_counter()
     native = choose_native_layers(original, build, chosen, sample=_calibration_sample(original, calib, image_options),
-                                  check=config.checks_latency, threads=config.latency_threads)
+                                  check=config.checks_latency,
+                                  settings=config.latency_points)
     rewritten = in_output_format(native.model, config.output_format)
     seconds = {"latency": time.perf_counter() - t0, "total": time.perf_counter() - started}
     report = ExactReport(model_name, output, chosen, ineligible, [n for n in eligible if n not in chosen], seconds)
@@ -145,11 +146,11 @@ def optimize_exact(model: str | os.PathLike | onnx.ModelProto, calib: Any, *, co
 
 def finish(prepared: PreparedLayers, choice: ThresholdChoice, config: OptimizeConfig, *, model_name: str,
            output: str | None = None, seconds: dict[str, float] | None = None,
-           started: float | None = None, sample: Callable[[], np.ndarray] | None = None,
+           started: float | None = None, sample: Callable[[int], np.ndarray] | None = None,
            progress: bool | None = None) -> OptimizeResult:
     """Rewrite the model at the chosen thresholds, measure its agreement with the original on
     the held-out calibration images (warning where it or a layer lost much), and assemble the
-    report; ``sample()`` (one batch-1 calibration input) lets the latency check time the layers."""
+    report; ``sample(n)`` (``n`` calibration inputs) lets the latency check time the layers."""
     trained, thresholds = prepared.chosen(choice.patterns), choice.thresholds
     curves = {name: layer.curve for name, layer in trained.items()}
     seconds = dict(seconds or prepared.seconds)

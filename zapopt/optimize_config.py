@@ -9,6 +9,7 @@ from dataclasses import MISSING, dataclass, field, fields
 
 from zapopt.data_checks import MIN_CALIBRATION_IMAGES
 from zapopt.errors import ZapoptError
+from zapopt.latency import DEFAULT_BATCHES, LatencySetting, latency_settings
 from zapopt.pattern_choice import parse_patterns
 from zapopt.predictor.inputs import PredictorInput
 from zapopt.selection_modes import (
@@ -72,7 +73,9 @@ class OptimizeConfig:
     predictor_input: str = "preactivation"  # "activation" = the paper's predictor input
     magnitude_weight: float = 6.0  # 0 = the paper's plain MSE loss
     latency_check: bool = True  # keep a native layer only where it is faster on this machine
-    latency_threads: int | None = None  # onnxruntime intra-op threads for the latency check (None: its default)
+    # the end-to-end latency check must hold at every batch size x thread count (threads None: onnxruntime's default)
+    latency_batch: int | tuple[int, ...] = DEFAULT_BATCHES
+    latency_threads: int | tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.selection, SELECTION_MODES):
@@ -80,8 +83,7 @@ class OptimizeConfig:
                             f"got {self.selection!r}")
         patterns = parse_patterns(self.pattern)
         check_flag(self.latency_check, "latency_check")
-        if self.latency_threads is not None and (not isinstance(self.latency_threads, int) or self.latency_threads < 1):
-            raise ZapoptError(f"latency threads must be a positive integer, got {self.latency_threads!r}")
+        latency_settings(self.latency_batch, self.latency_threads)  # validates them
         if self.exact:
             if self.pattern != DEFAULT_PATTERN:
                 raise ZapoptError("--exact trains no predictors, so it takes no --pattern; "
@@ -133,6 +135,11 @@ class OptimizeConfig:
     def checks_latency(self) -> bool:
         """Whether native layers are timed: asked for, and the output keeps native ops."""
         return self.latency_check and self.output_format != "onnx"
+
+    @property
+    def latency_points(self) -> tuple[LatencySetting, ...]:
+        """Every (batch, threads) the end-to-end latency check must hold at."""
+        return latency_settings(self.latency_batch, self.latency_threads)
 
 
 def config_default(name: str) -> object:

@@ -62,7 +62,7 @@ def layer_reports(trained: Mapping[str, TrainedLayer], thresholds: Mapping[str, 
     for name, layer in trained.items():
         tau = thresholds[name]
         if name in stock_faster:
-            layers.append(_skipped(name, layer, "the stock nodes are faster on this machine (latency check)"))
+            layers.append(_skipped(name, layer, "the latency check kept its stock nodes (its table says why)"))
         elif tau == -math.inf:
             layers.append(_skipped(name, layer, _why_exact(layer, config)))
         else:

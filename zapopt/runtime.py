@@ -145,19 +145,22 @@ def _with_native_masks(model: onnx.ModelProto, outputs: tuple[str, ...]) -> Prep
 
 def make_session(model: onnx.ModelProto, *, threads: int | None = None,
                  optimization: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-                 profile_prefix: str | None = None) -> ort.InferenceSession:
+                 profile_prefix: str | None = None, optimized_model_path: str | None = None) -> ort.InferenceSession:
     """An onnxruntime CPU session for ``model`` (bytes in memory, nothing written); zapopt's
     op library is registered (by ``zapopt.native.session_options``) when the model has native
     ops. ``profile_prefix``: write onnxruntime's per-node profile there (see
-    ``session.end_profiling()``)."""
+    ``session.end_profiling()``); ``optimized_model_path``: save the graph onnxruntime will
+    run there."""
     from zapopt.native import open_session, session_options
 
     native = has_native_nodes(model)
     if native and native_library() is None:
         raise ZapoptError(f"the model has zapopt's native ops (ai.zapopt ZapConv/ZeroSkipConv); {REGISTER_HINT}")
-    profiling = {} if profile_prefix is None else {"enable_profiling": True, "profile_file_prefix": profile_prefix}
+    extra = {} if profile_prefix is None else {"enable_profiling": True, "profile_file_prefix": profile_prefix}
+    if optimized_model_path is not None:
+        extra["optimized_model_filepath"] = optimized_model_path
     options = session_options(threads=threads, optimization=optimization, register_library=native,
-                              log_severity_level=3, **profiling)
+                              log_severity_level=3, **extra)
     return open_session(model.SerializeToString(), options)
 
 

@@ -136,6 +136,13 @@ class Dataset:
         return Dataset(self._reader, len(self), full, self.description, self.model_input, self.sample_shape,
                        self.dtype, start=self._start)
 
+    def batch_of(self, size: int) -> np.ndarray:
+        """One batch of exactly ``size`` samples from the start, cycling through the data when
+        it has fewer (timing inputs: ``zapopt bench``, optimize's latency check)."""
+        data = self.take(min(size, len(self))).to_numpy(batch_size=min(size, len(self)))
+        reps = -(-size // len(data))
+        return np.concatenate([data] * reps, axis=0)[:size]
+
     def to_numpy(self, batch_size: int | None = None) -> np.ndarray:
         """All samples as one array (only for sets that fit in memory)."""
         size = batch_size or (self.model_input.shape[0] if self.model_input and self.model_input.shape[0] else 256)
