@@ -8,7 +8,7 @@ import click
 import numpy as np
 import pytest
 
-from cli import optimize_command
+from zapopt.commands.optimize import optimize_command
 from zapopt.errors import ZapoptError
 from zapopt.optimize import (
     DEFAULT_NONZERO_CHANCE,

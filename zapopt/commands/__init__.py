@@ -1,0 +1,1 @@
+"""The ``zapopt`` commands, one module per family; ``cli.py`` imports them to register them."""
