@@ -3,8 +3,9 @@
     python -m tests.native_asan_check LIBRARY [CASES]
 
 Registers the sanitizer build LIBRARY (not the installed one), runs CASES random layers of
-both ops on every path the CPU has plus the bad-input cases, and exits non-zero on any
-mismatch; the sanitizers abort the process on any memory or undefined-behaviour error.
+both ops on every path the CPU has (the automatic accumulation choice, then the first
+FORCED_CASES of them with each accumulation form forced: the union form is never chosen
+automatically) plus the bad-input cases, and exits non-zero on any mismatch; the sanitizers abort the process on any memory or undefined-behaviour error.
 """
 from __future__ import annotations
 
@@ -16,7 +17,12 @@ import numpy as np
 import onnxruntime as ort
 
 from tests.native_cases import assert_case_agrees, batch_model, random_case
+from tests.test_native_conformance import ACCUMULATIONS
 from tests.test_native_errors import W, zero_skip_model
+from zapopt.native import ACCUMULATION_ENV, PATH_ENV
+
+#: Layers run again with each accumulation form forced, per path.
+FORCED_CASES = 20
 
 
 def session(library: str, model) -> ort.InferenceSession:
@@ -26,6 +32,18 @@ def session(library: str, model) -> ort.InferenceSession:
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
+def run_cases(library: str, cases: list) -> None:
+    """Run ``cases`` through the sanitizer build, 40 per session, and check each result."""
+    for start in range(0, len(cases), 40):
+        chunk = cases[start : start + 40]
+        model, feeds, names = batch_model(chunk)
+        flat = session(library, model).run([n for g in names for n in g], feeds)
+        position = 0
+        for case, group in zip(chunk, names):
+            assert_case_agrees(case, flat[position : position + len(group)])
+            position += len(group)
+
+
 def main(library: str, count: int) -> int:
     lib = ctypes.CDLL(library)
     lib.zapopt_kernel_paths.restype = ctypes.c_char_p
@@ -33,15 +51,13 @@ def main(library: str, count: int) -> int:
     rng = np.random.default_rng(99)
     cases = [random_case(rng, op) for _ in range(count // 2) for op in ("ZeroSkipConv", "ZapConv")]
     for path in paths:
-        os.environ["ZAPOPT_KERNEL_PATH"] = path
-        for start in range(0, len(cases), 40):
-            chunk = cases[start : start + 40]
-            model, feeds, names = batch_model(chunk)
-            flat = session(library, model).run([n for g in names for n in g], feeds)
-            position = 0
-            for case, group in zip(chunk, names):
-                assert_case_agrees(case, flat[position : position + len(group)])
-                position += len(group)
+        os.environ[PATH_ENV] = path
+        os.environ.pop(ACCUMULATION_ENV, None)
+        run_cases(library, cases)
+        for form in ACCUMULATIONS:
+            os.environ[ACCUMULATION_ENV] = form  # read when a session creates its kernels
+            run_cases(library, cases[:FORCED_CASES])
+        os.environ.pop(ACCUMULATION_ENV, None)
         bad = session(library, zero_skip_model(skip=True))
         good_x = np.ones((1, W.shape[1], 5, 5), np.float32)
         for feeds in (
@@ -58,7 +74,8 @@ def main(library: str, count: int) -> int:
                 continue
             print(f"path {path}: bad input {[v.shape for v in feeds.values()]} was accepted", file=sys.stderr)
             return 1
-        print(f"path {path}: {len(cases)} layers and the bad inputs ran clean")
+        print(f"path {path}: {len(cases)} layers, {FORCED_CASES} per forced accumulation form "
+              f"({', '.join(ACCUMULATIONS)}) and the bad inputs ran clean")
     return 0
 
 

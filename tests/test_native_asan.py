@@ -61,7 +61,8 @@ def test_random_layers_and_bad_inputs_run_clean_under_asan_and_ubsan() -> None:
         UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:exitcode=98",
         PYTHONPATH=str(ROOT),
     )
-    env.pop("ZAPOPT_KERNEL_PATH", None)
+    env.pop(native.PATH_ENV, None)
+    env.pop(native.ACCUMULATION_ENV, None)
     done = subprocess.run([sys.executable, "-m", "tests.native_asan_check", str(library), "80"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     report = done.stdout[-4000:] + done.stderr[-8000:]
