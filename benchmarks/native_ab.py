@@ -23,17 +23,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from native_layers import LAYERS, layer_models, sparse_input, stock_session, summary, time_alternated  # noqa: E402
+from native_layers import (  # noqa: E402
+    LAYERS, baseline_session, layer_models, sparse_input, stock_session, summary, time_alternated,
+)
 from zap_common import save_results  # noqa: E402
 
 from zapopt import native  # noqa: E402
-
-
-def baseline_session(model, library: Path):
-    """A one-thread session running ``model`` with the op library at ``library``."""
-    options = native.session_options(threads=1, register_library=False)
-    options.register_custom_ops_library(str(library))
-    return native.open_session(model.SerializeToString(), options)
 
 
 def main() -> None:

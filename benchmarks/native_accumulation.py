@@ -9,7 +9,7 @@ Two parts, both on ResNet-50's 3x3 and 1x1 layer shapes (``native_layers.LAYERS`
   (|channels nonzero at one of the R positions| per position and 64-channel chunk) against the
   per-position lists (the nonzeros) and the dense form (every channel).
 * Timing, 1 intra-op thread, process CPU time, stock onnxruntime Conv+Relu (ORT_ENABLE_ALL)
-  alternated with ZeroSkipConv in one process (the order rotated every round), once per accumulation form forced with
+  alternated with ZeroSkipConv in one process (every other round in reverse order), once per accumulation form forced with
   ZAPOPT_ACCUMULATION (lists, union1-4, dense) and once with the per-step choice (auto), on
   scattered zeros (random weights) and on the real input and weights of the OpenNSFW conv
   with those channels and kernel (``--real``); ``--baseline-library`` adds another build of the
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -32,13 +31,13 @@ from onnx import helper, numpy_helper
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from native_layers import LAYERS, layer_models, sparse_input, stock_session  # noqa: E402
+from native_layers import LAYERS, baseline_session, conv_models, layer_models, sparse_input, stock_session  # noqa: E402
 from zap_common import save_results  # noqa: E402
 
 from zapopt import native  # noqa: E402
+from zapopt.timing import time_alternated  # noqa: E402
 
 FORMS = ("lists", "union1", "union2", "union3", "union4", "dense", "auto")
-ENV = "ZAPOPT_ACCUMULATION"
 
 
 def opennsfw_conv_inputs(photos: int) -> dict[tuple[int, int, int], dict]:
@@ -98,65 +97,21 @@ def union_work(x: np.ndarray, k: int, rows: int, chunk: int = 64) -> float:
     return union / max(lists, 1)
 
 
-def zero_skip_model(w: np.ndarray, b: np.ndarray, c_in: int, size: int) -> onnx.ModelProto:
-    from native_layers import _model
-    from zapopt.ops import ZeroSkipConvAttrs, make_zero_skip_node
-
-    pad = w.shape[2] // 2
-    inits = [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B")]
-    node = make_zero_skip_node(name="conv", x="X", w="W", b="B", y="Y", attrs=ZeroSkipConvAttrs(pads=(pad,) * 4))
-    return _model(node, inits, c_in, size, True)
-
-
-def stock_model(w: np.ndarray, b: np.ndarray, c_in: int, size: int) -> onnx.ModelProto:
-    from native_layers import _model
-
-    pad = w.shape[2] // 2
-    inits = [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B")]
-    return _model([helper.make_node("Conv", ["X", "W", "B"], ["C"], pads=[pad] * 4),
-                   helper.make_node("Relu", ["C"], ["Y"])], inits, c_in, size, False)
-
-
-def baseline_session(model: onnx.ModelProto, library: Path) -> object:
-    """A 1-thread session of ``model`` on another build of the op library (an earlier commit)."""
-    own = native.get_library_path
-    native.get_library_path = lambda: str(library)
-    try:
-        return native.session(model, threads=1)
-    finally:
-        native.get_library_path = own
-
-
 def time_forms(stock_model_proto: onnx.ModelProto, native_model: onnx.ModelProto, x: np.ndarray,
                forms: list[str], repeats: int, baseline: Path | None) -> dict[str, float]:
     """CPU-time ratio stock/native per forced form (and for the baseline library's default
     choice, key "baseline"), 1 thread, all sessions' runs alternated in one process."""
     sessions = {"stock": stock_session(stock_model_proto, 1)}
     for form in forms:
-        os.environ[ENV] = form
-        sessions[form] = native.session(native_model, threads=1)  # the kernel reads ENV when created
-    os.environ.pop(ENV, None)
+        os.environ[native.ACCUMULATION_ENV] = form
+        sessions[form] = native.session(native_model, threads=1)  # the kernel reads it when created
+    os.environ.pop(native.ACCUMULATION_ENV, None)
     if baseline is not None:
         sessions["baseline"] = baseline_session(native_model, baseline)
-    times = time_rotated(sessions, {"X": x}, repeats)
-    stock = statistics.median(times["stock"])
-    return {name: stock / statistics.median(t) for name, t in times.items() if name != "stock"}
-
-
-def time_rotated(sessions: dict, feed: dict, repeats: int) -> dict[str, list[float]]:
-    """Process CPU seconds per run of each session, the order rotated every round: the run right
-    after stock's measured 10-20 % faster here, whichever session it was."""
-    names = list(sessions)
-    for name in names:
-        for _ in range(3):
-            sessions[name].run(["Y"], feed)
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for i in range(repeats):
-        for name in names[i % len(names):] + names[:i % len(names)]:
-            start = time.process_time()
-            sessions[name].run(["Y"], feed)
-            times[name].append(time.process_time() - start)
-    return times
+    timings = time_alternated({name: (lambda s=s: s.run(["Y"], {"X": x})) for name, s in sessions.items()},
+                              repeats=repeats, warmup=3, clock=time.process_time, balanced=True)
+    stock = timings.median("stock")
+    return {name: stock / timings.median(name) for name in sessions if name != "stock"}
 
 
 def main() -> None:
@@ -188,9 +143,9 @@ def main() -> None:
         if LAYERS[index][:3] in real:
             r = real[LAYERS[index][:3]]
             real_size = r["x"].shape[2]
+            models = conv_models(r["W"], r["B"], c_in, real_size)
             inputs.append((f"OpenNSFW {r['name']} {real_size}x{real_size}", np.ascontiguousarray(r["x"][:1]),
-                           stock_model(r["W"], r["B"], c_in, real_size),
-                           zero_skip_model(r["W"], r["B"], c_in, real_size)))
+                           models["stock"], models["ZeroSkipConv"]))
         for kind, x, stock, model in inputs:
             zero = float((x == 0).mean())
             union = [union_work(x if kind == "scattered" else real[LAYERS[index][:3]]["x"], k, rr) for rr in (2, 3, 4)]

@@ -50,16 +50,22 @@ def _model(node: onnx.NodeProto, inits: list, c_in: int, size: int, custom: bool
     return model
 
 
-def layer_models(c_in: int, c_out: int, k: int, size: int, rng: np.random.Generator) -> dict:
-    w = (rng.standard_normal((c_out, c_in, k, k)) / math.sqrt(c_in * k * k)).astype(np.float32)
-    b = (rng.standard_normal(c_out) * 0.1).astype(np.float32)
-    pad = k // 2
+def conv_models(w: np.ndarray, b: np.ndarray, c_in: int, size: int) -> dict:
+    """Stock Conv+Relu and ZeroSkipConv models of one same-padded layer with weights ``w``, bias ``b``."""
+    pad = w.shape[2] // 2
     inits = [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B")]
     stock = _model([helper.make_node("Conv", ["X", "W", "B"], ["C"], pads=[pad] * 4),
                     helper.make_node("Relu", ["C"], ["Y"])], inits, c_in, size, False)
     zero_skip = _model(make_zero_skip_node(name="conv", x="X", w="W", b="B", y="Y",
                                            attrs=ZeroSkipConvAttrs(pads=(pad,) * 4)), inits, c_in, size, True)
     return {"W": w, "B": b, "pad": pad, "stock": stock, "ZeroSkipConv": zero_skip}
+
+
+def layer_models(c_in: int, c_out: int, k: int, size: int, rng: np.random.Generator) -> dict:
+    """:func:`conv_models` of a layer with random weights."""
+    w = (rng.standard_normal((c_out, c_in, k, k)) / math.sqrt(c_in * k * k)).astype(np.float32)
+    b = (rng.standard_normal(c_out) * 0.1).astype(np.float32)
+    return conv_models(w, b, c_in, size)
 
 
 def zap_model(layer: dict, x: np.ndarray, c_in: int, size: int, rng: np.random.Generator,
@@ -94,7 +100,9 @@ def sparse_input(rng: np.random.Generator, c_in: int, size: int, zero_share: flo
 
 
 def time_alternated(sessions: dict, feed: dict, repeats: int, warmup: int = 3) -> dict[str, dict[str, list[float]]]:
-    """Wall and process-CPU seconds per run of each session, runs alternating.
+    """Wall and process-CPU seconds per run of each session, runs alternating, every other
+    round in reverse order (the run right after stock's measured 10-20 % faster here,
+    whichever session it was).
 
     With one intra-op thread the CPU time is the work itself, unaffected by other processes
     taking the cores (a shared machine); with more, onnxruntime's spinning threads inflate it.
@@ -103,10 +111,11 @@ def time_alternated(sessions: dict, feed: dict, repeats: int, warmup: int = 3) -
         for _ in range(warmup):
             session.run(["Y"], feed)
     times: dict[str, dict[str, list[float]]] = {name: {"wall": [], "cpu": []} for name in sessions}
-    for _ in range(repeats):
-        for name, session in sessions.items():
+    names = list(sessions)
+    for round_index in range(repeats):
+        for name in reversed(names) if round_index % 2 else names:
             wall, cpu = time.perf_counter(), time.process_time()
-            session.run(["Y"], feed)
+            sessions[name].run(["Y"], feed)
             times[name]["cpu"].append(time.process_time() - cpu)
             times[name]["wall"].append(time.perf_counter() - wall)
     return times
@@ -123,6 +132,14 @@ def stock_session(model: onnx.ModelProto, threads: int) -> ort.InferenceSession:
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def baseline_session(model: onnx.ModelProto, library: Path) -> ort.InferenceSession:
+    """A one-thread session running ``model`` with another build of the op library (e.g. of an
+    earlier commit), for same-process before/after comparisons."""
+    options = native.session_options(threads=1, register_library=False)
+    options.register_custom_ops_library(str(library))
+    return native.open_session(model.SerializeToString(), options)
 
 
 def main() -> None:
