@@ -54,11 +54,11 @@ def paths() -> list[str]:
     return list(native.kernel_paths()) if native.library_available() else []
 
 
-def _check_sessions(cases: list[Case], label: str) -> None:
+def _check_sessions(cases: list[Case], label: str, **options: object) -> None:
     for start in range(0, len(cases), LAYERS_PER_SESSION):
         chunk = cases[start : start + LAYERS_PER_SESSION]
         model, feeds, names = batch_model(chunk)
-        session = native.session(model, threads=2)
+        session = native.session(model, threads=2, **options)
         flat = session.run([n for group in names for n in group], feeds)
         position = 0
         for index, (case, group) in enumerate(zip(chunk, names)):
@@ -88,6 +88,15 @@ def test_every_accumulation_form_matches_the_reference(path: str, accumulation: 
     monkeypatch.setenv(native.PATH_ENV, path)
     monkeypatch.setenv(native.ACCUMULATION_ENV, accumulation)
     _check_sessions(cases[:FORCED_CASES], f"path {path}, accumulation {accumulation}")
+
+
+def test_scratch_memory_works_without_onnxruntimes_memory_arena(cases: list[Case],
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernels take their per-run buffers from the session's CPU allocator: its arena by
+    default (every test above), the plain allocator when the session turns the arena off."""
+    monkeypatch.delenv(native.PATH_ENV, raising=False)
+    monkeypatch.delenv(native.ACCUMULATION_ENV, raising=False)
+    _check_sessions(cases[:LAYERS_PER_SESSION * 2], "arena off", enable_cpu_mem_arena=False)
 
 
 def test_a_bad_accumulation_form_is_refused_with_the_choices(cases: list[Case],

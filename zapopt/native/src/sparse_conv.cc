@@ -250,25 +250,25 @@ std::unique_ptr<PackedConv> PackedConv::create(const ConvGeometry& geo, const fl
 struct PackedConv::Band {
   int64_t row_begin = 0, row_end = 0;
   int64_t stride = 0;  // entries reserved per list (chunk + vector slack)
-  std::unique_ptr<int32_t[]> channels;  // channel within the chunk
-  std::unique_ptr<float[]> values;
-  std::unique_ptr<int32_t[]> counts;  // [row][column][chunk]
-  std::unique_ptr<float[]> pixels;    // [row][column][channel]: the dense inputs (NHWC)
+  ScratchArray<int32_t> channels;  // channel within the chunk
+  ScratchArray<float> values;
+  ScratchArray<int32_t> counts;  // [row][column][chunk]
+  ScratchArray<float> pixels;    // [row][column][channel]: the dense inputs (NHWC)
   // before[p]: the nonzeros of all pixels before p (row-major, every chunk); a span's count is
   // a difference of two entries.
-  std::unique_ptr<int64_t[]> before;
+  ScratchArray<int64_t> before;
 };
 
 void PackedConv::compact_band(const float* x, int64_t n, int64_t g, int64_t h, int64_t w, int64_t row_begin,
-                              int64_t row_end, Band* band) const {
+                              int64_t row_end, const Scratch& scratch, Band* band) const {
   const int64_t cg_in = geometry_.cg_in();
   band->row_begin = row_begin, band->row_end = row_end;
   band->stride = chunk_ + kCompactSlack;
   const size_t lists = static_cast<size_t>(std::max<int64_t>(0, row_end - row_begin) * w * chunks_);
-  band->channels.reset(new int32_t[std::max<size_t>(1, lists * band->stride)]);  // written before read
-  band->values.reset(new float[std::max<size_t>(1, lists * band->stride)]);
-  band->counts.reset(new int32_t[std::max<size_t>(1, lists)]);
-  band->pixels.reset(new float[std::max<size_t>(1, static_cast<size_t>(std::max<int64_t>(0, row_end - row_begin) * w * cg_in))]);
+  band->channels = ScratchArray<int32_t>(scratch, lists * band->stride);  // written before read
+  band->values = ScratchArray<float>(scratch, lists * band->stride);
+  band->counts = ScratchArray<int32_t>(scratch, lists);
+  band->pixels = ScratchArray<float>(scratch, static_cast<size_t>(std::max<int64_t>(0, row_end - row_begin) * w * cg_in));
   const float* group_planes = x + (n * geometry_.c_in + g * cg_in) * h * w;
   // Rows are contiguous in every channel plane, so several rows transpose as one long row:
   // each 8-channel block then streams through its planes (a row at a time, wide layers read
@@ -293,7 +293,7 @@ void PackedConv::compact_band(const float* x, int64_t n, int64_t g, int64_t h, i
     }
   }
   const int64_t band_pixels = std::max<int64_t>(0, row_end - row_begin) * w;
-  band->before.reset(new int64_t[static_cast<size_t>(band_pixels + 1)]);
+  band->before = ScratchArray<int64_t>(scratch, static_cast<size_t>(band_pixels + 1));
   band->before[0] = 0;
   for (int64_t p = 0; p < band_pixels; ++p) {
     int64_t sum = 0;
@@ -304,7 +304,7 @@ void PackedConv::compact_band(const float* x, int64_t n, int64_t g, int64_t h, i
 
 bool PackedConv::run(const float* x, int64_t n, int64_t h, int64_t w,
                      const std::vector<const std::vector<int32_t>*>& positions, const Epilogue& epilogue,
-                     const ParallelFor& parallel_for, std::string* error) const {
+                     const ParallelFor& parallel_for, const Scratch& scratch, std::string* error) const {
   const ConvGeometry& geo = geometry_;
   const int64_t ho = geo.out_h(h), wo = geo.out_w(w);
   // Jobs: (batch item, group, run of consecutive positions, range of channel blocks), handed
@@ -341,7 +341,7 @@ bool PackedConv::run(const float* x, int64_t n, int64_t h, int64_t w,
   if (share_lists) {
     shared.resize(static_cast<size_t>(n * geo.group));
     const bool compacted = parallel_for(shared.size(), [&](size_t i) {
-      compact_band(x, static_cast<int64_t>(i) / geo.group, static_cast<int64_t>(i) % geo.group, h, w, 0, h, &shared[i]);
+      compact_band(x, static_cast<int64_t>(i) / geo.group, static_cast<int64_t>(i) % geo.group, h, w, 0, h, scratch, &shared[i]);
     });
     if (!compacted) {
       *error = "compacting the input failed on onnxruntime's thread pool (out of memory?)";
@@ -354,7 +354,7 @@ bool PackedConv::run(const float* x, int64_t n, int64_t h, int64_t w,
     const size_t end = std::min(jobs.size(), (task + 1) * per_task);
     for (size_t j = task * per_task; j < end; ++j) {
       const Band* band = shared.empty() ? nullptr : &shared[static_cast<size_t>(jobs[j].n * geo.group + jobs[j].g)];
-      run_job(jobs[j], x, h, w, ho, wo, positions, epilogue, band);
+      run_job(jobs[j], x, h, w, ho, wo, positions, epilogue, band, scratch);
     }
   });
   if (!ok) {
@@ -441,7 +441,7 @@ AccumulationChoice PackedConv::choose_accumulation(int64_t nonzeros, int64_t slo
 
 void PackedConv::run_job(const Job& job, const float* x, int64_t h, int64_t w, int64_t ho, int64_t wo,
                          const std::vector<const std::vector<int32_t>*>& positions, const Epilogue& ep,
-                         const Band* shared_band) const {
+                         const Band* shared_band, const Scratch& scratch) const {
   const ConvGeometry& geo = geometry_;
   const int64_t k_size = geo.k_size();
   const int64_t cg_out = geo.cg_out(), cg_in = geo.cg_in();
@@ -463,7 +463,7 @@ void PackedConv::run_job(const Job& job, const float* x, int64_t h, int64_t w, i
     }
     compact_band(x, job.n, job.g, h, w, std::max<int64_t>(0, oh_min * geo.stride_h - geo.pad_top),
                  std::min<int64_t>(h, oh_max * geo.stride_h - geo.pad_top + (geo.kh - 1) * geo.dilation_h + 1),
-                 &own);
+                 scratch, &own);
   }
   const Band& band = shared_band != nullptr ? *shared_band : own;
 

@@ -1,0 +1,60 @@
+// The per-position nonzero lists (AccumulateFn), written once for every vector instruction
+// set. Included by microkernel_avx2.cc and microkernel_avx512.cc *inside their anonymous
+// namespace*, like dense_microkernel.h (see there why), with the same V description plus
+// V::add.
+//
+// Each nonzero entry costs one broadcast and NV fused multiply-adds with its weight row. An
+// FMA has 4 cycles of latency and two pipes run one each cycle (Zen 3, Skylake-X), so fewer
+// than 8 independent accumulator chains leave the pipes idle: with 4 vectors (32 output
+// channels on AVX2) perf put ~80 % of the loop on FMAs waiting for the previous one. Layers
+// with few vectors therefore take S entries at a time into S accumulator sets, added up at
+// the end.
+
+// S accumulator sets for NV vectors: at least 8 chains where the registers allow.
+template <int NV>
+constexpr int list_sets() {
+  return NV >= 5 ? 1 : (NV >= 3 ? 2 : 4);
+}
+
+template <class V, int NV>
+void accumulate_lists_of(const AccumulateArgs& a) {
+  constexpr int S = list_sets<NV>();
+  constexpr int kOcb = NV * V::kLanes;
+  for (int32_t t = 0; t < a.positions; ++t) {
+    if (a.needed != nullptr && a.needed[t * a.needed_stride] == 0) continue;
+    float* acc = a.acc + static_cast<int64_t>(t) * a.acc_stride;
+    typename V::Reg c[S * NV];  // one flat array: a 2-D one made GCC keep it on the stack
+    #pragma GCC unroll 16
+    for (int i = 0; i < S * NV; ++i) c[i] = V::zero();
+    if (!a.first) {
+      #pragma GCC unroll 16
+      for (int i = 0; i < NV; ++i) c[i] = V::load(acc + V::kLanes * i);
+    }
+    const int32_t* ks = a.channels[t];
+    const float* values = a.values[t];
+    const int32_t n = a.counts[t];
+    int32_t j = 0;
+    for (; j + S <= n; j += S) {
+      #pragma GCC unroll 4
+      for (int s = 0; s < S; ++s) {
+        const typename V::Reg x = V::broadcast(values + j + s);
+        const float* w = a.weights + static_cast<int64_t>(ks[j + s]) * kOcb;
+        #pragma GCC unroll 16
+        for (int i = 0; i < NV; ++i) c[s * NV + i] = V::fma(x, V::load(w + V::kLanes * i), c[s * NV + i]);
+      }
+    }
+    for (; j < n; ++j) {
+      const typename V::Reg x = V::broadcast(values + j);
+      const float* w = a.weights + static_cast<int64_t>(ks[j]) * kOcb;
+      #pragma GCC unroll 16
+      for (int i = 0; i < NV; ++i) c[i] = V::fma(x, V::load(w + V::kLanes * i), c[i]);
+    }
+    #pragma GCC unroll 4
+    for (int s = 1; s < S; ++s) {
+      #pragma GCC unroll 16
+      for (int i = 0; i < NV; ++i) c[i] = V::add(c[i], c[s * NV + i]);
+    }
+    #pragma GCC unroll 16
+    for (int i = 0; i < NV; ++i) V::store(acc + V::kLanes * i, c[i]);
+  }
+}
