@@ -170,6 +170,7 @@ def test_bench_reports_ratios_with_spread_and_the_machine(exact_model: Path, tmp
     assert report["machine"]["cpu"] and report["machine"]["cores"] >= 1
     if report["form"] == "native":  # per-layer profile needs the library
         assert len(report["layers"]) == 19 and all(0 <= b["input_zero_share"] <= 1 for b in report["layers"])
+        assert report["profile_threads"] == 1  # the fewest --threads: the least disturbed node times
     else:
         assert "portable form" in " ".join(report["notes"])
     assert "speed-up" in result.stdout
