@@ -32,6 +32,10 @@ DENSE_CASES_PER_OP = 30
 #: not consecutive (the general write-back).
 WRITE_BACK_CHANNELS = ((8, 8, 1), (12, 20, 1), (3, 64, 3), (16, 100, 1), (5, 13, 2))
 WRITE_BACK_CASES_PER_OP = 20
+#: Layers whose packed weights reach 128 KiB, where each step prefetches the next step's weight
+#: slab (sparse_conv.cc, kPrefetchMinWeightBytes) when the drawn kernel is 2x2 or larger.
+PREFETCH_CHANNELS = ((128, 128, 3), (64, 256, 3))
+PREFETCH_CASES_PER_OP = 10
 #: The accumulation forms a test can force (ZAPOPT_ACCUMULATION), each on the first
 #: FORCED_CASES layers (both ops, every corner is reached well before that).
 ACCUMULATIONS = ("lists", "dense", "union1", "union2", "union3", "union4")
@@ -46,6 +50,8 @@ def cases() -> list[Case]:
             for op in ("ZeroSkipConv", "ZapConv") for i in range(DENSE_CASES_PER_OP)]
     out += [random_case(rng, op, WRITE_BACK_CHANNELS[i % len(WRITE_BACK_CHANNELS)])
             for op in ("ZeroSkipConv", "ZapConv") for i in range(WRITE_BACK_CASES_PER_OP)]
+    out += [random_case(rng, op, PREFETCH_CHANNELS[i % len(PREFETCH_CHANNELS)])
+            for op in ("ZeroSkipConv", "ZapConv") for i in range(PREFETCH_CASES_PER_OP)]
     order = rng.permutation(len(out))  # mix both ops in every session
     return [out[i] for i in order]
 
@@ -118,6 +124,7 @@ def test_the_cases_cover_what_the_kernel_must_handle(cases: list[Case]) -> None:
     assert any(c.arrays["X"].shape[0] > 1 for c in cases)
     assert any(c.arrays["W"].shape[0] // c.attrs.group > 64 for c in cases)
     assert any(c.arrays["W"].shape[1] > 128 for c in cases)  # several list chunks per tap
+    assert sum(c.arrays["W"].nbytes >= 128 << 10 and c.attrs.group == 1 for c in cases) >= 10  # slab prefetch
     assert any(float((c.arrays["X"] != 0).mean()) >= 0.9 and c.arrays["X"].shape[1] > 64 for c in cases)
     zero_shares = [float((c.arrays["X"] == 0).mean()) for c in cases]
     assert min(zero_shares) == 0.0 and max(zero_shares) == 1.0

@@ -20,7 +20,15 @@ template <class V, int NV>
 void accumulate_lists_of(const AccumulateArgs& a) {
   constexpr int S = list_sets<NV>();
   constexpr int kOcb = NV * V::kLanes;
+  // The next step's weights, spread over the positions: 64-byte lines, about as many per
+  // position as the slab has lines per position.
+  const char* next = reinterpret_cast<const char*>(a.next_weights);
+  const int32_t lines = next == nullptr || a.positions == 0 ? 0 : (a.next_bytes + 63) / 64;
+  const int32_t per_position = (lines + a.positions - 1) / std::max<int32_t>(1, a.positions);
   for (int32_t t = 0; t < a.positions; ++t) {
+    for (int32_t l = t * per_position; l < std::min(lines, (t + 1) * per_position); ++l) {
+      __builtin_prefetch(next + int64_t{l} * 64, 0, 3);
+    }
     if (a.needed != nullptr && a.needed[t * a.needed_stride] == 0) continue;
     float* acc = a.acc + static_cast<int64_t>(t) * a.acc_stride;
     typename V::Reg c[S * NV];  // one flat array: a 2-D one made GCC keep it on the stack

@@ -103,6 +103,7 @@ class PackedConv {
   int blocks_ = 1;     // blocks per group
   int chunk_ = 64;     // input channels per list (keeps one tap x chunk x ocb weight slab in L1)
   int chunks_ = 1;     // chunks per group
+  bool prefetch_next_slab_ = false;  // large weights: prefetch each step's successor slab
   std::vector<float> weights_;  // [group][block][K = (tap, c)][ocb], zero-padded channels
   std::vector<float> bias_;     // [C_out]
   std::vector<float> padded_bias_;  // [group][block][ocb], like the packed output channels
