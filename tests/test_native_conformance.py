@@ -36,6 +36,12 @@ WRITE_BACK_CASES_PER_OP = 20
 #: slab (sparse_conv.cc, kPrefetchMinWeightBytes) when the drawn kernel is 2x2 or larger.
 PREFETCH_CHANNELS = ((128, 128, 3), (64, 256, 3))
 PREFETCH_CASES_PER_OP = 10
+#: Layers for the pointwise (matrix product) path: 1x1, stride 1, unpadded, one group, inputs
+#: at least half nonzero; odd plane sizes leave the zero-padded tail, planes above 48 positions
+#: several jobs.
+POINTWISE_CHANNELS = ((17, 9, 1), (64, 64, 1), (130, 24, 1), (5, 3, 1), (40, 70, 1))
+POINTWISE_ZERO_SHARES = (0.0, 0.0, 0.2, 0.4)
+POINTWISE_CASES_PER_OP = 30
 #: The accumulation forms a test can force (ZAPOPT_ACCUMULATION), each on the first
 #: FORCED_CASES layers (both ops, every corner is reached well before that).
 ACCUMULATIONS = ("lists", "dense", "union1", "union2", "union3", "union4")
@@ -52,6 +58,9 @@ def cases() -> list[Case]:
             for op in ("ZeroSkipConv", "ZapConv") for i in range(WRITE_BACK_CASES_PER_OP)]
     out += [random_case(rng, op, PREFETCH_CHANNELS[i % len(PREFETCH_CHANNELS)])
             for op in ("ZeroSkipConv", "ZapConv") for i in range(PREFETCH_CASES_PER_OP)]
+    out += [random_case(rng, op, POINTWISE_CHANNELS[i % len(POINTWISE_CHANNELS)], POINTWISE_ZERO_SHARES,
+                        pointwise=True)
+            for op in ("ZeroSkipConv", "ZapConv") for i in range(POINTWISE_CASES_PER_OP)]
     order = rng.permutation(len(out))  # mix both ops in every session
     return [out[i] for i in order]
 
@@ -125,6 +134,13 @@ def test_the_cases_cover_what_the_kernel_must_handle(cases: list[Case]) -> None:
     assert any(c.arrays["W"].shape[0] // c.attrs.group > 64 for c in cases)
     assert any(c.arrays["W"].shape[1] > 128 for c in cases)  # several list chunks per tap
     assert sum(c.arrays["W"].nbytes >= 128 << 10 and c.attrs.group == 1 for c in cases) >= 10  # slab prefetch
+    pointwise = [c for c in cases if c.arrays["W"].shape[2:] == (1, 1) and c.attrs.group == 1
+                 and c.attrs.strides == (1, 1) and not any(c.attrs.pads) and (c.arrays["X"] != 0).mean() >= 0.5]
+    assert len(pointwise) >= 30
+    assert any(c.arrays["Skip"] is not None and c.arrays["Skip"].ndim == 4 and c.arrays["Skip"].shape[0] ==
+               c.arrays["X"].shape[0] for c in pointwise)  # the Skip laid out like the output
+    assert any(c.arrays["X"].shape[2] * c.arrays["X"].shape[3] % 16 and c.arrays["X"].shape[2] *
+               c.arrays["X"].shape[3] > 48 for c in pointwise)  # several jobs and a padded tail
     assert any(float((c.arrays["X"] != 0).mean()) >= 0.9 and c.arrays["X"].shape[1] > 64 for c in cases)
     zero_shares = [float((c.arrays["X"] == 0).mean()) for c in cases]
     assert min(zero_shares) == 0.0 and max(zero_shares) == 1.0

@@ -10,6 +10,7 @@
 #include <cstdint>
 
 #include "microkernel.h"
+#include "pointwise.h"
 
 namespace zapopt {
 namespace {
@@ -53,14 +54,20 @@ struct Vec {
   static void accumulate_lists(const AccumulateArgs& a, int ocb) { accumulate_avx2(a, ocb); }
   static Reg fma(Reg a, Reg b, Reg c) { return _mm256_fmadd_ps(a, b, c); }
   static Reg add(Reg a, Reg b) { return _mm256_add_ps(a, b); }
+  static Reg max(Reg a, Reg b) { return _mm256_max_ps(a, b); }
+  static Reg min(Reg a, Reg b) { return _mm256_min_ps(a, b); }
+  static Reg set1(float v) { return _mm256_set1_ps(v); }
 };
 
 #include "dense_microkernel.h"
 #include "list_microkernel.h"
+#include "pointwise_microkernel.h"
 
 }  // namespace
 
 void dense_accumulate_avx2(const DenseAccumulateArgs& a, int ocb) { dense_accumulate<Vec>(a, ocb); }
+
+void pointwise_avx2(const PointwiseArgs& a) { pointwise<Vec>(a); }
 
 void union_accumulate_avx2(const UnionAccumulateArgs& a, int ocb, int rows) { union_accumulate<Vec>(a, ocb, rows); }
 

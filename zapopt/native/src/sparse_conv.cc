@@ -53,6 +53,18 @@ constexpr int64_t kDenseMaxWeightBytes = int64_t{4} << 20;
 // every conv native 1.05-1.11x; but layers with small weights (32->32 3x3, 37 KB) lost 8-14 %
 // alone, where the weights stay cached and the prefetches are pure overhead.
 constexpr int64_t kPrefetchMinWeightBytes = int64_t{128} << 10;
+// The pointwise path (1x1, stride 1, no padding, one group) runs on inputs at least
+// kDenseCutoverPointwise nonzero, where the lists do not pay.
+// Input bytes (C_in x positions) one pointwise job keeps in L2 while every block of output
+// channels passes over them.
+constexpr int64_t kPointwisePanelBytes = int64_t{256} << 10;
+// Pointwise job spans are multiples of this many positions: whole 3-vector tiles on AVX2 (24)
+// and AVX-512 (48).
+constexpr int64_t kPointwiseSpanStep = 48;
+// Positions handed to the vector paths in whole groups of this many (a multiple of every
+// path's vector width); the rest of a span goes through a zero-padded copy.
+constexpr int64_t kPointwiseTail = 16;
+constexpr int64_t kPointwiseSampledPlanes = 16;
 
 // Whether x[0..n) are all +0 or -0 (anything else, NaN included, is nonzero as in compaction).
 // Checked before compacting a pixel's chunk: all-zero pixels (dead regions of a ReLU's output)
@@ -246,6 +258,20 @@ std::unique_ptr<PackedConv> PackedConv::create(const ConvGeometry& geo, const fl
     }
   }
   conv->prefetch_next_slab_ = blocks * k_size * ocb * int64_t{sizeof(float)} >= kPrefetchMinWeightBytes;
+  if (geo.kh == 1 && geo.kw == 1 && geo.stride_h == 1 && geo.stride_w == 1 && geo.group == 1 && geo.pad_top == 0 &&
+      geo.pad_left == 0 && geo.pad_bottom == 0 && geo.pad_right == 0) {
+    conv->pointwise_ = traits.pointwise;
+    const int64_t pw_blocks = (geo.c_out + kPointwiseRows - 1) / kPointwiseRows;
+    conv->pointwise_weights_.assign(static_cast<size_t>(pw_blocks * geo.c_in * kPointwiseRows), 0.0f);
+    conv->pointwise_bias_.assign(static_cast<size_t>(pw_blocks * kPointwiseRows), 0.0f);
+    for (int64_t oc = 0; oc < geo.c_out; ++oc) {
+      const int64_t b = oc / kPointwiseRows, r = oc % kPointwiseRows;
+      for (int64_t c = 0; c < geo.c_in; ++c) {
+        conv->pointwise_weights_[(b * geo.c_in + c) * kPointwiseRows + r] = weights[oc * geo.c_in + c];
+      }
+      if (bias != nullptr) conv->pointwise_bias_[b * kPointwiseRows + r] = bias[oc];
+    }
+  }
   conv->bias_.assign(static_cast<size_t>(geo.c_out), 0.0f);
   if (bias != nullptr) std::copy(bias, bias + geo.c_out, conv->bias_.begin());
   conv->padded_bias_.assign(static_cast<size_t>(geo.group * blocks * ocb), 0.0f);
@@ -311,9 +337,117 @@ void PackedConv::compact_band(const float* x, int64_t n, int64_t g, int64_t h, i
   }
 }
 
+bool PackedConv::try_pointwise(const float* x, int64_t n, int64_t h, int64_t w,
+                               const std::vector<const std::vector<int32_t>*>& positions, const Epilogue& ep,
+                               const ParallelFor& parallel_for, const Scratch& scratch, std::string* error,
+                               bool* ok) const {
+  const ConvGeometry& geo = geometry_;
+  const int64_t plane = h * w;  // = H_out * W_out: 1x1, stride 1, no padding
+  if (pointwise_ == nullptr || ep.computed != nullptr || ep.aux != nullptr) return false;
+  for (int64_t i = 0; i < n; ++i) {
+    if (static_cast<int64_t>(positions[i]->size()) != plane) return false;  // ascending and unique: all of them
+  }
+  // Skip laid out like Y (a batch of one has batch stride 0: size-1 axes broadcast), else
+  // the general epilogue handles the broadcast.
+  if (ep.skip != nullptr && ((n > 1 && ep.skip_strides[0] != geo.c_out * plane) || ep.skip_strides[1] != plane ||
+                             ep.skip_strides[2] != w || ep.skip_strides[3] != 1)) {
+    return false;
+  }
+  // The input's zero share, estimated on up to kPointwiseSampledPlanes channel planes spread
+  // over the channels (counting every value cost a fifth of the layer on 64->256 56x56).
+  const int64_t step = std::max<int64_t>(1, geo.c_in / kPointwiseSampledPlanes);
+  int64_t zeros = 0, seen = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t c = 0; c < geo.c_in; c += step) {
+      const float* values = x + (i * geo.c_in + c) * plane;
+      int32_t plane_zeros = 0;
+      for (int64_t p = 0; p < plane; ++p) plane_zeros += values[p] == 0.0f;
+      zeros += plane_zeros;
+      seen += plane;
+    }
+  }
+  const float zero_share = static_cast<float>(zeros) / static_cast<float>(std::max<int64_t>(1, seen));
+  if (1.0f - zero_share < kDenseCutoverPointwise) return false;  // sparse enough for the lists
+
+  const int64_t k = geo.c_in, c_out = geo.c_out;
+  const int64_t blocks = (c_out + kPointwiseRows - 1) / kPointwiseRows;
+  const int64_t panel = kPointwisePanelBytes / (k * int64_t{sizeof(float)}) / kPointwiseSpanStep * kPointwiseSpanStep;
+  const int64_t span = std::clamp<int64_t>(panel, kPointwiseSpanStep, 4 * kPointwiseSpanStep);
+  const int64_t spans = (plane + span - 1) / span;
+  const int64_t runs = n * spans;
+  const int64_t splits = std::min<int64_t>(blocks, (static_cast<int64_t>(kMinJobs) + runs - 1) / runs);
+  const int64_t per_split = (blocks + splits - 1) / splits;
+  *ok = parallel_for(static_cast<size_t>(runs * splits), [&](size_t job) {
+    const int64_t run = static_cast<int64_t>(job) / splits, split = static_cast<int64_t>(job) % splits;
+    const int64_t i = run / spans, p0 = (run % spans) * span;
+    const int64_t count = std::min(span, plane - p0);
+    // Whole kPointwiseTail-position groups straight from X; the last few positions through a
+    // zero-padded copy (the vector paths would otherwise finish them one scalar at a time, 1 ms
+    // for 4 positions of a 1024->256 layer). Packing the whole span into a contiguous panel
+    // first, as matrix products usually do, cost more than it saved (0.90-0.98x on OpenNSFW).
+    const int64_t main = count / kPointwiseTail * kPointwiseTail, rest = count - main;
+    ScratchArray<float> tail_x, tail;
+    if (rest > 0) {
+      tail_x = ScratchArray<float>(scratch, static_cast<size_t>(k * kPointwiseTail));
+      tail = ScratchArray<float>(scratch, static_cast<size_t>(2 * kPointwiseRows * kPointwiseTail));
+      for (int64_t c = 0; c < k; ++c) {
+        const float* from = x + (i * k + c) * plane + p0 + main;
+        float* to = tail_x.get() + c * kPointwiseTail;
+        std::copy(from, from + rest, to);
+        std::fill(to + rest, to + kPointwiseTail, 0.0f);
+      }
+    }
+    PointwiseArgs args;
+    args.k = static_cast<int32_t>(k);
+    args.relu = ep.relu;
+    args.clip_max = ep.clip_max;
+    for (int64_t b = split * per_split; b < std::min(blocks, (split + 1) * per_split); ++b) {
+      const int64_t oc0 = b * kPointwiseRows;
+      args.weights = pointwise_weights_.data() + b * k * kPointwiseRows;
+      args.bias = pointwise_bias_.data() + b * kPointwiseRows;
+      args.rows = static_cast<int32_t>(std::min<int64_t>(kPointwiseRows, c_out - oc0));
+      float* y = ep.y + (i * c_out + oc0) * plane + p0;
+      const float* skip = ep.skip == nullptr ? nullptr : ep.skip + (i * c_out + oc0) * plane + p0;
+      if (main > 0) {
+        args.x = x + i * k * plane + p0;
+        args.x_stride = plane;
+        args.count = main;
+        args.y = y;
+        args.skip = skip;
+        args.y_stride = plane;
+        pointwise_(args);
+      }
+      if (rest > 0) {
+        float* tail_y = tail.get();
+        float* tail_skip = tail.get() + kPointwiseRows * kPointwiseTail;
+        for (int r = 0; skip != nullptr && r < args.rows; ++r) {
+          std::copy(skip + r * plane + main, skip + r * plane + count, tail_skip + r * kPointwiseTail);
+        }
+        args.x = tail_x.get();
+        args.x_stride = kPointwiseTail;
+        args.count = kPointwiseTail;
+        args.y = tail_y;
+        args.skip = skip == nullptr ? nullptr : tail_skip;
+        args.y_stride = kPointwiseTail;
+        pointwise_(args);
+        for (int r = 0; r < args.rows; ++r) {
+          std::copy(tail_y + r * kPointwiseTail, tail_y + r * kPointwiseTail + rest, y + r * plane + main);
+        }
+      }
+    }
+  });
+  if (!*ok) *error = "the pointwise convolution failed on onnxruntime's thread pool";
+  return true;
+}
+
 bool PackedConv::run(const float* x, int64_t n, int64_t h, int64_t w,
                      const std::vector<const std::vector<int32_t>*>& positions, const Epilogue& epilogue,
                      const ParallelFor& parallel_for, const Scratch& scratch, std::string* error) const {
+  bool pointwise_ok = false;
+  if (accumulation_.form == AccumulationChoice::kAuto &&
+      try_pointwise(x, n, h, w, positions, epilogue, parallel_for, scratch, error, &pointwise_ok)) {
+    return pointwise_ok;
+  }
   const ConvGeometry& geo = geometry_;
   const int64_t ho = geo.out_h(h), wo = geo.out_w(w);
   // Jobs: (batch item, group, run of consecutive positions, range of channel blocks), handed

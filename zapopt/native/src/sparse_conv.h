@@ -17,6 +17,7 @@
 
 #include "dispatch.h"
 #include "microkernel.h"
+#include "pointwise.h"
 #include "scratch.h"
 
 namespace zapopt {
@@ -76,6 +77,12 @@ class PackedConv {
                const std::vector<const std::vector<int32_t>*>& positions, const Epilogue& epilogue,
                const Band* shared_band, const Scratch& scratch) const;
 
+  // The pointwise path (pointwise.h) for x [N, C_in, H, W] when it applies: returns false
+  // (and does nothing) if it does not, else sets *ok (false with *error on a pool failure).
+  bool try_pointwise(const float* x, int64_t n, int64_t h, int64_t w,
+                     const std::vector<const std::vector<int32_t>*>& positions, const Epilogue& epilogue,
+                     const ParallelFor& parallel_for, const Scratch& scratch, std::string* error, bool* ok) const;
+
   // The accumulation form of one (tile, tap, chunk) step with `nonzeros` of its `slots` inputs
   // nonzero; dense_ok: the layer's weights are small enough for the dense form.
   AccumulationChoice choose_accumulation(int64_t nonzeros, int64_t slots, bool dense_ok) const;
@@ -104,6 +111,9 @@ class PackedConv {
   int chunk_ = 64;     // input channels per list (keeps one tap x chunk x ocb weight slab in L1)
   int chunks_ = 1;     // chunks per group
   bool prefetch_next_slab_ = false;  // large weights: prefetch each step's successor slab
+  PointwiseFn pointwise_ = nullptr;   // set for 1x1, stride-1, unpadded, one-group layers
+  std::vector<float> pointwise_weights_;  // [block][C_in][kPointwiseRows], zero-padded rows
+  std::vector<float> pointwise_bias_;     // [block][kPointwiseRows]
   std::vector<float> weights_;  // [group][block][K = (tap, c)][ocb], zero-padded channels
   std::vector<float> bias_;     // [C_out]
   std::vector<float> padded_bias_;  // [group][block][ocb], like the packed output channels
