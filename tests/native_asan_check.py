@@ -52,7 +52,7 @@ def main(library: str, count: int) -> int:
     paths = lib.zapopt_kernel_paths().decode().split(",")
     rng = np.random.default_rng(99)
     cases = [random_case(rng, op) for _ in range(count // 2) for op in ("ZeroSkipConv", "ZapConv")]
-    # The pointwise (matrix product) path: 1x1, stride 1, unpadded, mostly nonzero inputs.
+    # The pointwise (matrix product) path: 1x1, unpadded, mostly nonzero inputs.
     cases += [random_case(rng, op, (int(rng.integers(1, 70)), int(rng.integers(1, 40)), 1), POINTWISE_ZEROS,
                           pointwise=True) for _ in range(POINTWISE_CASES // 2) for op in ("ZeroSkipConv", "ZapConv")]
     for path in paths:

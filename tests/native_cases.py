@@ -71,7 +71,7 @@ def _geometry(rng: np.random.Generator, channels: tuple[int, int, int] | None = 
         h, w = (int(v) for v in rng.integers(1, 14, size=2))
         if pointwise:  # what the kernel's pointwise (matrix product) path takes
             kh = kw = 1
-            strides, pads = (1, 1), (0, 0, 0, 0)
+            pads = (0, 0, 0, 0)
         ho = conv_output_size(h, kh, strides[0], pads[0], pads[2], dilations[0])
         wo = conv_output_size(w, kw, strides[1], pads[1], pads[3], dilations[1])
         if ho >= 1 and wo >= 1:
@@ -106,7 +106,7 @@ def random_case(rng: np.random.Generator, op: str, channels: tuple[int, int, int
                 zero_shares: tuple[float, ...] = ZERO_SHARES, pointwise: bool = False) -> Case:
     """One random layer of ``op`` with its reference computed; ``channels`` fixes (C_in, C_out,
     largest kernel side) of a one-group layer, ``zero_shares`` the input zero shares drawn from,
-    ``pointwise`` makes it 1x1, stride 1, unpadded."""
+    ``pointwise`` makes it 1x1 and unpadded."""
     g = _geometry(rng, channels, pointwise)
     c_in, c_out = g["group"] * g["cg_in"], g["group"] * g["cg_out"]
     fan_in = g["cg_in"] * g["kh"] * g["kw"]

@@ -1,5 +1,6 @@
-// The pointwise path: a 1x1, stride-1, unpadded, one-group conv is a matrix product on the
-// NCHW planes themselves, Y[oc, p] = sum_c W[oc, c] X[c, p], so it runs without the NHWC
+// The pointwise path: a 1x1, unpadded, one-group conv is a matrix product on the NCHW planes
+// themselves, Y[oc, p] = sum_c W[oc, c] X[c, p] (strided: on the kept pixels, gathered into
+// planes of the output's size first), so it runs without the NHWC
 // transpose, the nonzero lists and the transposing write-back of the general kernel. Used
 // when the input is dense enough that the lists would not pay (sparse_conv.cc). Vectorized
 // along positions: kRows output channels x 3 vectors of positions in registers; each input

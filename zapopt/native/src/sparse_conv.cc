@@ -53,7 +53,7 @@ constexpr int64_t kDenseMaxWeightBytes = int64_t{4} << 20;
 // every conv native 1.05-1.11x; but layers with small weights (32->32 3x3, 37 KB) lost 8-14 %
 // alone, where the weights stay cached and the prefetches are pure overhead.
 constexpr int64_t kPrefetchMinWeightBytes = int64_t{128} << 10;
-// The pointwise path (1x1, stride 1, no padding, one group) runs on inputs at least
+// The pointwise path (1x1, no padding, one group) runs on inputs at least
 // kDenseCutoverPointwise nonzero, where the lists do not pay.
 // Input bytes (C_in x positions) one pointwise job keeps in L2 while every block of output
 // channels passes over them.
@@ -258,8 +258,8 @@ std::unique_ptr<PackedConv> PackedConv::create(const ConvGeometry& geo, const fl
     }
   }
   conv->prefetch_next_slab_ = blocks * k_size * ocb * int64_t{sizeof(float)} >= kPrefetchMinWeightBytes;
-  if (geo.kh == 1 && geo.kw == 1 && geo.stride_h == 1 && geo.stride_w == 1 && geo.group == 1 && geo.pad_top == 0 &&
-      geo.pad_left == 0 && geo.pad_bottom == 0 && geo.pad_right == 0) {
+  if (geo.kh == 1 && geo.kw == 1 && geo.group == 1 && geo.pad_top == 0 && geo.pad_left == 0 && geo.pad_bottom == 0 &&
+      geo.pad_right == 0) {
     conv->pointwise_ = traits.pointwise;
     const int64_t pw_blocks = (geo.c_out + kPointwiseRows - 1) / kPointwiseRows;
     conv->pointwise_weights_.assign(static_cast<size_t>(pw_blocks * geo.c_in * kPointwiseRows), 0.0f);
@@ -342,7 +342,7 @@ bool PackedConv::try_pointwise(const float* x, int64_t n, int64_t h, int64_t w,
                                const ParallelFor& parallel_for, const Scratch& scratch, std::string* error,
                                bool* ok) const {
   const ConvGeometry& geo = geometry_;
-  const int64_t plane = h * w;  // = H_out * W_out: 1x1, stride 1, no padding
+  const int64_t wo = geo.out_w(w), plane = geo.out_h(h) * wo;
   if (pointwise_ == nullptr || ep.computed != nullptr || ep.aux != nullptr) return false;
   for (int64_t i = 0; i < n; ++i) {
     if (static_cast<int64_t>(positions[i]->size()) != plane) return false;  // ascending and unique: all of them
@@ -350,24 +350,41 @@ bool PackedConv::try_pointwise(const float* x, int64_t n, int64_t h, int64_t w,
   // Skip laid out like Y (a batch of one has batch stride 0: size-1 axes broadcast), else
   // the general epilogue handles the broadcast.
   if (ep.skip != nullptr && ((n > 1 && ep.skip_strides[0] != geo.c_out * plane) || ep.skip_strides[1] != plane ||
-                             ep.skip_strides[2] != w || ep.skip_strides[3] != 1)) {
+                             ep.skip_strides[2] != wo || ep.skip_strides[3] != 1)) {
     return false;
   }
   // The input's zero share, estimated on up to kPointwiseSampledPlanes channel planes spread
-  // over the channels (counting every value cost a fifth of the layer on 64->256 56x56).
+  // over the channels: the choice needs no more.
   const int64_t step = std::max<int64_t>(1, geo.c_in / kPointwiseSampledPlanes);
   int64_t zeros = 0, seen = 0;
   for (int64_t i = 0; i < n; ++i) {
     for (int64_t c = 0; c < geo.c_in; c += step) {
-      const float* values = x + (i * geo.c_in + c) * plane;
+      const float* values = x + (i * geo.c_in + c) * h * w;
       int32_t plane_zeros = 0;
-      for (int64_t p = 0; p < plane; ++p) plane_zeros += values[p] == 0.0f;
+      for (int64_t p = 0; p < h * w; ++p) plane_zeros += values[p] == 0.0f;
       zeros += plane_zeros;
-      seen += plane;
+      seen += h * w;
     }
   }
   const float zero_share = static_cast<float>(zeros) / static_cast<float>(std::max<int64_t>(1, seen));
   if (1.0f - zero_share < kDenseCutoverPointwise) return false;  // sparse enough for the lists
+
+  // A strided 1x1 conv reads every stride-th pixel: those are gathered once into planes of the
+  // output's size, and the product runs on them.
+  ScratchArray<float> strided;
+  if (geo.stride_h != 1 || geo.stride_w != 1) {
+    const int64_t ho = plane / wo;
+    strided = ScratchArray<float>(scratch, static_cast<size_t>(n * geo.c_in * plane));
+    for (int64_t index = 0; index < n * geo.c_in; ++index) {
+      const float* from = x + index * h * w;
+      float* to = strided.get() + index * plane;
+      for (int64_t oy = 0; oy < ho; ++oy) {
+        const float* row = from + oy * geo.stride_h * w;
+        for (int64_t ox = 0; ox < wo; ++ox) to[oy * wo + ox] = row[ox * geo.stride_w];
+      }
+    }
+    x = strided.get();
+  }
 
   const int64_t k = geo.c_in, c_out = geo.c_out;
   const int64_t blocks = (c_out + kPointwiseRows - 1) / kPointwiseRows;

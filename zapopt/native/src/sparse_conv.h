@@ -111,7 +111,7 @@ class PackedConv {
   int chunk_ = 64;     // input channels per list (keeps one tap x chunk x ocb weight slab in L1)
   int chunks_ = 1;     // chunks per group
   bool prefetch_next_slab_ = false;  // large weights: prefetch each step's successor slab
-  PointwiseFn pointwise_ = nullptr;   // set for 1x1, stride-1, unpadded, one-group layers
+  PointwiseFn pointwise_ = nullptr;   // set for 1x1, unpadded, one-group layers
   std::vector<float> pointwise_weights_;  // [block][C_in][kPointwiseRows], zero-padded rows
   std::vector<float> pointwise_bias_;     // [block][kPointwiseRows]
   std::vector<float> weights_;  // [group][block][K = (tap, c)][ocb], zero-padded channels
