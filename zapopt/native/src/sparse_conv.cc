@@ -50,8 +50,8 @@ constexpr int64_t kDenseMaxWeightBytes = int64_t{4} << 20;
 // memory on every run (the other layers evicted them), read by few tiles, and the list loop
 // touches a slab's rows in data order: each first touch was a miss of its own. Same-process
 // A/B on OpenNSFW, 1 thread: the ten deep 3x3 convs native 1.04-1.09x faster end to end,
-// every conv native 1.05-1.11x; but layers with small weights (32->32 3x3, 37 KB) lost 8-14 %
-// alone, where the weights stay cached and the prefetches are pure overhead.
+// every conv native 1.05-1.13x. Small weights stay cached across a layer's many tiles, so
+// there the prefetches would only add instructions.
 constexpr int64_t kPrefetchMinWeightBytes = int64_t{128} << 10;
 // The pointwise path (1x1, no padding, one group) runs on inputs at least
 // kDenseCutoverPointwise nonzero, where the lists do not pay.
@@ -399,9 +399,10 @@ bool PackedConv::try_pointwise(const float* x, int64_t n, int64_t h, int64_t w,
     const int64_t i = run / spans, p0 = (run % spans) * span;
     const int64_t count = std::min(span, plane - p0);
     // Whole kPointwiseTail-position groups straight from X; the last few positions through a
-    // zero-padded copy (the vector paths would otherwise finish them one scalar at a time, 1 ms
-    // for 4 positions of a 1024->256 layer). Packing the whole span into a contiguous panel
-    // first, as matrix products usually do, cost more than it saved (0.90-0.98x on OpenNSFW).
+    // zero-padded copy (the vector paths would otherwise finish them one scalar at a time:
+    // 1024->256 14x14 took 2.0 instead of 1.7 ms). Packing the whole span into a contiguous
+    // panel first, as matrix products usually do, cost more than it saved (0.90-0.98x on
+    // OpenNSFW).
     const int64_t main = count / kPointwiseTail * kPointwiseTail, rest = count - main;
     ScratchArray<float> tail_x, tail;
     if (rest > 0) {
