@@ -17,7 +17,8 @@
    before-model, and cached beside it, so every variant trains from the same model).
 3. After: thresholds re-chosen for --max-drop on the new weights (kept predictors, curves
    measured again), the drop counted against the original model's top-1. --no-rechoose
-   keeps the thresholds trained at instead: accuracy and savings at the same thresholds.
+   keeps the thresholds trained at instead: accuracy and savings at the same thresholds;
+   --rechoose-if-over keeps them when the drop recovered to <= --max-drop, else re-chooses.
 Savings are realised MACs on the test set (`zapopt eval`), the whole model, net of the
 predictors. Each row records wall-clock seconds and the load average; command, commit and
 machine are in the file's provenance (benchmarks/result_files.py). Training runs on
@@ -96,6 +97,13 @@ def main() -> None:
     parser.add_argument("--no-rechoose", action="store_true",
                         help="keep the thresholds trained at (no --max-drop re-choice after training: minutes "
                              "cheaper; compares accuracy and savings at the same thresholds)")
+    parser.add_argument("--rechoose-if-over", action="store_true",
+                        help="keep the thresholds trained at when the drop recovered to <= --max-drop, else "
+                             "re-choose them (the row records both: kept_* and after_*)")
+    parser.add_argument("--also-cache-drops", type=float, nargs="*", default=[],
+                        help="when the before-model is built, also cache the operating points for these drops beside "
+                             "it (same predictors and probes, minutes each instead of a re-choice each later)")
+    parser.add_argument("--seed", type=int, default=0, help="fine-tuning seed (batch order, gradtools' sampling)")
     parser.add_argument("--save-models", type=Path, default=None,
                         help="keep the fine-tuned models in this folder (e.g. for `zapopt bench`)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for training (OMP_NUM_THREADS too)")
@@ -105,6 +113,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
+    if args.no_rechoose and args.rechoose_if_over:
+        parser.error("--no-rechoose and --rechoose-if-over exclude each other")
+    rechoose = "never" if args.no_rechoose else "if-over" if args.rechoose_if_over else "always"
     torch.set_num_threads(args.threads)
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     rows = []
@@ -126,8 +137,8 @@ def main() -> None:
         if before_path.is_file():
             print(f"before: reusing {before_path}", flush=True)
         else:
-            optimize_s = make_before_models(args.model, calib, test, config, before_path,
-                                            [] if args.operating_drop is None else [args.operating_drop])
+            drops = sorted(set(args.also_cache_drops) | ({args.operating_drop} - {None}))
+            optimize_s = make_before_models(args.model, calib, test, config, before_path, drops)
         if not train_path.is_file():  # a cached before-model without this operating point
             found = rechoose_thresholds(load_model(before_path), calib, test, args.operating_drop,
                                         calib_images=args.calib_images, sensitivity_weighting=not args.no_sensitivity,
@@ -146,24 +157,36 @@ def main() -> None:
             tuned_path = tuned_dir / f"{variant}.zap.onnx"
             report = finetune(str(train_path), str(tuned_path), train, val=test,
                               config=FinetuneConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                                                    **VARIANTS[variant]),
-                              max_drop=None if args.no_rechoose else args.max_drop, calib=calib, device="cpu",
-                              progress=False)
+                                                    seed=args.seed, **VARIANTS[variant]),
+                              max_drop=args.max_drop if rechoose == "always" else None, calib=calib,
+                              device="cpu", progress=False)
+            after = kept = report.after  # the output on the test set, measured by finetune as `zapopt eval` does
+            thresholds = report.thresholds
+            if rechoose == "if-over" and 100 * (before.reference_top1 - kept.top1) > args.max_drop:
+                found = rechoose_thresholds(load_model(tuned_path), calib, test, args.max_drop,
+                                            baseline=load_model(train_path), calib_images=args.calib_images,
+                                            sensitivity_weighting=not args.no_sensitivity, progress=False)
+                rechosen_path = tuned_dir / f"{variant}.rechosen.zap.onnx"
+                save_model_atomically(found.model, rechosen_path)
+                after = evaluate(rechosen_path, test, reference=args.model, progress=False)
+                thresholds = {"max_drop": args.max_drop, "search_budget": found.budget,
+                              "exact_gain_points": found.exact_gain, "drop": found.drop}
             seconds = time.perf_counter() - started
-            after = report.after  # the output on the test set, measured by finetune as `zapopt eval` does
             row = {"variant": variant, "pattern": args.pattern, "max_drop": args.max_drop,
-                   "operating_drop": args.operating_drop, "rechosen": not args.no_rechoose,
+                   "operating_drop": args.operating_drop, "rechoose": rechoose, "rechosen": thresholds is not None,
                    "train_images": args.train_images, "epochs": args.epochs,
-                   "lr": args.lr, "batch_size": args.batch_size, "threads": args.threads,
+                   "lr": args.lr, "batch_size": args.batch_size, "threads": args.threads, "seed": args.seed,
                    "sensitivity_weighting": not args.no_sensitivity, "latency_check": args.latency_check,
                    "original_top1": before.reference_top1,
                    "before_top1": before.top1, "before_drop": before.top1_drop, "before_savings": before.savings,
                    "trained_at_top1": trained_from.top1, "trained_at_drop": trained_from.top1_drop,
                    "trained_at_savings": trained_from.savings,
+                   "kept_top1": kept.top1, "kept_drop": 100 * (before.reference_top1 - kept.top1),
+                   "kept_savings": kept.savings,
                    "after_top1": after.top1, "after_drop": 100 * (before.reference_top1 - after.top1),
                    "after_savings": after.savings,
                    "savings_gain_points": 100 * (after.savings - before.savings),
-                   "thresholds": report.thresholds,
+                   "thresholds": thresholds,
                    "epoch_log": [vars(h) for h in report.state.history],
                    "optimize_seconds": optimize_s, "finetune_seconds": seconds,
                    "load_average_after": os.getloadavg()}
