@@ -103,6 +103,8 @@ def main() -> None:
     parser.add_argument("--also-cache-drops", type=float, nargs="*", default=[],
                         help="when the before-model is built, also cache the operating points for these drops beside "
                              "it (same predictors and probes, minutes each instead of a re-choice each later)")
+    parser.add_argument("--activation-l1", type=float, default=0.0,
+                        help="finetune's --activation-l1: an L1 penalty on the ZAP layers' activations")
     parser.add_argument("--seed", type=int, default=0, help="fine-tuning seed (batch order, gradtools' sampling)")
     parser.add_argument("--save-models", type=Path, default=None,
                         help="keep the fine-tuned models in this folder (e.g. for `zapopt bench`)")
@@ -157,7 +159,8 @@ def main() -> None:
             tuned_path = tuned_dir / f"{variant}.zap.onnx"
             report = finetune(str(train_path), str(tuned_path), train, val=test,
                               config=FinetuneConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                                                    seed=args.seed, **VARIANTS[variant]),
+                                                    seed=args.seed, activation_l1=args.activation_l1,
+                                                    **VARIANTS[variant]),
                               max_drop=args.max_drop if rechoose == "always" else None, calib=calib,
                               device="cpu", progress=False)
             after = kept = report.after  # the output on the test set, measured by finetune as `zapopt eval` does
@@ -176,6 +179,7 @@ def main() -> None:
                    "operating_drop": args.operating_drop, "rechoose": rechoose, "rechosen": thresholds is not None,
                    "train_images": args.train_images, "epochs": args.epochs,
                    "lr": args.lr, "batch_size": args.batch_size, "threads": args.threads, "seed": args.seed,
+                   "activation_l1": args.activation_l1,
                    "sensitivity_weighting": not args.no_sensitivity, "latency_check": args.latency_check,
                    "original_top1": before.reference_top1,
                    "before_top1": before.top1, "before_drop": before.top1_drop, "before_savings": before.savings,
