@@ -41,6 +41,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from zapopt.data import load_fashion_mnist  # noqa: E402
+from zapopt.errors import ZapoptError  # noqa: E402
 from zapopt.evaluate import evaluate  # noqa: E402
 from zapopt.files import save_model_atomically  # noqa: E402
 from zapopt.finetuning import FinetuneConfig, finetune  # noqa: E402
@@ -166,17 +167,22 @@ def main() -> None:
             after = kept = report.after  # the output on the test set, measured by finetune as `zapopt eval` does
             thresholds = report.thresholds
             if rechoose == "if-over" and 100 * (before.reference_top1 - kept.top1) > args.max_drop:
-                found = rechoose_thresholds(load_model(tuned_path), calib, test, args.max_drop,
-                                            baseline=load_model(train_path), calib_images=args.calib_images,
-                                            sensitivity_weighting=not args.no_sensitivity, progress=False)
-                rechosen_path = tuned_dir / f"{variant}.rechosen.zap.onnx"
-                save_model_atomically(found.model, rechosen_path)
-                after = evaluate(rechosen_path, test, reference=args.model, progress=False)
-                thresholds = {"max_drop": args.max_drop, "search_budget": found.budget,
-                              "exact_gain_points": found.exact_gain, "drop": found.drop}
+                try:
+                    found = rechoose_thresholds(load_model(tuned_path), calib, test, args.max_drop,
+                                                baseline=load_model(train_path), calib_images=args.calib_images,
+                                                sensitivity_weighting=not args.no_sensitivity, progress=False)
+                except ZapoptError as exc:  # e.g. the tuned network computing everything is already too far down
+                    thresholds = {"max_drop": args.max_drop, "error": str(exc)}
+                else:
+                    rechosen_path = tuned_dir / f"{variant}.rechosen.zap.onnx"
+                    save_model_atomically(found.model, rechosen_path)
+                    after = evaluate(rechosen_path, test, reference=args.model, progress=False)
+                    thresholds = {"max_drop": args.max_drop, "search_budget": found.budget,
+                                  "exact_gain_points": found.exact_gain, "drop": found.drop}
             seconds = time.perf_counter() - started
             row = {"variant": variant, "pattern": args.pattern, "max_drop": args.max_drop,
-                   "operating_drop": args.operating_drop, "rechoose": rechoose, "rechosen": thresholds is not None,
+                   "operating_drop": args.operating_drop, "rechoose": rechoose,
+                   "rechosen": thresholds is not None and "error" not in thresholds,
                    "train_images": args.train_images, "epochs": args.epochs,
                    "lr": args.lr, "batch_size": args.batch_size, "threads": args.threads, "seed": args.seed,
                    "activation_l1": args.activation_l1,
@@ -190,6 +196,7 @@ def main() -> None:
                    "after_top1": after.top1, "after_drop": 100 * (before.reference_top1 - after.top1),
                    "after_savings": after.savings,
                    "savings_gain_points": 100 * (after.savings - before.savings),
+                   "within_max_drop": 100 * (before.reference_top1 - after.top1) <= args.max_drop + 1e-9,
                    "thresholds": thresholds,
                    "epoch_log": [vars(h) for h in report.state.history],
                    "optimize_seconds": optimize_s, "finetune_seconds": seconds,
@@ -199,7 +206,8 @@ def main() -> None:
     print("\n| variant | top-1 drop before / after | MACs saved before | after | gain (points) |\n"
           "|---|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['variant']} | {r['before_drop']:.2f} / {r['after_drop']:.2f} | "
+        over = "" if r["within_max_drop"] else f" (drop over {r['max_drop']})"
+        print(f"| {r['variant']} | {r['before_drop']:.2f} / {r['after_drop']:.2f}{over} | "
               f"{100 * r['before_savings']:.1f} % | {100 * r['after_savings']:.1f} % | "
               f"{r['savings_gain_points']:+.1f} |")
     save_results(rows, args.json)
