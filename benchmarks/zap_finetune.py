@@ -19,6 +19,8 @@
    measured again), the drop counted against the original model's top-1. --no-rechoose
    keeps the thresholds trained at instead: accuracy and savings at the same thresholds;
    --rechoose-if-over keeps them when the drop recovered to <= --max-drop, else re-chooses.
+   --start-model trains an earlier run's saved model instead (a second phase, e.g. without
+   --activation-l1), at its own thresholds.
 Savings are realised MACs on the test set (`zapopt eval`), the whole model, net of the
 predictors. Each row records wall-clock seconds and the load average; command, commit and
 machine are in the file's provenance (benchmarks/result_files.py). Training runs on
@@ -106,6 +108,10 @@ def main() -> None:
                              "it (same predictors and probes, minutes each instead of a re-choice each later)")
     parser.add_argument("--activation-l1", type=float, default=0.0,
                         help="finetune's --activation-l1: an L1 penalty on the ZAP layers' activations")
+    parser.add_argument("--start-model", type=Path, default=None,
+                        help="fine-tune this ZAP model (e.g. an earlier run's --save-models output, for a second "
+                             "phase) at its own thresholds, instead of the before- or --operating-drop model; "
+                             "the drop is still counted against the original")
     parser.add_argument("--seed", type=int, default=0, help="fine-tuning seed (batch order, gradtools' sampling)")
     parser.add_argument("--save-models", type=Path, default=None,
                         help="keep the fine-tuned models in this folder (e.g. for `zapopt bench`)")
@@ -119,6 +125,9 @@ def main() -> None:
     if args.no_rechoose and args.rechoose_if_over:
         parser.error("--no-rechoose and --rechoose-if-over exclude each other")
     rechoose = "never" if args.no_rechoose else "if-over" if args.rechoose_if_over else "always"
+    if args.start_model is not None and (rechoose == "always" or not args.start_model.is_file()):
+        parser.error("--start-model needs an existing model and --no-rechoose or --rechoose-if-over (finetune's own "
+                     "re-choice would count the drop against the start model, not the original)")
     torch.set_num_threads(args.threads)
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     rows = []
@@ -142,7 +151,9 @@ def main() -> None:
         else:
             drops = sorted(set(args.also_cache_drops) | ({args.operating_drop} - {None}))
             optimize_s = make_before_models(args.model, calib, test, config, before_path, drops)
-        if not train_path.is_file():  # a cached before-model without this operating point
+        if args.start_model is not None:
+            train_path = args.start_model
+        elif not train_path.is_file():  # a cached before-model without this operating point
             found = rechoose_thresholds(load_model(before_path), calib, test, args.operating_drop,
                                         calib_images=args.calib_images, sensitivity_weighting=not args.no_sensitivity,
                                         progress=False)
@@ -169,7 +180,7 @@ def main() -> None:
             if rechoose == "if-over" and 100 * (before.reference_top1 - kept.top1) > args.max_drop:
                 try:
                     found = rechoose_thresholds(load_model(tuned_path), calib, test, args.max_drop,
-                                                baseline=load_model(train_path), calib_images=args.calib_images,
+                                                baseline=load_model(before_path), calib_images=args.calib_images,
                                                 sensitivity_weighting=not args.no_sensitivity, progress=False)
                 except ZapoptError as exc:  # e.g. the tuned network computing everything is already too far down
                     thresholds = {"max_drop": args.max_drop, "error": str(exc)}
@@ -181,7 +192,8 @@ def main() -> None:
                                   "exact_gain_points": found.exact_gain, "drop": found.drop}
             seconds = time.perf_counter() - started
             row = {"variant": variant, "pattern": args.pattern, "max_drop": args.max_drop,
-                   "operating_drop": args.operating_drop, "rechoose": rechoose,
+                   "operating_drop": args.operating_drop,
+                   "start_model": None if args.start_model is None else str(args.start_model), "rechoose": rechoose,
                    "rechosen": thresholds is not None and "error" not in thresholds,
                    "train_images": args.train_images, "epochs": args.epochs,
                    "lr": args.lr, "batch_size": args.batch_size, "threads": args.threads, "seed": args.seed,
