@@ -100,15 +100,15 @@ def model_and_data(name: str, work: Path, photos: int) -> tuple[Path, str, str]:
     return opennsfw_model(work), str(data), str(data)
 
 
-def config_for(variant: str, batches: list[int], threads: list[int]) -> OptimizeConfig:
+def config_for(variant: str, batches: list[int], threads: list[int], layers: tuple[str, ...] = ()) -> OptimizeConfig:
     """The variant's optimize settings; the latency check holds at every batch size and thread
-    count the benchmark then measures."""
+    count the benchmark then measures. ``layers``: only these convs (names or regexes)."""
     latency = {"latency_batch": tuple(batches), "latency_threads": tuple(threads)}
     if variant == "exact":
-        return OptimizeConfig(ExactOnly(), **latency)
+        return OptimizeConfig(ExactOnly(), layers=layers, **latency)
     if variant == "exact-all":
-        return OptimizeConfig(ExactOnly(), latency_check=False)
-    return OptimizeConfig(calib_images=1024, epochs=3, **latency)
+        return OptimizeConfig(ExactOnly(), latency_check=False, layers=layers)
+    return OptimizeConfig(calib_images=1024, epochs=3, layers=layers, **latency)
 
 
 def main() -> None:
@@ -121,6 +121,9 @@ def main() -> None:
     parser.add_argument("--cpu-time", action="store_true",
                         help="time the 1-thread rows in the running thread's CPU time (busy machine)")
     parser.add_argument("--photos", type=int, default=64, help="OpenNSFW: random crops of the sample photos")
+    parser.add_argument("--layers", nargs="+", default=[],
+                        help="only these convs (names or full regexes, as optimize --layers), e.g. one stage")
+    parser.add_argument("--tag", default="", help="appended to the result file names (e.g. for --layers runs)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
@@ -136,7 +139,8 @@ def main() -> None:
                     print(f"| {name} | zap | skipped: predictors are trained on the Fashion-MNIST models only |")
                     continue
                 out = work / f"{name}.{variant}.onnx"
-                result = optimize(model, out, calib, config=config_for(variant, args.batch, args.threads), progress=False)
+                result = optimize(model, out, calib, config=config_for(variant, args.batch, args.threads, tuple(args.layers)),
+                                  progress=False)
                 report = bench(out, model, data, batches=args.batch, threads=args.threads, runs=args.runs,
                                cpu_clock=args.cpu_time)
                 native = len(result.latency.native_layers) if result.latency is not None else 0
@@ -147,7 +151,7 @@ def main() -> None:
                           f"{s.median:.3f}x ({s.q1:.3f}-{s.q3:.3f}) |", flush=True)
                 record = {"model": name, "variant": variant, "optimize": result.to_dict(), "bench": report.to_dict()}
                 record["optimize"].pop("curves", None)
-                write_result(args.out / f"{name}_{variant}.json", record)
+                write_result(args.out / f"{name}_{variant}{'_' + args.tag if args.tag else ''}.json", record)
     print("\ncommand: " + command_line())
 
 

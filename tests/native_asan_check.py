@@ -5,7 +5,7 @@
 Registers the sanitizer build LIBRARY (not the installed one), runs CASES random layers of
 both ops on every path the CPU has (the automatic accumulation choice, then the first
 FORCED_CASES of them with each accumulation form forced: the union form is never chosen
-automatically) plus the bad-input cases, and exits non-zero on any mismatch; the sanitizers abort the process on any memory or undefined-behaviour error.
+automatically), POINTWISE_CASES layers for the pointwise path, plus the bad-input cases, and exits non-zero on any mismatch; the sanitizers abort the process on any memory or undefined-behaviour error.
 """
 from __future__ import annotations
 
@@ -23,6 +23,8 @@ from zapopt.native import ACCUMULATION_ENV, PATH_ENV
 
 #: Layers run again with each accumulation form forced, per path.
 FORCED_CASES = 20
+POINTWISE_CASES = 20
+POINTWISE_ZEROS = (0.0, 0.3)
 
 
 def session(library: str, model) -> ort.InferenceSession:
@@ -50,6 +52,9 @@ def main(library: str, count: int) -> int:
     paths = lib.zapopt_kernel_paths().decode().split(",")
     rng = np.random.default_rng(99)
     cases = [random_case(rng, op) for _ in range(count // 2) for op in ("ZeroSkipConv", "ZapConv")]
+    # The pointwise (matrix product) path: 1x1, unpadded, mostly nonzero inputs.
+    cases += [random_case(rng, op, (int(rng.integers(1, 70)), int(rng.integers(1, 40)), 1), POINTWISE_ZEROS,
+                          pointwise=True) for _ in range(POINTWISE_CASES // 2) for op in ("ZeroSkipConv", "ZapConv")]
     for path in paths:
         os.environ[PATH_ENV] = path
         os.environ.pop(ACCUMULATION_ENV, None)

@@ -50,7 +50,8 @@ def _f32(rng: np.random.Generator, *shape: int, scale: float = 1.0) -> np.ndarra
     return np.asarray(rng.standard_normal(shape) * scale, dtype=np.float32)
 
 
-def _geometry(rng: np.random.Generator, channels: tuple[int, int, int] | None = None) -> dict:
+def _geometry(rng: np.random.Generator, channels: tuple[int, int, int] | None = None,
+              pointwise: bool = False) -> dict:
     while True:
         max_kernel = 7
         if channels is not None:  # (C_in, C_out, largest kernel side) of a one-group layer
@@ -68,6 +69,9 @@ def _geometry(rng: np.random.Generator, channels: tuple[int, int, int] | None = 
         dilations = tuple(int(v) for v in rng.choice([1, 1, 2], size=2))
         pads = tuple(int(v) for v in rng.integers(0, 4, size=4))
         h, w = (int(v) for v in rng.integers(1, 14, size=2))
+        if pointwise:  # what the kernel's pointwise (matrix product) path takes
+            kh = kw = 1
+            pads = (0, 0, 0, 0)
         ho = conv_output_size(h, kh, strides[0], pads[0], pads[2], dilations[0])
         wo = conv_output_size(w, kw, strides[1], pads[1], pads[3], dilations[1])
         if ho >= 1 and wo >= 1:
@@ -99,10 +103,11 @@ def _skip(rng: np.random.Generator, n: int, c: int, ho: int, wo: int) -> np.ndar
 
 
 def random_case(rng: np.random.Generator, op: str, channels: tuple[int, int, int] | None = None,
-                zero_shares: tuple[float, ...] = ZERO_SHARES) -> Case:
+                zero_shares: tuple[float, ...] = ZERO_SHARES, pointwise: bool = False) -> Case:
     """One random layer of ``op`` with its reference computed; ``channels`` fixes (C_in, C_out,
-    largest kernel side) of a one-group layer, ``zero_shares`` the input zero shares drawn from."""
-    g = _geometry(rng, channels)
+    largest kernel side) of a one-group layer, ``zero_shares`` the input zero shares drawn from,
+    ``pointwise`` makes it 1x1 and unpadded."""
+    g = _geometry(rng, channels, pointwise)
     c_in, c_out = g["group"] * g["cg_in"], g["group"] * g["cg_out"]
     fan_in = g["cg_in"] * g["kh"] * g["kw"]
     arrays: dict[str, Any] = {

@@ -150,7 +150,7 @@ def test_every_setting_must_pass_and_a_failed_one_stops_the_round() -> None:
 
 
 def test_a_layer_faster_alone_but_costly_in_the_model_goes_back_before_the_end_to_end_run() -> None:
-    """b is 1.25x faster alone, but inside the model its stock nodes run faster (NCHWc chain)
+    """b is 1.25x faster alone, but inside the model its stock nodes run faster (e.g. in a layout chain)
     and it forces layout reorders: it goes back; a's saving in the model ranks the rest."""
     costs = {"a": LayerCost(6.0, 9.0, 0.5), "b": LayerCost(4.0, 4.2, 0.4)}
     seen: list[frozenset[str]] = []

@@ -63,6 +63,8 @@ def test_exact_model_computes_the_original_outputs(exact_model: Path) -> None:
 def test_latency_check_writes_only_the_layers_it_found_faster(tmp_path: Path) -> None:
     """A real latency check at two batch sizes: whatever the timings, the report is whole and
     agrees with the written model, and a model without native nodes computes the original."""
+    from zapopt.latency_timer import MODEL_REPEATS
+
     out = tmp_path / "m.onnx"
     result = run_cli("optimize", str(RESNET), "--calib", CALIB, "--exact", "--latency-batch", "2,1",
                      "--latency-threads", "1", "-o", str(out))
@@ -81,7 +83,7 @@ def test_latency_check_writes_only_the_layers_it_found_faster(tmp_path: Path) ->
     for check in checks:
         ratios = check["speedup"]
         assert check["passed"] == (check["lower_bound"] is not None and check["lower_bound"] > 1.0)
-        assert ratios["count"] == 15 and ratios["q1"] <= ratios["median"] <= ratios["q3"]
+        assert ratios["count"] == MODEL_REPEATS and ratios["q1"] <= ratios["median"] <= ratios["q3"]
         assert check["lower_bound"] <= ratios["median"]
     if written:
         last = [c for c in checks if c["round"] == checks[-1]["round"]]
@@ -170,6 +172,7 @@ def test_bench_reports_ratios_with_spread_and_the_machine(exact_model: Path, tmp
     assert report["machine"]["cpu"] and report["machine"]["cores"] >= 1
     if report["form"] == "native":  # per-layer profile needs the library
         assert len(report["layers"]) == 19 and all(0 <= b["input_zero_share"] <= 1 for b in report["layers"])
+        assert report["profile_threads"] == 1  # the fewest --threads: the least disturbed node times
     else:
         assert "portable form" in " ".join(report["notes"])
     assert "speed-up" in result.stdout

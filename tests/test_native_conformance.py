@@ -32,6 +32,16 @@ DENSE_CASES_PER_OP = 30
 #: not consecutive (the general write-back).
 WRITE_BACK_CHANNELS = ((8, 8, 1), (12, 20, 1), (3, 64, 3), (16, 100, 1), (5, 13, 2))
 WRITE_BACK_CASES_PER_OP = 20
+#: Layers whose packed weights reach 128 KiB, where each step prefetches the next step's weight
+#: slab (sparse_conv.cc, kPrefetchMinWeightBytes) when the drawn kernel is 2x2 or larger.
+PREFETCH_CHANNELS = ((128, 128, 3), (64, 256, 3))
+PREFETCH_CASES_PER_OP = 10
+#: Layers for the pointwise (matrix product) path: 1x1, unpadded, one group, inputs at least
+#: half nonzero; odd plane sizes leave the zero-padded tail, planes above 48 positions several
+#: jobs, strides the gathered planes.
+POINTWISE_CHANNELS = ((17, 9, 1), (64, 64, 1), (130, 24, 1), (5, 3, 1), (40, 70, 1))
+POINTWISE_ZERO_SHARES = (0.0, 0.0, 0.2, 0.4)
+POINTWISE_CASES_PER_OP = 30
 #: The accumulation forms a test can force (ZAPOPT_ACCUMULATION), each on the first
 #: FORCED_CASES layers (both ops, every corner is reached well before that).
 ACCUMULATIONS = ("lists", "dense", "union1", "union2", "union3", "union4")
@@ -46,6 +56,11 @@ def cases() -> list[Case]:
             for op in ("ZeroSkipConv", "ZapConv") for i in range(DENSE_CASES_PER_OP)]
     out += [random_case(rng, op, WRITE_BACK_CHANNELS[i % len(WRITE_BACK_CHANNELS)])
             for op in ("ZeroSkipConv", "ZapConv") for i in range(WRITE_BACK_CASES_PER_OP)]
+    out += [random_case(rng, op, PREFETCH_CHANNELS[i % len(PREFETCH_CHANNELS)])
+            for op in ("ZeroSkipConv", "ZapConv") for i in range(PREFETCH_CASES_PER_OP)]
+    out += [random_case(rng, op, POINTWISE_CHANNELS[i % len(POINTWISE_CHANNELS)], POINTWISE_ZERO_SHARES,
+                        pointwise=True)
+            for op in ("ZeroSkipConv", "ZapConv") for i in range(POINTWISE_CASES_PER_OP)]
     order = rng.permutation(len(out))  # mix both ops in every session
     return [out[i] for i in order]
 
@@ -54,11 +69,11 @@ def paths() -> list[str]:
     return list(native.kernel_paths()) if native.library_available() else []
 
 
-def _check_sessions(cases: list[Case], label: str) -> None:
+def _check_sessions(cases: list[Case], label: str, **options: object) -> None:
     for start in range(0, len(cases), LAYERS_PER_SESSION):
         chunk = cases[start : start + LAYERS_PER_SESSION]
         model, feeds, names = batch_model(chunk)
-        session = native.session(model, threads=2)
+        session = native.session(model, threads=2, **options)
         flat = session.run([n for group in names for n in group], feeds)
         position = 0
         for index, (case, group) in enumerate(zip(chunk, names)):
@@ -90,6 +105,15 @@ def test_every_accumulation_form_matches_the_reference(path: str, accumulation: 
     _check_sessions(cases[:FORCED_CASES], f"path {path}, accumulation {accumulation}")
 
 
+def test_scratch_memory_works_without_onnxruntimes_memory_arena(cases: list[Case],
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernels take their per-run buffers from the session's CPU allocator: its arena by
+    default (every test above), the plain allocator when the session turns the arena off."""
+    monkeypatch.delenv(native.PATH_ENV, raising=False)
+    monkeypatch.delenv(native.ACCUMULATION_ENV, raising=False)
+    _check_sessions(cases[:LAYERS_PER_SESSION * 2], "arena off", enable_cpu_mem_arena=False)
+
+
 def test_a_bad_accumulation_form_is_refused_with_the_choices(cases: list[Case],
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(native.ACCUMULATION_ENV, "union9")
@@ -109,6 +133,14 @@ def test_the_cases_cover_what_the_kernel_must_handle(cases: list[Case]) -> None:
     assert any(c.arrays["X"].shape[0] > 1 for c in cases)
     assert any(c.arrays["W"].shape[0] // c.attrs.group > 64 for c in cases)
     assert any(c.arrays["W"].shape[1] > 128 for c in cases)  # several list chunks per tap
+    assert sum(c.arrays["W"].nbytes >= 128 << 10 and c.attrs.group == 1 for c in cases) >= 10  # slab prefetch
+    pointwise = [c for c in cases if c.arrays["W"].shape[2:] == (1, 1) and c.attrs.group == 1
+                 and not any(c.attrs.pads) and (c.arrays["X"] != 0).mean() >= 0.5]
+    assert len(pointwise) >= 30 and any(c.attrs.strides != (1, 1) for c in pointwise)
+    assert any(c.arrays["Skip"] is not None and c.arrays["Skip"].ndim == 4 and c.arrays["Skip"].shape[0] ==
+               c.arrays["X"].shape[0] for c in pointwise)  # the Skip laid out like the output
+    assert any(c.attrs.strides == (1, 1) and c.arrays["X"].shape[2] * c.arrays["X"].shape[3] % 16 and
+               c.arrays["X"].shape[2] * c.arrays["X"].shape[3] > 48 for c in pointwise)  # several jobs, a padded tail
     assert any(float((c.arrays["X"] != 0).mean()) >= 0.9 and c.arrays["X"].shape[1] > 64 for c in cases)
     zero_shares = [float((c.arrays["X"] == 0).mean()) for c in cases]
     assert min(zero_shares) == 0.0 and max(zero_shares) == 1.0

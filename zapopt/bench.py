@@ -90,12 +90,14 @@ class BenchReport:
     reference_reorder_ms: float | None = None
     notes: list[str] = field(default_factory=list)
     machine: dict[str, Any] = field(default_factory=dict)
+    profile_threads: int | None = None  # intra-op threads of the per-layer profile
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "reference": self.reference, "data": self.data, "form": self.form,
                 "runs": self.runs, "end_to_end": [r.to_dict() for r in self.end_to_end],
                 "layers": [layer.to_dict() for layer in self.layers], "reorder_ms": self.reorder_ms,
-                "reference_reorder_ms": self.reference_reorder_ms, "notes": self.notes, "machine": self.machine}
+                "reference_reorder_ms": self.reference_reorder_ms, "profile_threads": self.profile_threads,
+                "notes": self.notes, "machine": self.machine}
 
     def format_table(self) -> str:
         from zapopt.report import format_rows, pct
@@ -110,7 +112,7 @@ class BenchReport:
             layer_rows = [(b.name, b.op, f"{b.native_ms:.3f}", "-" if b.stock_ms is None else f"{b.stock_ms:.3f}",
                            "-" if b.speedup is None else f"{b.speedup:.2f}x", pct(b.input_zero_share),
                            pct(b.output_skip_share), f"{b.effective_gflops:.1f}") for b in self.layers]
-            lines += ["", "per layer (batch 1, onnxruntime profile):",
+            lines += ["", f"per layer (batch 1, {self.profile_threads} thread(s), onnxruntime profile):",
                       format_rows(("layer", "op", "native ms", "stock ms", "speed-up", "input zeros",
                                    "outputs skipped", "GFLOP/s done"), layer_rows)]
             if self.reorder_ms is not None:
@@ -197,15 +199,19 @@ def bench(model: str | os.PathLike, reference: str | os.PathLike, data: Any, *, 
                                  timings.ratio("original", "optimized"), clock_name))
     if not rows:
         raise ZapoptError("no batch size could run; " + "; ".join(notes))
-    layers, reorder, reference_reorder = [], None, None
+    layers, reorder, reference_reorder, profile_threads = [], None, None, None
     if per_layer and prepared.native and any(is_native_node(n) for n in optimized.graph.node):
         if fixed is None or fixed == 1:
+            # At the fewest threads: with more, a busy machine's scheduling shows up in the node
+            # times (a 2-thread profile under load once made stock convs look 8x faster in the
+            # model than alone).
+            profile_threads = min(threads)
             layers, reorder, reference_reorder = _layer_benches(optimized, original, dataset.batch_of(1), runs,
-                                                                threads[-1])
+                                                                profile_threads)
         else:
             notes.append("per-layer profile skipped: it runs at batch 1")
     report = BenchReport(str(model), str(reference), str(data), "native" if prepared.native else "portable", runs,
-                         rows, layers, reorder, reference_reorder, notes, machine_info())
+                         rows, layers, reorder, reference_reorder, notes, machine_info(), profile_threads)
     if json_path is not None:
         write_text_atomically(json_path, json.dumps(report.to_dict(), indent=1))
     return report

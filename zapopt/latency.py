@@ -6,10 +6,11 @@ Three steps, all measured on the machine ``optimize`` runs on:
    on a batch-1 calibration input; a layer whose native op is not at least
    ``MIN_LAYER_SPEEDUP`` faster keeps its stock nodes;
 2. in context: a profile of the model with the remaining native layers against the
-   original's. A custom node breaks onnxruntime's NCHWc chain: the stock nodes it replaces
-   run faster inside the chain than alone, and layout reorders appear around it. A layer
-   whose native time plus its reorders is not below its stock time in the chain goes back;
-   the others are ranked by that in-context saving;
+   original's (median run per node). Inside a model a layer runs with other caches than
+   alone (a deep layer's weights come from L3 or memory), and where onnxruntime had put its
+   neighbours in the NCHWc layout, layout reorders appear around a custom node. A layer
+   whose native time plus its reorders is not below its stock time in the original's
+   profile goes back; the others are ranked by that in-context saving;
 3. end to end, at every batch size and thread count asked for: the candidate model and the
    original, same inputs, runs paired and alternated. The candidate is kept only when a
    95 % lower confidence bound on the median of its paired speed-ups (original time /
@@ -92,7 +93,7 @@ class LayerCost:
     """One native layer inside a whole model (onnxruntime's profile, milliseconds)."""
 
     native_ms: float
-    stock_ms: float | None  # the stock nodes it replaced, inside the original's NCHWc chain
+    stock_ms: float | None  # the stock nodes it replaced, in the original model's profile
     reorder_ms: float  # layout reorders next to it that the original does not have
 
     @property
@@ -329,9 +330,9 @@ def _not_faster_alone(timed: Mapping[str, tuple[float, float]]) -> dict[str, str
 
 
 def _costly_in_the_model(costs: Mapping[str, LayerCost]) -> dict[str, str]:
-    """Why each layer that saves nothing inside the whole model (NCHWc chain, reorders) goes back."""
+    """Why each layer that saves nothing inside the whole model (its cost there, reorders) goes back."""
     return {name: (f"faster alone, but not in the model: native {cost.native_ms:.3f} ms + layout reorders "
-                   f"{cost.reorder_ms:.3f} ms vs its stock nodes in the NCHWc chain "
+                   f"{cost.reorder_ms:.3f} ms vs its stock nodes in the original model "
                    + ("(not found in the profile)" if cost.stock_ms is None else f"{cost.stock_ms:.3f} ms"))
             for name, cost in costs.items() if cost.saving_ms <= 0}
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import tempfile
 from collections import defaultdict
 from collections.abc import Collection, Mapping
@@ -28,7 +29,7 @@ REORDER_OPS = ("ReorderInput", "ReorderOutput")
 
 @dataclass(frozen=True)
 class Profile:
-    """Mean kernel milliseconds per run of each node (keys ``"op\\tname"``) and, when asked
+    """Median kernel milliseconds per run of each node (keys ``"op\\tname"``) and, when asked
     for, the graph onnxruntime ran (after its optimizations)."""
 
     times: dict[str, float]
@@ -52,13 +53,23 @@ def profile(model: onnx.ModelProto, feed: Mapping[str, np.ndarray], runs: int, t
             session.run(None, dict(feed))
         events = json.loads(Path(session.end_profiling()).read_text())
         graph = onnx.load(graph_path, load_external_data=False).graph if graph_path else None
-    totals: dict[str, float] = defaultdict(float)
+    # Per node, one duration per run: the median, not the mean, so that a run the scheduler
+    # interrupted on a busy machine does not decide a layer (means swung 3x under load).
+    durations: dict[str, list[float]] = defaultdict(list)
     for event in events:
         name = event.get("name", "")
         if event.get("cat") == "Node" and name.endswith("_kernel_time"):
             op = event.get("args", {}).get("op_name", "")
-            totals[f"{op}\t{name[: -len('_kernel_time')]}"] += event.get("dur", 0) / 1e3 / runs
-    return Profile(dict(totals), graph)
+            durations[f"{op}\t{name[: -len('_kernel_time')]}"].append(event.get("dur", 0) / 1e3)
+    return Profile({key: _median_per_run(values, runs) for key, values in durations.items()}, graph)
+
+
+def _median_per_run(values: list[float], runs: int) -> float:
+    """A node's time per run from its events: the median run, or the mean when a node was
+    timed more or less often than once per run."""
+    if len(values) != runs:
+        return sum(values) / runs
+    return float(statistics.median(values))
 
 
 def replaced_stock_ms(reference: Profile, reference_model: onnx.ModelProto, replaced: str | None) -> float | None:

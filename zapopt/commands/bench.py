@@ -20,7 +20,7 @@ from zapopt.commands.options import image_option_flags, int_list
               help="Time the 1-thread rows in the CPU time of the thread running them (what a busy machine "
                    "preempts does not count); other rows stay in wall time.")
 @click.option("--per-layer/--no-per-layer", default=True, show_default=True,
-              help="Also profile each native layer against the stock nodes it replaced (batch 1).")
+              help="Also profile each native layer against the stock nodes it replaced (batch 1, at the fewest --threads).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=str), default=None,
               help="Also write the full report (with the machine it ran on) as JSON here.")
 @image_option_flags

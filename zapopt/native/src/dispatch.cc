@@ -53,9 +53,9 @@ bool select_path(KernelPath* path, std::string* error) {
 
 PathTraits traits_of(KernelPath path) {
   switch (path) {
-    case KernelPath::kAvx512: return {transpose_row_avx2, compact_avx512, accumulate_avx512, dense_accumulate_avx512, union_accumulate_avx512, 16, 4, write_back_avx2};
-    case KernelPath::kAvx2: return {transpose_row_avx2, compact_avx2, accumulate_avx2, dense_accumulate_avx2, union_accumulate_avx2, 8, 8, write_back_avx2};
-    default: return {transpose_row_portable, compact_portable, accumulate_portable, dense_accumulate_portable, union_accumulate_portable, 1, 32, write_back_portable};
+    case KernelPath::kAvx512: return {transpose_row_avx2, compact_avx512, accumulate_avx512, dense_accumulate_avx512, union_accumulate_avx512, 16, 4, write_back_avx2, pointwise_avx512};
+    case KernelPath::kAvx2: return {transpose_row_avx2, compact_avx2, accumulate_avx2, dense_accumulate_avx2, union_accumulate_avx2, 8, 8, write_back_avx2, pointwise_avx2};
+    default: return {transpose_row_portable, compact_portable, accumulate_portable, dense_accumulate_portable, union_accumulate_portable, 1, 32, write_back_portable, pointwise_portable};
   }
 }
 

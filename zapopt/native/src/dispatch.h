@@ -5,6 +5,7 @@
 
 #include "layout.h"
 #include "microkernel.h"
+#include "pointwise.h"
 
 namespace zapopt {
 
@@ -25,6 +26,7 @@ struct PathTraits {
   int lanes;       // output channels per vector register
   int max_vectors; // accumulators per position (ocb <= lanes * max_vectors)
   WriteBackFn write_back;
+  PointwiseFn pointwise;
 };
 PathTraits traits_of(KernelPath path);
 

@@ -26,6 +26,11 @@ struct TileTarget {
   float* acc;               // position t's ocb accumulators at acc + t * acc_stride
   int32_t acc_stride;
   bool first;               // start from zero instead of acc
+  // Nullable: weights the next step reads (next_bytes of them), prefetched a few cache lines
+  // per position while this step runs (the list loop reads a slab's rows in data order, which
+  // the hardware prefetchers cannot follow).
+  const float* next_weights = nullptr;
+  int32_t next_bytes = 0;
 };
 
 // For a tile of output positions, the nonzero list each one reads for one (tap, channel chunk).

@@ -10,6 +10,7 @@
 #include <cstdint>
 
 #include "microkernel.h"
+#include "pointwise.h"
 
 namespace zapopt {
 namespace {
@@ -29,26 +30,6 @@ struct LaneTable {
   }
 };
 constexpr LaneTable kLaneOrder;
-
-template <int NV>
-void run(const AccumulateArgs& a) {
-  constexpr int kOcb = NV * 8;
-  for (int32_t t = 0; t < a.positions; ++t) {
-    if (a.needed != nullptr && a.needed[t * a.needed_stride] == 0) continue;
-    float* acc = a.acc + static_cast<int64_t>(t) * a.acc_stride;
-    __m256 c[NV];
-    for (int i = 0; i < NV; ++i) c[i] = a.first ? _mm256_setzero_ps() : _mm256_loadu_ps(acc + 8 * i);
-    const int32_t* ks = a.channels[t];
-    const float* values = a.values[t];
-    const int32_t n = a.counts[t];
-    for (int32_t j = 0; j < n; ++j) {
-      const __m256 x = _mm256_broadcast_ss(values + j);
-      const float* w = a.weights + static_cast<int64_t>(ks[j]) * kOcb;
-      for (int i = 0; i < NV; ++i) c[i] = _mm256_fmadd_ps(x, _mm256_loadu_ps(w + 8 * i), c[i]);
-    }
-    for (int i = 0; i < NV; ++i) _mm256_storeu_ps(acc + 8 * i, c[i]);
-  }
-}
 
 // The dense path's registers: kRows positions x up to kVectors registers (24 output channels)
 // = 12 accumulators, + 3 weight vectors + 1 broadcast of the 16 ymm registers.
@@ -72,13 +53,21 @@ struct Vec {
   }
   static void accumulate_lists(const AccumulateArgs& a, int ocb) { accumulate_avx2(a, ocb); }
   static Reg fma(Reg a, Reg b, Reg c) { return _mm256_fmadd_ps(a, b, c); }
+  static Reg add(Reg a, Reg b) { return _mm256_add_ps(a, b); }
+  static Reg max(Reg a, Reg b) { return _mm256_max_ps(a, b); }
+  static Reg min(Reg a, Reg b) { return _mm256_min_ps(a, b); }
+  static Reg set1(float v) { return _mm256_set1_ps(v); }
 };
 
 #include "dense_microkernel.h"
+#include "list_microkernel.h"
+#include "pointwise_microkernel.h"
 
 }  // namespace
 
 void dense_accumulate_avx2(const DenseAccumulateArgs& a, int ocb) { dense_accumulate<Vec>(a, ocb); }
+
+void pointwise_avx2(const PointwiseArgs& a) { pointwise<Vec>(a); }
 
 void union_accumulate_avx2(const UnionAccumulateArgs& a, int ocb, int rows) { union_accumulate<Vec>(a, ocb, rows); }
 
@@ -98,14 +87,14 @@ int compact_avx2(const float* x, int n, int32_t k0, int32_t* ks, float* values) 
 
 void accumulate_avx2(const AccumulateArgs& a, int ocb) {
   switch (ocb) {
-    case 8: run<1>(a); break;
-    case 16: run<2>(a); break;
-    case 24: run<3>(a); break;
-    case 32: run<4>(a); break;
-    case 40: run<5>(a); break;
-    case 48: run<6>(a); break;
-    case 56: run<7>(a); break;
-    case 64: run<8>(a); break;
+    case 8: accumulate_lists_of<Vec, 1>(a); break;
+    case 16: accumulate_lists_of<Vec, 2>(a); break;
+    case 24: accumulate_lists_of<Vec, 3>(a); break;
+    case 32: accumulate_lists_of<Vec, 4>(a); break;
+    case 40: accumulate_lists_of<Vec, 5>(a); break;
+    case 48: accumulate_lists_of<Vec, 6>(a); break;
+    case 56: accumulate_lists_of<Vec, 7>(a); break;
+    case 64: accumulate_lists_of<Vec, 8>(a); break;
     default: accumulate_portable(a, ocb); break;
   }
 }

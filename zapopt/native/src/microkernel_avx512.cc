@@ -9,29 +9,10 @@
 #include <cstdint>
 
 #include "microkernel.h"
+#include "pointwise.h"
 
 namespace zapopt {
 namespace {
-
-template <int NV>
-void run(const AccumulateArgs& a) {
-  constexpr int kOcb = NV * 16;
-  for (int32_t t = 0; t < a.positions; ++t) {
-    if (a.needed != nullptr && a.needed[t * a.needed_stride] == 0) continue;
-    float* acc = a.acc + static_cast<int64_t>(t) * a.acc_stride;
-    __m512 c[NV];
-    for (int i = 0; i < NV; ++i) c[i] = a.first ? _mm512_setzero_ps() : _mm512_loadu_ps(acc + 16 * i);
-    const int32_t* ks = a.channels[t];
-    const float* values = a.values[t];
-    const int32_t n = a.counts[t];
-    for (int32_t j = 0; j < n; ++j) {
-      const __m512 x = _mm512_set1_ps(values[j]);
-      const float* w = a.weights + static_cast<int64_t>(ks[j]) * kOcb;
-      for (int i = 0; i < NV; ++i) c[i] = _mm512_fmadd_ps(x, _mm512_loadu_ps(w + 16 * i), c[i]);
-    }
-    for (int i = 0; i < NV; ++i) _mm512_storeu_ps(acc + 16 * i, c[i]);
-  }
-}
 
 // The dense path's registers: kRows positions x up to kVectors registers (48 output channels)
 // = 18 accumulators, + 3 weight vectors + 1 broadcast of the 32 zmm registers.
@@ -56,13 +37,21 @@ struct Vec {
   }
   static void accumulate_lists(const AccumulateArgs& a, int ocb) { accumulate_avx512(a, ocb); }
   static Reg fma(Reg a, Reg b, Reg c) { return _mm512_fmadd_ps(a, b, c); }
+  static Reg add(Reg a, Reg b) { return _mm512_add_ps(a, b); }
+  static Reg max(Reg a, Reg b) { return _mm512_max_ps(a, b); }
+  static Reg min(Reg a, Reg b) { return _mm512_min_ps(a, b); }
+  static Reg set1(float v) { return _mm512_set1_ps(v); }
 };
 
 #include "dense_microkernel.h"
+#include "list_microkernel.h"
+#include "pointwise_microkernel.h"
 
 }  // namespace
 
 void dense_accumulate_avx512(const DenseAccumulateArgs& a, int ocb) { dense_accumulate<Vec>(a, ocb); }
+
+void pointwise_avx512(const PointwiseArgs& a) { pointwise<Vec>(a); }
 
 void union_accumulate_avx512(const UnionAccumulateArgs& a, int ocb, int rows) { union_accumulate<Vec>(a, ocb, rows); }
 
@@ -83,10 +72,10 @@ int compact_avx512(const float* x, int n, int32_t k0, int32_t* ks, float* values
 
 void accumulate_avx512(const AccumulateArgs& a, int ocb) {
   switch (ocb) {
-    case 16: run<1>(a); break;
-    case 32: run<2>(a); break;
-    case 48: run<3>(a); break;
-    case 64: run<4>(a); break;
+    case 16: accumulate_lists_of<Vec, 1>(a); break;
+    case 32: accumulate_lists_of<Vec, 2>(a); break;
+    case 48: accumulate_lists_of<Vec, 3>(a); break;
+    case 64: accumulate_lists_of<Vec, 4>(a); break;
     default: accumulate_portable(a, ocb); break;
   }
 }

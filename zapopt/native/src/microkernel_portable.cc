@@ -1,5 +1,8 @@
 // Plain C++ inner loops: any ocb, no intrinsics (the compiler may vectorize them).
+#include <algorithm>
+
 #include "microkernel.h"
+#include "pointwise.h"
 
 namespace zapopt {
 
@@ -117,6 +120,21 @@ void union_accumulate_portable(const UnionAccumulateArgs& a, int ocb, int rows) 
     if (++filled == group) flush();
   }
   if (filled > 0) flush();
+}
+
+void pointwise_portable(const PointwiseArgs& a) {
+  for (int64_t p = 0; p < a.count; ++p) {
+    float acc[kPointwiseRows] = {};
+    for (int32_t ch = 0; ch < a.k; ++ch) {
+      const float v = a.x[ch * a.x_stride + p];
+      for (int r = 0; r < kPointwiseRows; ++r) acc[r] += a.weights[ch * kPointwiseRows + r] * v;
+    }
+    for (int r = 0; r < a.rows; ++r) {
+      float v = acc[r] + a.bias[r];
+      if (a.skip != nullptr) v += a.skip[r * a.y_stride + p];
+      a.y[r * a.y_stride + p] = a.relu ? std::min(std::max(v, 0.0f), a.clip_max) : v;
+    }
+  }
 }
 
 }  // namespace zapopt

@@ -10,6 +10,7 @@
 #include <cstring>
 #include <functional>
 #include <memory>
+#include <new>
 #include <string>
 #include <vector>
 
@@ -29,8 +30,53 @@ enum class OpKind { kZeroSkipConv, kZapConv };
 // ZapConv inputs: X W B PW1 PB1 PW2 PB2 Skip; ZeroSkipConv inputs: X W B Skip.
 constexpr size_t kZapInputs = 8, kZeroSkipInputs = 4;
 
+// Scratch memory from the session's CPU allocator (its arena keeps the blocks between runs);
+// the heap if onnxruntime has none to give.
+class OrtScratch final : public Scratch {
+ public:
+  OrtScratch(const OrtApi* api, const OrtKernelContext* context, const OrtMemoryInfo* info) : api_(api) {
+    if (info == nullptr) return;
+#if defined(__SANITIZE_ADDRESS__)
+    return;  // the sanitizer build keeps the heap: an overrun inside an arena block goes unseen
+#endif
+    if (OrtStatus* status = api->KernelContext_GetAllocator(context, info, &allocator_)) {
+      api->ReleaseStatus(status);
+      allocator_ = nullptr;
+    }
+  }
+  OrtScratch(const OrtScratch&) = delete;
+  OrtScratch& operator=(const OrtScratch&) = delete;
+  ~OrtScratch() {
+    if (allocator_ != nullptr) api_->ReleaseAllocator(allocator_);
+  }
+  void* allocate(size_t bytes) const override {
+    if (allocator_ == nullptr) return heap_.allocate(bytes);
+    void* p = allocator_->Alloc(allocator_, bytes);
+    if (p == nullptr) throw std::bad_alloc();
+    return p;
+  }
+  void release(void* p) const noexcept override {
+    if (allocator_ == nullptr) {
+      heap_.release(p);
+    } else {
+      allocator_->Free(allocator_, p);
+    }
+  }
+
+ private:
+  const OrtApi* api_;
+  OrtAllocator* allocator_ = nullptr;
+  HeapScratch heap_;
+};
+
+struct MemoryInfoDeleter {
+  const OrtApi* api;
+  void operator()(OrtMemoryInfo* info) const { api->ReleaseMemoryInfo(info); }
+};
+
 struct Kernel {
   const OrtApi* api = nullptr;
+  std::unique_ptr<OrtMemoryInfo, MemoryInfoDeleter> cpu_memory{nullptr, MemoryInfoDeleter{nullptr}};
   OpKind kind = OpKind::kZeroSkipConv;
   std::string label;  // "ZeroSkipConv node 'name'"
   std::unique_ptr<PackedConv> conv;
@@ -151,6 +197,9 @@ std::unique_ptr<Kernel> create_kernel(OpKind kind, const OrtApi* api, const OrtK
   kernel->conv = PackedConv::create(geo, static_cast<const float*>(w.data), bias.empty() ? nullptr : bias.data(),
                                     path, &error);
   if (!kernel->conv) throw OpError{error};
+  OrtMemoryInfo* cpu_memory = nullptr;
+  check(api, api->CreateCpuMemoryInfo(OrtArenaAllocator, OrtMemTypeDefault, &cpu_memory), "describing CPU memory");
+  kernel->cpu_memory = std::unique_ptr<OrtMemoryInfo, MemoryInfoDeleter>(cpu_memory, MemoryInfoDeleter{api});
   return kernel;
 }
 
@@ -255,6 +304,7 @@ void compute(const Kernel& k, OrtKernelContext* context) {
     return !call.failed.load();
   };
 
+  const OrtScratch scratch(api, context, k.cpu_memory.get());
   std::string error;
   bool ok = true;
   const float* xd = static_cast<const float*>(x.data);
@@ -263,7 +313,7 @@ void compute(const Kernel& k, OrtKernelContext* context) {
     for (size_t p = 0; p < all.size(); ++p) all[p] = static_cast<int32_t>(p);
     std::vector<const std::vector<int32_t>*> positions(static_cast<size_t>(n), &all);
     ep.y = y;
-    ok = k.conv->run(xd, n, h, w, positions, ep, parallel_for, &error);
+    ok = k.conv->run(xd, n, h, w, positions, ep, parallel_for, scratch, &error);
   } else {
     bool* computed = nullptr;
     size_t output_count = 0;
@@ -278,7 +328,7 @@ void compute(const Kernel& k, OrtKernelContext* context) {
         computed = static_cast<bool*>(c_data);
       }
     }
-    ok = run_zap_conv(*k.conv, k.zap, xd, n, h, w, ep, y, computed, parallel_for, &error);
+    ok = run_zap_conv(*k.conv, k.zap, xd, n, h, w, ep, y, computed, parallel_for, scratch, &error);
   }
   if (!ok) throw OpError{error};
 }

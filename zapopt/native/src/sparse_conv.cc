@@ -45,6 +45,26 @@ constexpr float kDenseCutoverPointwise = 0.5f;
 // tile; the dense path reads each slab in 24-channel pieces, which the prefetcher follows
 // poorly (512->512 3x3 7x7, 9.4 MB: 0.55 with lists, 0.34 dense), so they keep the lists.
 constexpr int64_t kDenseMaxWeightBytes = int64_t{4} << 20;
+// Layers whose packed weights (per group) reach this size prefetch the next step's weight slab
+// while a step runs (TileTarget::next_weights). Inside a model their weights come from L3 or
+// memory on every run (the other layers evicted them), read by few tiles, and the list loop
+// touches a slab's rows in data order: each first touch was a miss of its own. Same-process
+// A/B on OpenNSFW, 1 thread: the ten deep 3x3 convs native 1.04-1.09x faster end to end,
+// every conv native 1.05-1.13x. Small weights stay cached across a layer's many tiles, so
+// there the prefetches would only add instructions.
+constexpr int64_t kPrefetchMinWeightBytes = int64_t{128} << 10;
+// The pointwise path (1x1, no padding, one group) runs on inputs at least
+// kDenseCutoverPointwise nonzero, where the lists do not pay.
+// Input bytes (C_in x positions) one pointwise job keeps in L2 while every block of output
+// channels passes over them.
+constexpr int64_t kPointwisePanelBytes = int64_t{256} << 10;
+// Pointwise job spans are multiples of this many positions: whole 3-vector tiles on AVX2 (24)
+// and AVX-512 (48).
+constexpr int64_t kPointwiseSpanStep = 48;
+// Positions handed to the vector paths in whole groups of this many (a multiple of every
+// path's vector width); the rest of a span goes through a zero-padded copy.
+constexpr int64_t kPointwiseTail = 16;
+constexpr int64_t kPointwiseSampledPlanes = 16;
 
 // Whether x[0..n) are all +0 or -0 (anything else, NaN included, is nonzero as in compaction).
 // Checked before compacting a pixel's chunk: all-zero pixels (dead regions of a ReLU's output)
@@ -237,6 +257,21 @@ std::unique_ptr<PackedConv> PackedConv::create(const ConvGeometry& geo, const fl
       }
     }
   }
+  conv->prefetch_next_slab_ = blocks * k_size * ocb * int64_t{sizeof(float)} >= kPrefetchMinWeightBytes;
+  if (geo.kh == 1 && geo.kw == 1 && geo.group == 1 && geo.pad_top == 0 && geo.pad_left == 0 && geo.pad_bottom == 0 &&
+      geo.pad_right == 0) {
+    conv->pointwise_ = traits.pointwise;
+    const int64_t pw_blocks = (geo.c_out + kPointwiseRows - 1) / kPointwiseRows;
+    conv->pointwise_weights_.assign(static_cast<size_t>(pw_blocks * geo.c_in * kPointwiseRows), 0.0f);
+    conv->pointwise_bias_.assign(static_cast<size_t>(pw_blocks * kPointwiseRows), 0.0f);
+    for (int64_t oc = 0; oc < geo.c_out; ++oc) {
+      const int64_t b = oc / kPointwiseRows, r = oc % kPointwiseRows;
+      for (int64_t c = 0; c < geo.c_in; ++c) {
+        conv->pointwise_weights_[(b * geo.c_in + c) * kPointwiseRows + r] = weights[oc * geo.c_in + c];
+      }
+      if (bias != nullptr) conv->pointwise_bias_[b * kPointwiseRows + r] = bias[oc];
+    }
+  }
   conv->bias_.assign(static_cast<size_t>(geo.c_out), 0.0f);
   if (bias != nullptr) std::copy(bias, bias + geo.c_out, conv->bias_.begin());
   conv->padded_bias_.assign(static_cast<size_t>(geo.group * blocks * ocb), 0.0f);
@@ -250,25 +285,25 @@ std::unique_ptr<PackedConv> PackedConv::create(const ConvGeometry& geo, const fl
 struct PackedConv::Band {
   int64_t row_begin = 0, row_end = 0;
   int64_t stride = 0;  // entries reserved per list (chunk + vector slack)
-  std::unique_ptr<int32_t[]> channels;  // channel within the chunk
-  std::unique_ptr<float[]> values;
-  std::unique_ptr<int32_t[]> counts;  // [row][column][chunk]
-  std::unique_ptr<float[]> pixels;    // [row][column][channel]: the dense inputs (NHWC)
+  ScratchArray<int32_t> channels;  // channel within the chunk
+  ScratchArray<float> values;
+  ScratchArray<int32_t> counts;  // [row][column][chunk]
+  ScratchArray<float> pixels;    // [row][column][channel]: the dense inputs (NHWC)
   // before[p]: the nonzeros of all pixels before p (row-major, every chunk); a span's count is
   // a difference of two entries.
-  std::unique_ptr<int64_t[]> before;
+  ScratchArray<int64_t> before;
 };
 
 void PackedConv::compact_band(const float* x, int64_t n, int64_t g, int64_t h, int64_t w, int64_t row_begin,
-                              int64_t row_end, Band* band) const {
+                              int64_t row_end, const Scratch& scratch, Band* band) const {
   const int64_t cg_in = geometry_.cg_in();
   band->row_begin = row_begin, band->row_end = row_end;
   band->stride = chunk_ + kCompactSlack;
   const size_t lists = static_cast<size_t>(std::max<int64_t>(0, row_end - row_begin) * w * chunks_);
-  band->channels.reset(new int32_t[std::max<size_t>(1, lists * band->stride)]);  // written before read
-  band->values.reset(new float[std::max<size_t>(1, lists * band->stride)]);
-  band->counts.reset(new int32_t[std::max<size_t>(1, lists)]);
-  band->pixels.reset(new float[std::max<size_t>(1, static_cast<size_t>(std::max<int64_t>(0, row_end - row_begin) * w * cg_in))]);
+  band->channels = ScratchArray<int32_t>(scratch, lists * band->stride);  // written before read
+  band->values = ScratchArray<float>(scratch, lists * band->stride);
+  band->counts = ScratchArray<int32_t>(scratch, lists);
+  band->pixels = ScratchArray<float>(scratch, static_cast<size_t>(std::max<int64_t>(0, row_end - row_begin) * w * cg_in));
   const float* group_planes = x + (n * geometry_.c_in + g * cg_in) * h * w;
   // Rows are contiguous in every channel plane, so several rows transpose as one long row:
   // each 8-channel block then streams through its planes (a row at a time, wide layers read
@@ -293,7 +328,7 @@ void PackedConv::compact_band(const float* x, int64_t n, int64_t g, int64_t h, i
     }
   }
   const int64_t band_pixels = std::max<int64_t>(0, row_end - row_begin) * w;
-  band->before.reset(new int64_t[static_cast<size_t>(band_pixels + 1)]);
+  band->before = ScratchArray<int64_t>(scratch, static_cast<size_t>(band_pixels + 1));
   band->before[0] = 0;
   for (int64_t p = 0; p < band_pixels; ++p) {
     int64_t sum = 0;
@@ -302,9 +337,135 @@ void PackedConv::compact_band(const float* x, int64_t n, int64_t g, int64_t h, i
   }
 }
 
+bool PackedConv::try_pointwise(const float* x, int64_t n, int64_t h, int64_t w,
+                               const std::vector<const std::vector<int32_t>*>& positions, const Epilogue& ep,
+                               const ParallelFor& parallel_for, const Scratch& scratch, std::string* error,
+                               bool* ok) const {
+  const ConvGeometry& geo = geometry_;
+  const int64_t wo = geo.out_w(w), plane = geo.out_h(h) * wo;
+  if (pointwise_ == nullptr || ep.computed != nullptr || ep.aux != nullptr) return false;
+  for (int64_t i = 0; i < n; ++i) {
+    if (static_cast<int64_t>(positions[i]->size()) != plane) return false;  // ascending and unique: all of them
+  }
+  // Skip laid out like Y (a batch of one has batch stride 0: size-1 axes broadcast), else
+  // the general epilogue handles the broadcast.
+  if (ep.skip != nullptr && ((n > 1 && ep.skip_strides[0] != geo.c_out * plane) || ep.skip_strides[1] != plane ||
+                             ep.skip_strides[2] != wo || ep.skip_strides[3] != 1)) {
+    return false;
+  }
+  // The input's zero share, estimated on up to kPointwiseSampledPlanes channel planes spread
+  // over the channels: the choice needs no more.
+  const int64_t step = std::max<int64_t>(1, geo.c_in / kPointwiseSampledPlanes);
+  int64_t zeros = 0, seen = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t c = 0; c < geo.c_in; c += step) {
+      const float* values = x + (i * geo.c_in + c) * h * w;
+      int32_t plane_zeros = 0;
+      for (int64_t p = 0; p < h * w; ++p) plane_zeros += values[p] == 0.0f;
+      zeros += plane_zeros;
+      seen += h * w;
+    }
+  }
+  const float zero_share = static_cast<float>(zeros) / static_cast<float>(std::max<int64_t>(1, seen));
+  if (1.0f - zero_share < kDenseCutoverPointwise) return false;  // sparse enough for the lists
+
+  // A strided 1x1 conv reads every stride-th pixel: those are gathered once into planes of the
+  // output's size, and the product runs on them.
+  ScratchArray<float> strided;
+  if (geo.stride_h != 1 || geo.stride_w != 1) {
+    const int64_t ho = plane / wo;
+    strided = ScratchArray<float>(scratch, static_cast<size_t>(n * geo.c_in * plane));
+    for (int64_t index = 0; index < n * geo.c_in; ++index) {
+      const float* from = x + index * h * w;
+      float* to = strided.get() + index * plane;
+      for (int64_t oy = 0; oy < ho; ++oy) {
+        const float* row = from + oy * geo.stride_h * w;
+        for (int64_t ox = 0; ox < wo; ++ox) to[oy * wo + ox] = row[ox * geo.stride_w];
+      }
+    }
+    x = strided.get();
+  }
+
+  const int64_t k = geo.c_in, c_out = geo.c_out;
+  const int64_t blocks = (c_out + kPointwiseRows - 1) / kPointwiseRows;
+  const int64_t panel = kPointwisePanelBytes / (k * int64_t{sizeof(float)}) / kPointwiseSpanStep * kPointwiseSpanStep;
+  const int64_t span = std::clamp<int64_t>(panel, kPointwiseSpanStep, 4 * kPointwiseSpanStep);
+  const int64_t spans = (plane + span - 1) / span;
+  const int64_t runs = n * spans;
+  const int64_t splits = std::min<int64_t>(blocks, (static_cast<int64_t>(kMinJobs) + runs - 1) / runs);
+  const int64_t per_split = (blocks + splits - 1) / splits;
+  *ok = parallel_for(static_cast<size_t>(runs * splits), [&](size_t job) {
+    const int64_t run = static_cast<int64_t>(job) / splits, split = static_cast<int64_t>(job) % splits;
+    const int64_t i = run / spans, p0 = (run % spans) * span;
+    const int64_t count = std::min(span, plane - p0);
+    // Whole kPointwiseTail-position groups straight from X; the last few positions through a
+    // zero-padded copy (the vector paths would otherwise finish them one scalar at a time:
+    // 1024->256 14x14 took 2.0 instead of 1.7 ms). Packing the whole span into a contiguous
+    // panel first, as matrix products usually do, cost more than it saved (0.90-0.98x on
+    // OpenNSFW).
+    const int64_t main = count / kPointwiseTail * kPointwiseTail, rest = count - main;
+    ScratchArray<float> tail_x, tail;
+    if (rest > 0) {
+      tail_x = ScratchArray<float>(scratch, static_cast<size_t>(k * kPointwiseTail));
+      tail = ScratchArray<float>(scratch, static_cast<size_t>(2 * kPointwiseRows * kPointwiseTail));
+      for (int64_t c = 0; c < k; ++c) {
+        const float* from = x + (i * k + c) * plane + p0 + main;
+        float* to = tail_x.get() + c * kPointwiseTail;
+        std::copy(from, from + rest, to);
+        std::fill(to + rest, to + kPointwiseTail, 0.0f);
+      }
+    }
+    PointwiseArgs args;
+    args.k = static_cast<int32_t>(k);
+    args.relu = ep.relu;
+    args.clip_max = ep.clip_max;
+    for (int64_t b = split * per_split; b < std::min(blocks, (split + 1) * per_split); ++b) {
+      const int64_t oc0 = b * kPointwiseRows;
+      args.weights = pointwise_weights_.data() + b * k * kPointwiseRows;
+      args.bias = pointwise_bias_.data() + b * kPointwiseRows;
+      args.rows = static_cast<int32_t>(std::min<int64_t>(kPointwiseRows, c_out - oc0));
+      float* y = ep.y + (i * c_out + oc0) * plane + p0;
+      const float* skip = ep.skip == nullptr ? nullptr : ep.skip + (i * c_out + oc0) * plane + p0;
+      if (main > 0) {
+        args.x = x + i * k * plane + p0;
+        args.x_stride = plane;
+        args.count = main;
+        args.y = y;
+        args.skip = skip;
+        args.y_stride = plane;
+        pointwise_(args);
+      }
+      if (rest > 0) {
+        float* tail_y = tail.get();
+        float* tail_skip = tail.get() + kPointwiseRows * kPointwiseTail;
+        for (int r = 0; skip != nullptr && r < args.rows; ++r) {
+          std::copy(skip + r * plane + main, skip + r * plane + count, tail_skip + r * kPointwiseTail);
+        }
+        args.x = tail_x.get();
+        args.x_stride = kPointwiseTail;
+        args.count = kPointwiseTail;
+        args.y = tail_y;
+        args.skip = skip == nullptr ? nullptr : tail_skip;
+        args.y_stride = kPointwiseTail;
+        pointwise_(args);
+        for (int r = 0; r < args.rows; ++r) {
+          std::copy(tail_y + r * kPointwiseTail, tail_y + r * kPointwiseTail + rest, y + r * plane + main);
+        }
+      }
+    }
+  });
+  if (!*ok) *error = "the pointwise convolution failed on onnxruntime's thread pool";
+  return true;
+}
+
 bool PackedConv::run(const float* x, int64_t n, int64_t h, int64_t w,
                      const std::vector<const std::vector<int32_t>*>& positions, const Epilogue& epilogue,
-                     const ParallelFor& parallel_for, std::string* error) const {
+                     const ParallelFor& parallel_for, const Scratch& scratch, std::string* error) const {
+  bool pointwise_ok = false;
+  if (accumulation_.form == AccumulationChoice::kAuto &&
+      try_pointwise(x, n, h, w, positions, epilogue, parallel_for, scratch, error, &pointwise_ok)) {
+    return pointwise_ok;
+  }
   const ConvGeometry& geo = geometry_;
   const int64_t ho = geo.out_h(h), wo = geo.out_w(w);
   // Jobs: (batch item, group, run of consecutive positions, range of channel blocks), handed
@@ -341,7 +502,7 @@ bool PackedConv::run(const float* x, int64_t n, int64_t h, int64_t w,
   if (share_lists) {
     shared.resize(static_cast<size_t>(n * geo.group));
     const bool compacted = parallel_for(shared.size(), [&](size_t i) {
-      compact_band(x, static_cast<int64_t>(i) / geo.group, static_cast<int64_t>(i) % geo.group, h, w, 0, h, &shared[i]);
+      compact_band(x, static_cast<int64_t>(i) / geo.group, static_cast<int64_t>(i) % geo.group, h, w, 0, h, scratch, &shared[i]);
     });
     if (!compacted) {
       *error = "compacting the input failed on onnxruntime's thread pool (out of memory?)";
@@ -354,7 +515,7 @@ bool PackedConv::run(const float* x, int64_t n, int64_t h, int64_t w,
     const size_t end = std::min(jobs.size(), (task + 1) * per_task);
     for (size_t j = task * per_task; j < end; ++j) {
       const Band* band = shared.empty() ? nullptr : &shared[static_cast<size_t>(jobs[j].n * geo.group + jobs[j].g)];
-      run_job(jobs[j], x, h, w, ho, wo, positions, epilogue, band);
+      run_job(jobs[j], x, h, w, ho, wo, positions, epilogue, band, scratch);
     }
   });
   if (!ok) {
@@ -441,7 +602,7 @@ AccumulationChoice PackedConv::choose_accumulation(int64_t nonzeros, int64_t slo
 
 void PackedConv::run_job(const Job& job, const float* x, int64_t h, int64_t w, int64_t ho, int64_t wo,
                          const std::vector<const std::vector<int32_t>*>& positions, const Epilogue& ep,
-                         const Band* shared_band) const {
+                         const Band* shared_band, const Scratch& scratch) const {
   const ConvGeometry& geo = geometry_;
   const int64_t k_size = geo.k_size();
   const int64_t cg_out = geo.cg_out(), cg_in = geo.cg_in();
@@ -463,7 +624,7 @@ void PackedConv::run_job(const Job& job, const float* x, int64_t h, int64_t w, i
     }
     compact_band(x, job.n, job.g, h, w, std::max<int64_t>(0, oh_min * geo.stride_h - geo.pad_top),
                  std::min<int64_t>(h, oh_max * geo.stride_h - geo.pad_top + (geo.kh - 1) * geo.dilation_h + 1),
-                 &own);
+                 scratch, &own);
   }
   const Band& band = shared_band != nullptr ? *shared_band : own;
 
@@ -535,6 +696,10 @@ void PackedConv::run_job(const Job& job, const float* x, int64_t h, int64_t w, i
             target.acc = acc.get() + static_cast<size_t>(b) * ocb;
             target.acc_stride = acc_stride;
             target.first = first;
+            if (prefetch_next_slab_ && k0 + k < k_size) {  // the next step's slab follows this one in K
+              target.next_weights = target.weights + int64_t{k} * ocb;
+              target.next_bytes = static_cast<int32_t>(std::min<int64_t>(k, k_size - k0 - k) * ocb * int64_t{sizeof(float)});
+            }
             return target;
           };
           const AccumulationChoice form = choose_accumulation(nonzeros, int64_t{tile} * k, dense_ok);

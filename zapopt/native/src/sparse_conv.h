@@ -17,6 +17,8 @@
 
 #include "dispatch.h"
 #include "microkernel.h"
+#include "pointwise.h"
+#include "scratch.h"
 
 namespace zapopt {
 
@@ -59,21 +61,27 @@ class PackedConv {
   const char* path() const { return path_name(path_); }
 
   // Computes the output positions positions[n] (indices oh * W_out + ow, ascending) of every
-  // batch item n of x [N, C_in, H, W] and hands them to the epilogue. Returns false with
-  // *error set if the thread pool or an allocation failed.
+  // batch item n of x [N, C_in, H, W] and hands them to the epilogue; its buffers come from
+  // scratch. Returns false with *error set if the thread pool or an allocation failed.
   bool run(const float* x, int64_t n, int64_t h, int64_t w,
            const std::vector<const std::vector<int32_t>*>& positions, const Epilogue& epilogue,
-           const ParallelFor& parallel_for, std::string* error) const;
+           const ParallelFor& parallel_for, const Scratch& scratch, std::string* error) const;
 
  private:
   PackedConv() = default;
   struct Job;
   struct Band;
   void compact_band(const float* x, int64_t n, int64_t g, int64_t h, int64_t w, int64_t row_begin, int64_t row_end,
-                    Band* band) const;
+                    const Scratch& scratch, Band* band) const;
   void run_job(const Job& job, const float* x, int64_t h, int64_t w, int64_t ho, int64_t wo,
                const std::vector<const std::vector<int32_t>*>& positions, const Epilogue& epilogue,
-               const Band* shared_band) const;
+               const Band* shared_band, const Scratch& scratch) const;
+
+  // The pointwise path (pointwise.h) for x [N, C_in, H, W] when it applies: returns false
+  // (and does nothing) if it does not, else sets *ok (false with *error on a pool failure).
+  bool try_pointwise(const float* x, int64_t n, int64_t h, int64_t w,
+                     const std::vector<const std::vector<int32_t>*>& positions, const Epilogue& epilogue,
+                     const ParallelFor& parallel_for, const Scratch& scratch, std::string* error, bool* ok) const;
 
   // The accumulation form of one (tile, tap, chunk) step with `nonzeros` of its `slots` inputs
   // nonzero; dense_ok: the layer's weights are small enough for the dense form.
@@ -102,6 +110,10 @@ class PackedConv {
   int blocks_ = 1;     // blocks per group
   int chunk_ = 64;     // input channels per list (keeps one tap x chunk x ocb weight slab in L1)
   int chunks_ = 1;     // chunks per group
+  bool prefetch_next_slab_ = false;  // large weights: prefetch each step's successor slab
+  PointwiseFn pointwise_ = nullptr;   // set for 1x1, unpadded, one-group layers
+  std::vector<float> pointwise_weights_;  // [block][C_in][kPointwiseRows], zero-padded rows
+  std::vector<float> pointwise_bias_;     // [block][kPointwiseRows]
   std::vector<float> weights_;  // [group][block][K = (tap, c)][ocb], zero-padded channels
   std::vector<float> bias_;     // [C_out]
   std::vector<float> padded_bias_;  // [group][block][ocb], like the packed output channels

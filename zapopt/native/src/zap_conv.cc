@@ -34,7 +34,8 @@ void depthwise3x3(const float* in, int64_t ho, int64_t wo, const float* w, float
 }  // namespace
 
 bool run_zap_conv(const PackedConv& conv, const ZapParams& params, const float* x, int64_t n, int64_t h, int64_t w,
-                  Epilogue ep, float* y, bool* computed_out, const ParallelFor& parallel_for, std::string* error) {
+                  Epilogue ep, float* y, bool* computed_out, const ParallelFor& parallel_for, const Scratch& scratch,
+                  std::string* error) {
   const ConvGeometry& geo = conv.geometry();
   const int64_t ho = geo.out_h(h), wo = geo.out_w(w), plane = ho * wo;
   const int64_t c_out = geo.c_out;
@@ -56,7 +57,7 @@ bool run_zap_conv(const PackedConv& conv, const ZapParams& params, const float* 
   }
   if (params.threshold == -INFINITY) {  // Z > -inf everywhere: the plain layer
     std::vector<const std::vector<int32_t>*> every(static_cast<size_t>(n), &all_positions);
-    if (!conv.run(x, n, h, w, every, ep, parallel_for, error)) return false;
+    if (!conv.run(x, n, h, w, every, ep, parallel_for, scratch, error)) return false;
     if (computed_out != nullptr) std::fill(computed_out, computed_out + total, true);
     return true;
   }
@@ -64,29 +65,30 @@ bool run_zap_conv(const PackedConv& conv, const ZapParams& params, const float* 
   // Phase 1: the pattern positions, every channel; P = V or Full there, 0 elsewhere (only
   // needed when the predictor runs).
   const bool predict = params.threshold != INFINITY;
-  std::vector<float> partial(predict ? total : 0, 0.0f);
-  ep.aux = predict ? partial.data() : nullptr;
+  ScratchArray<float> partial(scratch, predict ? total : 0);
+  if (predict) std::fill(partial.get(), partial.get() + total, 0.0f);
+  ep.aux = predict ? partial.get() : nullptr;
   ep.aux_preactivation = params.preactivation;
   std::vector<const std::vector<int32_t>*> at_pattern(static_cast<size_t>(n), &pattern_positions);
-  if (!conv.run(x, n, h, w, at_pattern, ep, parallel_for, error)) return false;
+  if (!conv.run(x, n, h, w, at_pattern, ep, parallel_for, scratch, error)) return false;
   ep.aux = nullptr;
 
   // Phase 2: the predictor, one (n, channel) plane per task. Computed = S | (Z > threshold).
-  std::vector<uint8_t> computed(total);
+  ScratchArray<uint8_t> computed(scratch, total);  // every entry written below
   if (!predict) {  // nothing beyond the pattern
     for (size_t plane_index = 0; plane_index < static_cast<size_t>(n * c_out); ++plane_index) {
-      std::memcpy(computed.data() + plane_index * plane, pattern.data(), static_cast<size_t>(plane));
+      std::memcpy(computed.get() + plane_index * plane, pattern.data(), static_cast<size_t>(plane));
     }
   } else {
     const bool ok = parallel_for(static_cast<size_t>(n * c_out), [&](size_t index) {
       const int64_t c = static_cast<int64_t>(index) % c_out;
       std::vector<float> hidden(static_cast<size_t>(plane)), score(static_cast<size_t>(plane));
       std::vector<double> padded(static_cast<size_t>((ho + 2) * (wo + 2)));
-      depthwise3x3(partial.data() + index * plane, ho, wo, params.pw1.data() + c * 9, params.pb1[c], padded.data(),
+      depthwise3x3(partial.get() + index * plane, ho, wo, params.pw1.data() + c * 9, params.pb1[c], padded.data(),
                    hidden.data());
       for (float& v : hidden) v = std::max(v, 0.0f);
       depthwise3x3(hidden.data(), ho, wo, params.pw2.data() + c * 9, params.pb2[c], padded.data(), score.data());
-      uint8_t* out = computed.data() + index * plane;
+      uint8_t* out = computed.get() + index * plane;
       for (int64_t p = 0; p < plane; ++p) out[p] = pattern[p] | static_cast<uint8_t>(score[p] > params.threshold);
     });
     if (!ok) {
@@ -99,7 +101,7 @@ bool run_zap_conv(const PackedConv& conv, const ZapParams& params, const float* 
     for (int64_t i = 0; i < n; ++i) {
       for (int64_t p = 0; p < plane; ++p) {
         if (pattern[p]) continue;
-        const uint8_t* m = computed.data() + i * c_out * plane + p;
+        const uint8_t* m = computed.get() + i * c_out * plane + p;
         for (int64_t c = 0; c < c_out; ++c) {
           if (m[c * plane]) {
             predicted[i].push_back(static_cast<int32_t>(p));
@@ -109,8 +111,8 @@ bool run_zap_conv(const PackedConv& conv, const ZapParams& params, const float* 
       }
       at_predicted[i] = &predicted[i];
     }
-    ep.computed = computed.data();
-    if (!conv.run(x, n, h, w, at_predicted, ep, parallel_for, error)) return false;
+    ep.computed = computed.get();
+    if (!conv.run(x, n, h, w, at_predicted, ep, parallel_for, scratch, error)) return false;
   }
   if (computed_out != nullptr) {
     for (size_t i = 0; i < total; ++i) computed_out[i] = computed[i] != 0;

@@ -19,9 +19,10 @@ struct ZapParams {
 };
 
 // Writes Y [N, C_out, H_out, W_out] (and Computed, if not null) for x [N, C_in, H, W].
-// epilogue carries Skip and clip_max; its y/aux/computed fields are set here.
+// epilogue carries Skip and clip_max; its y/aux/computed fields are set here. Buffers come
+// from scratch.
 bool run_zap_conv(const PackedConv& conv, const ZapParams& params, const float* x, int64_t n, int64_t h, int64_t w,
                   Epilogue epilogue, float* y, bool* computed_out,
-                  const ParallelFor& parallel_for, std::string* error);
+                  const ParallelFor& parallel_for, const Scratch& scratch, std::string* error);
 
 }  // namespace zapopt
