@@ -17,7 +17,10 @@
    before-model, and cached beside it, so every variant trains from the same model).
 3. After: thresholds re-chosen for --max-drop on the new weights (kept predictors, curves
    measured again), the drop counted against the original model's top-1. --no-rechoose
-   keeps the thresholds trained at instead: accuracy and savings at the same thresholds.
+   keeps the thresholds trained at instead: accuracy and savings at the same thresholds;
+   --rechoose-if-over keeps them when the drop recovered to <= --max-drop, else re-chooses.
+   --start-model trains an earlier run's saved model instead (a second phase, e.g. without
+   --activation-l1), at its own thresholds.
 Savings are realised MACs on the test set (`zapopt eval`), the whole model, net of the
 predictors. Each row records wall-clock seconds and the load average; command, commit and
 machine are in the file's provenance (benchmarks/result_files.py). Training runs on
@@ -40,6 +43,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from zapopt.data import load_fashion_mnist  # noqa: E402
+from zapopt.errors import ZapoptError  # noqa: E402
 from zapopt.evaluate import evaluate  # noqa: E402
 from zapopt.files import save_model_atomically  # noqa: E402
 from zapopt.finetuning import FinetuneConfig, finetune  # noqa: E402
@@ -96,6 +100,19 @@ def main() -> None:
     parser.add_argument("--no-rechoose", action="store_true",
                         help="keep the thresholds trained at (no --max-drop re-choice after training: minutes "
                              "cheaper; compares accuracy and savings at the same thresholds)")
+    parser.add_argument("--rechoose-if-over", action="store_true",
+                        help="keep the thresholds trained at when the drop recovered to <= --max-drop, else "
+                             "re-choose them (the row records both: kept_* and after_*)")
+    parser.add_argument("--also-cache-drops", type=float, nargs="*", default=[],
+                        help="when the before-model is built, also cache the operating points for these drops beside "
+                             "it (same predictors and probes, minutes each instead of a re-choice each later)")
+    parser.add_argument("--activation-l1", type=float, default=0.0,
+                        help="finetune's --activation-l1: an L1 penalty on the ZAP layers' activations")
+    parser.add_argument("--start-model", type=Path, default=None,
+                        help="fine-tune this ZAP model (e.g. an earlier run's --save-models output, for a second "
+                             "phase) at its own thresholds, instead of the before- or --operating-drop model; "
+                             "the drop is still counted against the original")
+    parser.add_argument("--seed", type=int, default=0, help="fine-tuning seed (batch order, gradtools' sampling)")
     parser.add_argument("--save-models", type=Path, default=None,
                         help="keep the fine-tuned models in this folder (e.g. for `zapopt bench`)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for training (OMP_NUM_THREADS too)")
@@ -105,6 +122,12 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
+    if args.no_rechoose and args.rechoose_if_over:
+        parser.error("--no-rechoose and --rechoose-if-over exclude each other")
+    rechoose = "never" if args.no_rechoose else "if-over" if args.rechoose_if_over else "always"
+    if args.start_model is not None and (rechoose == "always" or not args.start_model.is_file()):
+        parser.error("--start-model needs an existing model and --no-rechoose or --rechoose-if-over (finetune's own "
+                     "re-choice would count the drop against the start model, not the original)")
     torch.set_num_threads(args.threads)
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     rows = []
@@ -126,9 +149,11 @@ def main() -> None:
         if before_path.is_file():
             print(f"before: reusing {before_path}", flush=True)
         else:
-            optimize_s = make_before_models(args.model, calib, test, config, before_path,
-                                            [] if args.operating_drop is None else [args.operating_drop])
-        if not train_path.is_file():  # a cached before-model without this operating point
+            drops = sorted(set(args.also_cache_drops) | ({args.operating_drop} - {None}))
+            optimize_s = make_before_models(args.model, calib, test, config, before_path, drops)
+        if args.start_model is not None:
+            train_path = args.start_model
+        elif not train_path.is_file():  # a cached before-model without this operating point
             found = rechoose_thresholds(load_model(before_path), calib, test, args.operating_drop,
                                         calib_images=args.calib_images, sensitivity_weighting=not args.no_sensitivity,
                                         progress=False)
@@ -146,24 +171,45 @@ def main() -> None:
             tuned_path = tuned_dir / f"{variant}.zap.onnx"
             report = finetune(str(train_path), str(tuned_path), train, val=test,
                               config=FinetuneConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                                                    seed=args.seed, activation_l1=args.activation_l1,
                                                     **VARIANTS[variant]),
-                              max_drop=None if args.no_rechoose else args.max_drop, calib=calib, device="cpu",
-                              progress=False)
+                              max_drop=args.max_drop if rechoose == "always" else None, calib=calib,
+                              device="cpu", progress=False)
+            after = kept = report.after  # the output on the test set, measured by finetune as `zapopt eval` does
+            thresholds = report.thresholds
+            if rechoose == "if-over" and 100 * (before.reference_top1 - kept.top1) > args.max_drop:
+                try:
+                    found = rechoose_thresholds(load_model(tuned_path), calib, test, args.max_drop,
+                                                baseline=load_model(before_path), calib_images=args.calib_images,
+                                                sensitivity_weighting=not args.no_sensitivity, progress=False)
+                except ZapoptError as exc:  # e.g. the tuned network computing everything is already too far down
+                    thresholds = {"max_drop": args.max_drop, "error": str(exc)}
+                else:
+                    rechosen_path = tuned_dir / f"{variant}.rechosen.zap.onnx"
+                    save_model_atomically(found.model, rechosen_path)
+                    after = evaluate(rechosen_path, test, reference=args.model, progress=False)
+                    thresholds = {"max_drop": args.max_drop, "search_budget": found.budget,
+                                  "exact_gain_points": found.exact_gain, "drop": found.drop}
             seconds = time.perf_counter() - started
-            after = report.after  # the output on the test set, measured by finetune as `zapopt eval` does
             row = {"variant": variant, "pattern": args.pattern, "max_drop": args.max_drop,
-                   "operating_drop": args.operating_drop, "rechosen": not args.no_rechoose,
+                   "operating_drop": args.operating_drop,
+                   "start_model": None if args.start_model is None else str(args.start_model), "rechoose": rechoose,
+                   "rechosen": thresholds is not None and "error" not in thresholds,
                    "train_images": args.train_images, "epochs": args.epochs,
-                   "lr": args.lr, "batch_size": args.batch_size, "threads": args.threads,
+                   "lr": args.lr, "batch_size": args.batch_size, "threads": args.threads, "seed": args.seed,
+                   "activation_l1": args.activation_l1,
                    "sensitivity_weighting": not args.no_sensitivity, "latency_check": args.latency_check,
                    "original_top1": before.reference_top1,
                    "before_top1": before.top1, "before_drop": before.top1_drop, "before_savings": before.savings,
                    "trained_at_top1": trained_from.top1, "trained_at_drop": trained_from.top1_drop,
                    "trained_at_savings": trained_from.savings,
+                   "kept_top1": kept.top1, "kept_drop": 100 * (before.reference_top1 - kept.top1),
+                   "kept_savings": kept.savings,
                    "after_top1": after.top1, "after_drop": 100 * (before.reference_top1 - after.top1),
                    "after_savings": after.savings,
                    "savings_gain_points": 100 * (after.savings - before.savings),
-                   "thresholds": report.thresholds,
+                   "within_max_drop": 100 * (before.reference_top1 - after.top1) <= args.max_drop + 1e-9,
+                   "thresholds": thresholds,
                    "epoch_log": [vars(h) for h in report.state.history],
                    "optimize_seconds": optimize_s, "finetune_seconds": seconds,
                    "load_average_after": os.getloadavg()}
@@ -172,7 +218,8 @@ def main() -> None:
     print("\n| variant | top-1 drop before / after | MACs saved before | after | gain (points) |\n"
           "|---|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['variant']} | {r['before_drop']:.2f} / {r['after_drop']:.2f} | "
+        over = "" if r["within_max_drop"] else f" (drop over {r['max_drop']})"
+        print(f"| {r['variant']} | {r['before_drop']:.2f} / {r['after_drop']:.2f}{over} | "
               f"{100 * r['before_savings']:.1f} % | {100 * r['after_savings']:.1f} % | "
               f"{r['savings_gain_points']:+.1f} |")
     save_results(rows, args.json)

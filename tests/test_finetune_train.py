@@ -84,6 +84,31 @@ def test_gradient_tools_run_on_the_backward_pass(tiny: dict[str, str], tools: di
     assert any(not np.array_equal(plain_weights[k], changed[k]) for k in plain_weights)
 
 
+def _mean_zap_activation(model: str, x: np.ndarray) -> float:
+    """Mean ZapConv activation (before the mask) of the torch form of ``model`` on ``x``."""
+    import torch
+
+    from zapopt.finetuning.convert import to_torch
+
+    module = to_torch(onnx.load(model)).train()
+    with torch.no_grad():
+        module(torch.from_numpy(x))
+    return float(np.mean([float(z.last_activation.mean()) for z in module.zap_layers().values()]))
+
+
+def test_activation_l1_makes_the_zap_activations_sparser(tiny: dict[str, str], tmp_path: Path) -> None:
+    x = np.load(tiny["train"])["x"]
+    plain, sparse = str(tmp_path / "plain.onnx"), str(tmp_path / "sparse.onnx")
+    finetune(tiny["model"], plain, tiny["train"], config=FinetuneConfig(epochs=2, **FAST), progress=False,
+             log=lambda _m: None)
+    report = finetune(tiny["model"], sparse, tiny["train"], config=FinetuneConfig(epochs=2, activation_l1=5.0, **FAST),
+                      progress=False, log=lambda _m: None)
+    assert report.config["activation_l1"] == 5.0
+    assert _mean_zap_activation(sparse, x) < 0.5 * _mean_zap_activation(plain, x)
+    with pytest.raises(ZapoptError, match="--activation-l1 must be a number >= 0"):
+        FinetuneConfig(activation_l1=-1.0)
+
+
 def test_class_folders_give_labels(tiny: dict[str, str], tmp_path: Path) -> None:
     x, y = tiny_labeled_arrays(30, seed=3)
     for i, (image, label) in enumerate(zip(x, y)):
@@ -142,6 +167,9 @@ def test_cli_finetune_then_eval_sweep_retune(tiny: dict[str, str], capsys: pytes
     assert run("finetune", tiny["model"], "--data", tiny["train"], "--val", tiny["val"], "-o", tiny["out"] + ".op",
                "--operating-drop", "5") == 2  # reaches FinetuneConfig and the API's check
     assert "--operating-drop chooses the thresholds to train at: it needs" in capsys.readouterr().err
+    assert run("finetune", tiny["model"], "--data", tiny["train"], "-o", tiny["out"] + ".l1", "--activation-l1", "0.5",
+               "--json", "-q") == 0
+    assert '"activation_l1": 0.5' in capsys.readouterr().out
 
 
 def test_log_lines_when_not_a_terminal(tiny: dict[str, str]) -> None:

@@ -58,6 +58,10 @@ class FinetuneConfig:
     #: a more aggressive point than the final one, so the weights adapt to more skipped
     #: activations before the thresholds are re-chosen (None: train at the model's own).
     operating_drop: float | None = None
+    #: Weight of an L1 penalty on every ZapConv layer's activation (ReLU output before the
+    #: mask, mean per image, summed over the layers) added to the cross-entropy: sparser
+    #: activations are what lets the same accuracy skip more (0: off).
+    activation_l1: float = 0.0
 
     def __post_init__(self) -> None:
         _positive("epochs", self.epochs)
@@ -82,6 +86,9 @@ class FinetuneConfig:
         for name in ("train_images", "val_images"):
             if getattr(self, name) is not None:
                 _positive(name, getattr(self, name))
+        l1 = self.activation_l1
+        if isinstance(l1, bool) or not isinstance(l1, (int, float)) or not 0 <= l1 < math.inf:
+            raise ZapoptError(f"--activation-l1 must be a number >= 0, e.g. 1e-3, got {l1!r}")
         drop = self.operating_drop
         if drop is not None and (isinstance(drop, bool) or not isinstance(drop, (int, float))
                                  or not 0 <= drop <= 100):
@@ -148,6 +155,17 @@ def global_batches(count: int, batch_size: int, seed: int, epoch: int) -> list[n
     """The epoch's shuffled global batches (the same on every rank: seeded by seed and epoch)."""
     order = np.random.default_rng([seed, epoch]).permutation(count)
     return [order[i:i + batch_size] for i in range(0, count, batch_size)]
+
+
+def activation_penalty(module: ConvertedModel) -> torch.Tensor:
+    """Sum over this batch's images of each ZapConv layer's mean activation (before the mask),
+    summed over the layers: the L1 term of ``activation_l1`` (activations are >= 0)."""
+    terms = []
+    for name, zap in module.zap_layers().items():
+        if zap.last_activation is None:
+            raise ZapoptError(f"internal: ZapConv {name} kept no activation in training mode")
+        terms.append(zap.last_activation.flatten(1).mean(1).sum())
+    return torch.stack(terms).sum()
 
 
 def rank_share(batch: np.ndarray, ranks: Ranks) -> np.ndarray:
@@ -271,8 +289,11 @@ def _epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, 
             inputs, labels = x[share].to(ranks.device), y[share].to(ranks.device)
             logits = model(inputs)
             summed = F.cross_entropy(logits, labels, reduction="sum")
+            objective = summed
+            if config.activation_l1:
+                objective = summed + config.activation_l1 * activation_penalty(module)
             optimizer.zero_grad(set_to_none=True)
-            (summed * (ranks.world / len(batch))).backward()
+            (objective * (ranks.world / len(batch))).backward()
             optimizer.step()
             loss_sum += float(summed.detach())
             correct += float((logits.detach().argmax(1) == labels).sum())

@@ -59,7 +59,8 @@ class ZapConv2d(nn.Module):
     ``pw1, pb1, pw2, pb2`` are buffers (frozen) and the threshold, pattern, clip and
     predictor input are the node's attributes, kept so the model exports back unchanged.
     ``last_computed`` holds the most recent ``Computed`` mask (bool, no grad) for
-    measuring savings during training.
+    measuring savings during training; in training mode ``last_activation`` holds the
+    activation before the mask (with grad) for ``activation_l1``.
     """
 
     def __init__(self, weight: np.ndarray, bias: np.ndarray | None, predictor: tuple[np.ndarray, ...],
@@ -72,6 +73,7 @@ class ZapConv2d(nn.Module):
             self.register_buffer(name, torch.from_numpy(np.array(array, dtype=np.float32)))
         self._masks: dict[tuple[int, int, torch.device], torch.Tensor] = {}
         self.last_computed: torch.Tensor | None = None
+        self.last_activation: torch.Tensor | None = None
 
     @property
     def conv(self) -> nn.Conv2d:
@@ -102,6 +104,7 @@ class ZapConv2d(nn.Module):
             threshold = torch.tensor(self.attrs.threshold, dtype=torch.float32, device=v.device)
             computed = s | (scores > threshold)
         self.last_computed = computed
+        self.last_activation = full if self.training else None
         return torch.where(computed, full, torch.zeros((), dtype=full.dtype, device=full.device))
 
 
