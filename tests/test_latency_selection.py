@@ -81,6 +81,17 @@ def test_a_tie_end_to_end_falls_back_to_the_original() -> None:
     assert report.summary() == "no native layer pays on this machine: the output equals the original"
 
 
+def test_a_candidate_faster_at_some_settings_only_says_so() -> None:
+    """Surely faster on one thread, not on two: the original is written, and the summary
+    tells the user which setting held it back."""
+    one_thread, two_threads = LatencySetting(1, 1), LatencySetting(1, 2)
+    model = ModelTimes(lambda kept, s: steady(1.2 if s == one_thread else 1.0))
+    report = select_by_latency(OPS, alone(LAYER_TIMES), model, settings=(one_thread, two_threads))
+    assert report.native_layers == []
+    assert report.summary().startswith("no native layer pays on this machine: the output equals the original (")
+    assert "surely faster at batch 1, 1 thread but never at batch 1, 2 threads" in report.summary()
+
+
 def test_noise_decides_by_the_lower_bound_not_the_median() -> None:
     """Same median (1.05x); with 5 of 15 rounds below 1.0 the bound is below 1.0, with 3 it is not."""
     noisy = [0.97, 0.98, 0.99, 0.995, 0.999] + [1.05] * 5 + [1.2] * 5

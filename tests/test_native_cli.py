@@ -90,7 +90,7 @@ def test_latency_check_writes_only_the_layers_it_found_faster(tmp_path: Path) ->
         assert [(c["batch"], c["passed"]) for c in last] == [(1, True), (2, True)]
         assert latency["summary"].startswith(f"kept {len(written)} of 19 native layers: end to end")
     else:
-        assert latency["summary"] == "no native layer pays on this machine: the output equals the original"
+        assert latency["summary"].startswith("no native layer pays on this machine: the output equals the original")
         assert "warning: no native layer pays" in result.stderr
         x = fashion_images(4)
         want = make_session(onnx.load(RESNET)).run(None, {"input": x})[0]

@@ -198,7 +198,14 @@ class LatencyReport:
         if not self.measured:
             return f"speed unmeasured: {self.note}"
         if not self.native_layers:
-            return "no native layer pays on this machine: the output equals the original"
+            line = "no native layer pays on this machine: the output equals the original"
+            passed = [c.setting for c in self.model_checks if c.passed]
+            never = list(dict.fromkeys(c.setting for c in self.model_checks if c.setting not in passed))
+            if passed and never:  # e.g. faster on one thread, too noisy or slower on two
+                line += (f" (a candidate was surely faster at {'; '.join(dict.fromkeys(s.label for s in passed))} "
+                         f"but never at {'; '.join(s.label for s in never)}; ask --latency-batch and "
+                         "--latency-threads only for the settings you deploy with)")
+            return line
         kept = f"kept {len(self.native_layers)} of {len(self.layers)} native layers"
         checks = self.deciding_checks
         return kept + (": " + "; ".join(c.text for c in checks) if checks else "")
