@@ -394,27 +394,31 @@ bool PackedConv::try_pointwise(const float* x, int64_t n, int64_t h, int64_t w,
   const int64_t runs = n * spans;
   const int64_t splits = std::min<int64_t>(blocks, (static_cast<int64_t>(kMinJobs) + runs - 1) / runs);
   const int64_t per_split = (blocks + splits - 1) / splits;
+  // Whole kPointwiseTail-position groups straight from X; the last few positions of a batch
+  // item (spans are multiples of kPointwiseTail, so only its last span has any) through a
+  // zero-padded copy, made once here for all the jobs that split that span's channel blocks
+  // (the vector paths would otherwise finish them one scalar at a time: 1024->256 14x14 took
+  // 2.0 instead of 1.7 ms). Packing the whole span into a contiguous panel first, as matrix
+  // products usually do, cost more than it saved (0.90-0.98x on OpenNSFW).
+  const int64_t last_p0 = (spans - 1) * span;
+  const int64_t last_main = (plane - last_p0) / kPointwiseTail * kPointwiseTail;
+  const int64_t last_rest = plane - last_p0 - last_main;
+  ScratchArray<float> tails_x(scratch, last_rest > 0 ? static_cast<size_t>(n * k * kPointwiseTail) : 0);
+  for (int64_t i = 0; last_rest > 0 && i < n; ++i) {
+    for (int64_t c = 0; c < k; ++c) {
+      const float* from = x + (i * k + c) * plane + last_p0 + last_main;
+      float* to = tails_x.get() + (i * k + c) * kPointwiseTail;
+      std::copy(from, from + last_rest, to);
+      std::fill(to + last_rest, to + kPointwiseTail, 0.0f);
+    }
+  }
   *ok = parallel_for(static_cast<size_t>(runs * splits), [&](size_t job) {
     const int64_t run = static_cast<int64_t>(job) / splits, split = static_cast<int64_t>(job) % splits;
     const int64_t i = run / spans, p0 = (run % spans) * span;
     const int64_t count = std::min(span, plane - p0);
-    // Whole kPointwiseTail-position groups straight from X; the last few positions through a
-    // zero-padded copy (the vector paths would otherwise finish them one scalar at a time:
-    // 1024->256 14x14 took 2.0 instead of 1.7 ms). Packing the whole span into a contiguous
-    // panel first, as matrix products usually do, cost more than it saved (0.90-0.98x on
-    // OpenNSFW).
     const int64_t main = count / kPointwiseTail * kPointwiseTail, rest = count - main;
-    ScratchArray<float> tail_x, tail;
-    if (rest > 0) {
-      tail_x = ScratchArray<float>(scratch, static_cast<size_t>(k * kPointwiseTail));
-      tail = ScratchArray<float>(scratch, static_cast<size_t>(2 * kPointwiseRows * kPointwiseTail));
-      for (int64_t c = 0; c < k; ++c) {
-        const float* from = x + (i * k + c) * plane + p0 + main;
-        float* to = tail_x.get() + c * kPointwiseTail;
-        std::copy(from, from + rest, to);
-        std::fill(to + rest, to + kPointwiseTail, 0.0f);
-      }
-    }
+    // This job's outputs (and Skip) for the last positions, computed as a whole group.
+    ScratchArray<float> tail(scratch, rest > 0 ? static_cast<size_t>(2 * kPointwiseRows * kPointwiseTail) : 0);
     PointwiseArgs args;
     args.k = static_cast<int32_t>(k);
     args.relu = ep.relu;
@@ -441,7 +445,7 @@ bool PackedConv::try_pointwise(const float* x, int64_t n, int64_t h, int64_t w,
         for (int r = 0; skip != nullptr && r < args.rows; ++r) {
           std::copy(skip + r * plane + main, skip + r * plane + count, tail_skip + r * kPointwiseTail);
         }
-        args.x = tail_x.get();
+        args.x = tails_x.get() + i * k * kPointwiseTail;
         args.x_stride = kPointwiseTail;
         args.count = kPointwiseTail;
         args.y = tail_y;
