@@ -645,7 +645,8 @@ void PackedConv::run_job(const Job& job, const float* x, int64_t h, int64_t w, i
   const StepInputs step_inputs{channel_lists.get(), value_lists.get(), counts.get(), dense_inputs.get()};
   // Accumulators, deliberately uninitialized: the first tap's pass writes them, and those of
   // skipped (position, block) pairs are never used (their outputs are 0).
-  std::unique_ptr<float[]> acc(new float[static_cast<size_t>(kTilePositions) * acc_stride]);
+  // Cache-line aligned (scratch memory is): their vector loads and stores must not straddle lines.
+  ScratchArray<float> acc(scratch, static_cast<size_t>(kTilePositions) * acc_stride);
   std::vector<uint8_t> needed(ep.computed != nullptr ? static_cast<size_t>(kTilePositions) * n_blocks : 0);
   // needed, narrowed for one step to the positions whose lists are not empty.
   std::vector<uint8_t> step_needed(static_cast<size_t>(kTilePositions) * n_blocks);

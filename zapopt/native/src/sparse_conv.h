@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "aligned.h"
 #include "dispatch.h"
 #include "microkernel.h"
 #include "pointwise.h"
@@ -112,11 +113,11 @@ class PackedConv {
   int chunks_ = 1;     // chunks per group
   bool prefetch_next_slab_ = false;  // large weights: prefetch each step's successor slab
   PointwiseFn pointwise_ = nullptr;   // set for 1x1, unpadded, one-group layers
-  std::vector<float> pointwise_weights_;  // [block][C_in][kPointwiseRows], zero-padded rows
+  AlignedVector<float> pointwise_weights_;  // [block][C_in][kPointwiseRows], zero-padded rows
   std::vector<float> pointwise_bias_;     // [block][kPointwiseRows]
-  std::vector<float> weights_;  // [group][block][K = (tap, c)][ocb], zero-padded channels
+  AlignedVector<float> weights_;  // [group][block][K = (tap, c)][ocb], zero-padded channels
   std::vector<float> bias_;     // [C_out]
-  std::vector<float> padded_bias_;  // [group][block][ocb], like the packed output channels
+  AlignedVector<float> padded_bias_;  // [group][block][ocb], like the packed output channels
 };
 
 }  // namespace zapopt
