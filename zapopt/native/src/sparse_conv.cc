@@ -19,6 +19,8 @@ constexpr size_t kTasks = 32;          // tasks handed to the thread pool per ru
 // once and shared by all jobs; larger ones are compacted band by band inside each job, so the
 // lists are still in cache when they are read (halo rows are compacted twice).
 constexpr int64_t kSharedListBytes = int64_t{4} << 20;
+// Shared lists of about this many bytes are compacted and consumed per pass over the batch.
+constexpr int64_t kPassListBytes = int64_t{1} << 20;
 // NHWC pixels transposed per pass before they are compacted (still in L2 when compacted).
 constexpr int64_t kTransposeBytes = int64_t{128} << 10;
 // A (tile, tap, chunk) step whose inputs are at least this share nonzero (padding counts as
@@ -472,27 +474,51 @@ bool PackedConv::run(const float* x, int64_t n, int64_t h, int64_t w,
   }
   const ConvGeometry& geo = geometry_;
   const int64_t ho = geo.out_h(h), wo = geo.out_w(w);
-  // Jobs: (batch item, group, run of consecutive positions, range of channel blocks), handed
-  // to the pool as about kTasks tasks. With shared lists a job is one tile; otherwise about
-  // kTasks position runs in all (each compacts its own input band, so not too many). Channel
-  // blocks are split further when that leaves too few jobs.
   int64_t total = 0;
   for (int64_t i = 0; i < n; ++i) total += static_cast<int64_t>(positions[i]->size());
   if (total == 0) return true;
   const int64_t list_bytes = h * w * (chunks_ * (chunk_ + kCompactSlack) * int64_t{2 * sizeof(float)} +
                                       geo.cg_in() * int64_t{sizeof(float)});
   const bool share_lists = list_bytes <= kSharedListBytes;
+  // With shared lists, a few batch items at a time (about kPassListBytes of lists): they are
+  // compacted and then read by their jobs while still in cache. Compacting all items first
+  // left the first ones' lists evicted by the last ones' (OpenNSFW, batch 8, every conv
+  // native: 1.04-1.06x with one item per pass); a few small items per pass keep enough jobs
+  // for several threads.
+  const int64_t items_per_pass = share_lists ? std::clamp<int64_t>(kPassListBytes / list_bytes, 1, n) : n;
+  for (int64_t first_item = 0; first_item < n; first_item += items_per_pass) {
+    const int64_t end_item = std::min(n, first_item + items_per_pass);
+    if (!run_items(x, first_item, end_item, h, w, ho, wo, positions, share_lists, epilogue, parallel_for, scratch,
+                   error)) {
+      return false;
+    }
+  }
+  return true;
+}
+
+bool PackedConv::run_items(const float* x, int64_t first_item, int64_t end_item, int64_t h, int64_t w, int64_t ho,
+                           int64_t wo, const std::vector<const std::vector<int32_t>*>& positions, bool share_lists,
+                           const Epilogue& epilogue, const ParallelFor& parallel_for, const Scratch& scratch,
+                           std::string* error) const {
+  const ConvGeometry& geo = geometry_;
+  // Jobs: (batch item, group, run of consecutive positions, range of channel blocks), handed
+  // to the pool as about kTasks tasks. With shared lists a job is one tile; otherwise about
+  // kTasks position runs in all (each compacts its own input band, so not too many). Channel
+  // blocks are split further when that leaves too few jobs.
+  int64_t total = 0;
+  for (int64_t i = first_item; i < end_item; ++i) total += static_cast<int64_t>(positions[i]->size());
+  if (total == 0) return true;
   const int64_t per_job_raw =
       share_lists ? kTilePositions : std::max<int64_t>(kTilePositions, (total * geo.group + kTasks - 1) / kTasks);
   const int64_t per_job = (per_job_raw + kTilePositions - 1) / kTilePositions * kTilePositions;
   size_t runs = 0;
-  for (int64_t i = 0; i < n; ++i) runs += (positions[i]->size() + per_job - 1) / per_job;
-  runs *= static_cast<size_t>(geo.group);
+  for (int64_t i = first_item; i < end_item; ++i) runs += (positions[i]->size() + per_job - 1) / per_job;
+  runs = std::max<size_t>(1, runs * static_cast<size_t>(geo.group));
   const int splits = static_cast<int>(std::min<size_t>(blocks_, (kMinJobs + runs - 1) / runs));
   const int per_split = (blocks_ + splits - 1) / splits;
   std::vector<Job> jobs;
   jobs.reserve(runs * splits);
-  for (int64_t i = 0; i < n; ++i) {
+  for (int64_t i = first_item; i < end_item; ++i) {
     const int64_t count = static_cast<int64_t>(positions[i]->size());
     for (int64_t g = 0; g < geo.group; ++g) {
       for (int64_t start = 0; start < count; start += per_job) {
@@ -502,11 +528,14 @@ bool PackedConv::run(const float* x, int64_t n, int64_t h, int64_t w,
       }
     }
   }
+  if (jobs.empty()) return true;
+  // Shared bands of items [first_item, end_item), indexed (item - first_item, group).
   std::vector<Band> shared;
   if (share_lists) {
-    shared.resize(static_cast<size_t>(n * geo.group));
+    shared.resize(static_cast<size_t>((end_item - first_item) * geo.group));
     const bool compacted = parallel_for(shared.size(), [&](size_t i) {
-      compact_band(x, static_cast<int64_t>(i) / geo.group, static_cast<int64_t>(i) % geo.group, h, w, 0, h, scratch, &shared[i]);
+      const int64_t item = first_item + static_cast<int64_t>(i) / geo.group, g = static_cast<int64_t>(i) % geo.group;
+      compact_band(x, item, g, h, w, 0, h, scratch, &shared[i]);
     });
     if (!compacted) {
       *error = "compacting the input failed on onnxruntime's thread pool (out of memory?)";
@@ -518,7 +547,9 @@ bool PackedConv::run(const float* x, int64_t n, int64_t h, int64_t w,
   const bool ok = parallel_for(tasks, [&](size_t task) {
     const size_t end = std::min(jobs.size(), (task + 1) * per_task);
     for (size_t j = task * per_task; j < end; ++j) {
-      const Band* band = shared.empty() ? nullptr : &shared[static_cast<size_t>(jobs[j].n * geo.group + jobs[j].g)];
+      const Band* band = shared.empty()
+                             ? nullptr
+                             : &shared[static_cast<size_t>((jobs[j].n - first_item) * geo.group + jobs[j].g)];
       run_job(jobs[j], x, h, w, ho, wo, positions, epilogue, band, scratch);
     }
   });

@@ -72,6 +72,10 @@ class PackedConv {
   PackedConv() = default;
   struct Job;
   struct Band;
+  // The list path for batch items [first_item, end_item).
+  bool run_items(const float* x, int64_t first_item, int64_t end_item, int64_t h, int64_t w, int64_t ho, int64_t wo,
+                 const std::vector<const std::vector<int32_t>*>& positions, bool share_lists, const Epilogue& epilogue,
+                 const ParallelFor& parallel_for, const Scratch& scratch, std::string* error) const;
   void compact_band(const float* x, int64_t n, int64_t g, int64_t h, int64_t w, int64_t row_begin, int64_t row_end,
                     const Scratch& scratch, Band* band) const;
   void run_job(const Job& job, const float* x, int64_t h, int64_t w, int64_t ho, int64_t wo,
