@@ -298,23 +298,40 @@ struct PackedConv::Band {
 
 void PackedConv::compact_band(const float* x, int64_t n, int64_t g, int64_t h, int64_t w, int64_t row_begin,
                               int64_t row_end, const Scratch& scratch, Band* band) const {
+  allocate_band(w, row_begin, row_end, scratch, band);
+  compact_rows(x, n, g, h, w, row_begin, row_end, band);
+  count_band(w, band);
+}
+
+void PackedConv::allocate_band(int64_t w, int64_t row_begin, int64_t row_end, const Scratch& scratch,
+                               Band* band) const {
   const int64_t cg_in = geometry_.cg_in();
   band->row_begin = row_begin, band->row_end = row_end;
   band->stride = chunk_ + kCompactSlack;
-  const size_t lists = static_cast<size_t>(std::max<int64_t>(0, row_end - row_begin) * w * chunks_);
+  const int64_t band_pixels = std::max<int64_t>(0, row_end - row_begin) * w;
+  const size_t lists = static_cast<size_t>(band_pixels * chunks_);
   band->channels = ScratchArray<int32_t>(scratch, lists * band->stride);  // written before read
   band->values = ScratchArray<float>(scratch, lists * band->stride);
   band->counts = ScratchArray<int32_t>(scratch, lists);
-  band->pixels = ScratchArray<float>(scratch, static_cast<size_t>(std::max<int64_t>(0, row_end - row_begin) * w * cg_in));
+  band->pixels = ScratchArray<float>(scratch, static_cast<size_t>(band_pixels * cg_in));
+  band->before = ScratchArray<int64_t>(scratch, static_cast<size_t>(band_pixels + 1));
+}
+
+int64_t PackedConv::rows_per_transpose(int64_t w) const {
+  return std::max<int64_t>(1, kTransposeBytes / (w * geometry_.cg_in() * static_cast<int64_t>(sizeof(float))));
+}
+
+void PackedConv::compact_rows(const float* x, int64_t n, int64_t g, int64_t h, int64_t w, int64_t y_begin,
+                              int64_t y_end, Band* band) const {
+  const int64_t cg_in = geometry_.cg_in();
   const float* group_planes = x + (n * geometry_.c_in + g * cg_in) * h * w;
   // Rows are contiguous in every channel plane, so several rows transpose as one long row:
   // each 8-channel block then streams through its planes (a row at a time, wide layers read
   // hundreds of planes a few cache lines each, which the prefetchers do not follow).
-  const int64_t rows_per_pass =
-      std::max<int64_t>(1, kTransposeBytes / (w * cg_in * static_cast<int64_t>(sizeof(float))));
-  for (int64_t y0 = row_begin; y0 < row_end; y0 += rows_per_pass) {
-    const int64_t y1 = std::min(row_end, y0 + rows_per_pass);
-    const int64_t first_pixel = (y0 - row_begin) * w, end_pixel = (y1 - row_begin) * w;
+  const int64_t rows_per_pass = rows_per_transpose(w);
+  for (int64_t y0 = y_begin; y0 < y_end; y0 += rows_per_pass) {
+    const int64_t y1 = std::min(y_end, y0 + rows_per_pass);
+    const int64_t first_pixel = (y0 - band->row_begin) * w, end_pixel = (y1 - band->row_begin) * w;
     float* pixels = band->pixels.get() + first_pixel * cg_in;
     transpose_row_(group_planes + y0 * w, h * w, cg_in, end_pixel - first_pixel, pixels);
     for (int64_t pixel = first_pixel; pixel < end_pixel; ++pixel) {
@@ -329,8 +346,10 @@ void PackedConv::compact_band(const float* x, int64_t n, int64_t g, int64_t h, i
       }
     }
   }
-  const int64_t band_pixels = std::max<int64_t>(0, row_end - row_begin) * w;
-  band->before = ScratchArray<int64_t>(scratch, static_cast<size_t>(band_pixels + 1));
+}
+
+void PackedConv::count_band(int64_t w, Band* band) const {
+  const int64_t band_pixels = std::max<int64_t>(0, band->row_end - band->row_begin) * w;
   band->before[0] = 0;
   for (int64_t p = 0; p < band_pixels; ++p) {
     int64_t sum = 0;
@@ -529,18 +548,25 @@ bool PackedConv::run_items(const float* x, int64_t first_item, int64_t end_item,
     }
   }
   if (jobs.empty()) return true;
-  // Shared bands of items [first_item, end_item), indexed (item - first_item, group).
+  // Shared bands of items [first_item, end_item), indexed (item - first_item, group), compacted
+  // in pieces of rows_per_transpose rows on the pool (a batch of one is one band: compacted
+  // whole, it kept one thread busy and the others waiting).
   std::vector<Band> shared;
   if (share_lists) {
     shared.resize(static_cast<size_t>((end_item - first_item) * geo.group));
-    const bool compacted = parallel_for(shared.size(), [&](size_t i) {
+    for (Band& band : shared) allocate_band(w, 0, h, scratch, &band);
+    const int64_t rows = rows_per_transpose(w), pieces = (h + rows - 1) / rows;
+    const bool compacted = parallel_for(shared.size() * static_cast<size_t>(pieces), [&](size_t task) {
+      const size_t i = task / static_cast<size_t>(pieces);
+      const int64_t y0 = static_cast<int64_t>(task % static_cast<size_t>(pieces)) * rows;
       const int64_t item = first_item + static_cast<int64_t>(i) / geo.group, g = static_cast<int64_t>(i) % geo.group;
-      compact_band(x, item, g, h, w, 0, h, scratch, &shared[i]);
+      compact_rows(x, item, g, h, w, y0, std::min(h, y0 + rows), &shared[i]);
     });
     if (!compacted) {
       *error = "compacting the input failed on onnxruntime's thread pool (out of memory?)";
       return false;
     }
+    for (Band& band : shared) count_band(w, &band);
   }
   const size_t per_task = std::max<size_t>(1, jobs.size() / kTasks);
   const size_t tasks = (jobs.size() + per_task - 1) / per_task;

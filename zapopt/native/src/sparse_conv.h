@@ -76,8 +76,16 @@ class PackedConv {
   bool run_items(const float* x, int64_t first_item, int64_t end_item, int64_t h, int64_t w, int64_t ho, int64_t wo,
                  const std::vector<const std::vector<int32_t>*>& positions, bool share_lists, const Epilogue& epilogue,
                  const ParallelFor& parallel_for, const Scratch& scratch, std::string* error) const;
+  // The nonzero lists of input rows [row_begin, row_end) of batch item n, group g: allocated,
+  // compacted row piece by row piece (each piece on its own, so pieces can run in parallel),
+  // then counted (the prefix sums of nonzeros per pixel).
   void compact_band(const float* x, int64_t n, int64_t g, int64_t h, int64_t w, int64_t row_begin, int64_t row_end,
                     const Scratch& scratch, Band* band) const;
+  void allocate_band(int64_t w, int64_t row_begin, int64_t row_end, const Scratch& scratch, Band* band) const;
+  int64_t rows_per_transpose(int64_t w) const;  // rows transposed per pass (kTransposeBytes)
+  void compact_rows(const float* x, int64_t n, int64_t g, int64_t h, int64_t w, int64_t y_begin, int64_t y_end,
+                    Band* band) const;
+  void count_band(int64_t w, Band* band) const;
   void run_job(const Job& job, const float* x, int64_t h, int64_t w, int64_t ho, int64_t wo,
                const std::vector<const std::vector<int32_t>*>& positions, const Epilogue& epilogue,
                const Band* shared_band, const Scratch& scratch) const;
