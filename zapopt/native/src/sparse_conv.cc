@@ -394,15 +394,25 @@ bool PackedConv::try_pointwise(const float* x, int64_t n, int64_t h, int64_t w,
   // output's size, and the product runs on them.
   ScratchArray<float> strided;
   if (geo.stride_h != 1 || geo.stride_w != 1) {
-    const int64_t ho = plane / wo;
-    strided = ScratchArray<float>(scratch, static_cast<size_t>(n * geo.c_in * plane));
-    for (int64_t index = 0; index < n * geo.c_in; ++index) {
-      const float* from = x + index * h * w;
-      float* to = strided.get() + index * plane;
-      for (int64_t oy = 0; oy < ho; ++oy) {
-        const float* row = from + oy * geo.stride_h * w;
-        for (int64_t ox = 0; ox < wo; ++ox) to[oy * wo + ox] = row[ox * geo.stride_w];
+    const int64_t ho = plane / wo, planes = n * geo.c_in;
+    strided = ScratchArray<float>(scratch, static_cast<size_t>(planes * plane));
+    const int64_t pieces = std::min<int64_t>(planes, kTasks);  // on the pool: serial, it held up the other threads
+    const bool gathered = parallel_for(static_cast<size_t>(pieces), [&](size_t piece) {
+      const int64_t first = planes * static_cast<int64_t>(piece) / pieces;
+      const int64_t last = planes * (static_cast<int64_t>(piece) + 1) / pieces;
+      for (int64_t index = first; index < last; ++index) {
+        const float* from = x + index * h * w;
+        float* to = strided.get() + index * plane;
+        for (int64_t oy = 0; oy < ho; ++oy) {
+          const float* row = from + oy * geo.stride_h * w;
+          for (int64_t ox = 0; ox < wo; ++ox) to[oy * wo + ox] = row[ox * geo.stride_w];
+        }
       }
+    });
+    if (!gathered) {
+      *ok = false;
+      *error = "gathering the strided pixels failed on onnxruntime's thread pool";
+      return true;
     }
     x = strided.get();
   }
