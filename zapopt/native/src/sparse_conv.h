@@ -60,6 +60,7 @@ class PackedConv {
 
   const ConvGeometry& geometry() const { return geometry_; }
   const char* path() const { return path_name(path_); }
+  KernelPath kernel_path() const { return path_; }
 
   // Computes the output positions positions[n] (indices oh * W_out + ow, ascending) of every
   // batch item n of x [N, C_in, H, W] and hands them to the epilogue; its buffers come from

@@ -13,8 +13,8 @@ constexpr int64_t kPredictorTasks = 32;
 // out = float(depthwise 3x3 (pad 1) of in with weights w[9] + bias), accumulated in double as
 // the reference does. padded is scratch of (ho + 2) * (wo + 2) doubles: a zero border lets the
 // inner loop run without bounds checks.
-void depthwise3x3(const float* in, int64_t ho, int64_t wo, const float* w, float bias, double* padded,
-                  float* out) {
+inline __attribute__((always_inline)) void depthwise3x3(const float* in, int64_t ho, int64_t wo, const float* w,
+                                                       float bias, double* padded, float* out) {
   const int64_t pw = wo + 2;
   std::fill(padded, padded + pw, 0.0);  // the border only: the interior is overwritten
   std::fill(padded + (ho + 1) * pw, padded + (ho + 2) * pw, 0.0);
@@ -35,6 +35,50 @@ void depthwise3x3(const float* in, int64_t ho, int64_t wo, const float* w, float
       out[i * wo + j] = static_cast<float>(sum + static_cast<double>(bias));
     }
   }
+}
+
+// The predictor and the mask for one (n, channel) plane of V (in place in y: Full where
+// computed, else 0). v first in std::max/std::min: a NaN passes through, as in the vector
+// write-back. Branch-free loops, so that they vectorize.
+struct PlaneBuffers {
+  float* input;
+  float* hidden;
+  float* score;
+  double* padded;
+};
+
+inline __attribute__((always_inline)) void predict_plane_body(float* v, uint8_t* computed, const uint8_t* pattern,
+                                                              int64_t ho, int64_t wo, const ZapParams& params,
+                                                              int64_t c, float low, float high,
+                                                              const PlaneBuffers& b) {
+  const int64_t plane = ho * wo;
+  for (int64_t p = 0; p < plane; ++p) {
+    const float full = std::min(std::max(v[p], low), high);
+    b.input[p] = pattern[p] ? (params.preactivation ? v[p] : full) : 0.0f;
+  }
+  depthwise3x3(b.input, ho, wo, params.pw1.data() + c * 9, params.pb1[c], b.padded, b.hidden);
+  for (int64_t p = 0; p < plane; ++p) b.hidden[p] = std::max(b.hidden[p], 0.0f);
+  depthwise3x3(b.hidden, ho, wo, params.pw2.data() + c * 9, params.pb2[c], b.padded, b.score);
+  const float threshold = params.threshold;
+  for (int64_t p = 0; p < plane; ++p) {
+    const uint8_t keep = pattern[p] | static_cast<uint8_t>(b.score[p] > threshold);
+    computed[p] = keep;
+    const float full = std::min(std::max(v[p], low), high);
+    v[p] = keep ? full : 0.0f;
+  }
+}
+
+void predict_plane(float* v, uint8_t* computed, const uint8_t* pattern, int64_t ho, int64_t wo,
+                   const ZapParams& params, int64_t c, float low, float high, const PlaneBuffers& b) {
+  predict_plane_body(v, computed, pattern, ho, wo, params, c, low, high, b);
+}
+
+// The same compiled for AVX2 and FMA (4 doubles a vector; called only when cpuid has them):
+// the predictor's double-precision convs were the ZAP model's largest cost after the conv.
+__attribute__((target("avx2,fma"))) void predict_plane_avx2(float* v, uint8_t* computed, const uint8_t* pattern,
+                                                            int64_t ho, int64_t wo, const ZapParams& params,
+                                                            int64_t c, float low, float high, const PlaneBuffers& b) {
+  predict_plane_body(v, computed, pattern, ho, wo, params, c, low, high, b);
 }
 
 }  // namespace
@@ -91,36 +135,20 @@ bool run_zap_conv(const PackedConv& conv, const ZapParams& params, const float* 
     std::vector<const std::vector<int32_t>*> every(static_cast<size_t>(n), &all_positions);
     if (!conv.run(x, n, h, w, every, linear, parallel_for, scratch, error)) return false;
     // Per (n, channel) plane: the predictor's input P (V or Full at the pattern, 0 elsewhere),
-    // Computed = S | (Z > threshold), then Y = Full where computed, else 0. In runs of planes
-    // with their buffers allocated once; the loops are branch-free so that they vectorize.
+    // Computed = S | (Z > threshold), then Y = Full where computed, else 0 (predict_plane), in
+    // runs of planes with their buffers allocated once.
     const float low = ep.relu ? 0.0f : -INFINITY, high = ep.relu ? ep.clip_max : INFINITY;
     const int64_t planes = n * c_out, runs = std::min<int64_t>(planes, kPredictorTasks);
+    const auto predict_fn = conv.kernel_path() == KernelPath::kPortable ? predict_plane : predict_plane_avx2;
     const bool ok = parallel_for(static_cast<size_t>(runs), [&](size_t run) {
-      std::vector<float> input(static_cast<size_t>(plane)), hidden(static_cast<size_t>(plane)),
-          score(static_cast<size_t>(plane));
+      std::vector<float> buffer(static_cast<size_t>(3 * plane));
       std::vector<double> padded(static_cast<size_t>((ho + 2) * (wo + 2)));
+      const PlaneBuffers buffers{buffer.data(), buffer.data() + plane, buffer.data() + 2 * plane, padded.data()};
       const int64_t first = planes * static_cast<int64_t>(run) / runs;
       const int64_t last = planes * (static_cast<int64_t>(run) + 1) / runs;
       for (int64_t index = first; index < last; ++index) {
-        const int64_t c = index % c_out;
-        float* v = y + index * plane;
-        const uint8_t* s = pattern.data();
-        // v first in std::max/std::min: a NaN passes through, as in the vector write-back.
-        for (int64_t p = 0; p < plane; ++p) {
-          const float full = std::min(std::max(v[p], low), high);
-          input[p] = s[p] ? (params.preactivation ? v[p] : full) : 0.0f;
-        }
-        depthwise3x3(input.data(), ho, wo, params.pw1.data() + c * 9, params.pb1[c], padded.data(), hidden.data());
-        for (float& value : hidden) value = std::max(value, 0.0f);
-        depthwise3x3(hidden.data(), ho, wo, params.pw2.data() + c * 9, params.pb2[c], padded.data(), score.data());
-        uint8_t* out = computed.get() + index * plane;
-        const float threshold = params.threshold;
-        for (int64_t p = 0; p < plane; ++p) {
-          const uint8_t keep = s[p] | static_cast<uint8_t>(score[p] > threshold);
-          out[p] = keep;
-          const float full = std::min(std::max(v[p], low), high);
-          v[p] = keep ? full : 0.0f;
-        }
+        predict_fn(y + index * plane, computed.get() + index * plane, pattern.data(), ho, wo, params, index % c_out,
+                   low, high, buffers);
       }
     });
     if (!ok) {
