@@ -170,6 +170,12 @@ class ModelCheck:
                 "confidence": END_TO_END_CONFIDENCE, "passed": self.passed}
 
 
+#: The note of a ZAP-mode report whose ZapConv layers all lost and whose exact form was written
+#: instead (zapopt.model_building.exact_fallback).
+EXACT_FALLBACK_NOTE = ("no ZapConv layer paid, so the exact form was checked too and written: ZeroSkipConv on the "
+                       "Convs that pay, their outputs equal to the original's (the ZAP thresholds are not used)")
+
+
 @dataclass(frozen=True)
 class LatencyReport:
     """Every latency decision with the times behind it; ``measured`` is False when no
@@ -200,8 +206,10 @@ class LatencyReport:
         return self._kept_line() + self._zap_hint()
 
     def _zap_hint(self) -> str:
-        """When every ZapConv was slower alone than its stock nodes: the exact form is the one
-        that can pay."""
+        """When the exact form was written instead of ZAP's, or every ZapConv was slower alone
+        than its stock nodes: the exact form is the one that can pay."""
+        if self.note == EXACT_FALLBACK_NOTE:
+            return "; no ZapConv layer paid, so the exact form was written (ZeroSkipConv, the original outputs)"
         zap = [d for d in self.layers if d.op == "ZapConv"]
         if not zap or any(d.native or d.speedup is None or d.speedup > 1.0 for d in zap):
             return ""
@@ -219,7 +227,8 @@ class LatencyReport:
                          f"but never at {'; '.join(s.label for s in never)}; ask --latency-batch and "
                          "--latency-threads only for the settings you deploy with)")
             return line
-        kept = f"kept {len(self.native_layers)} of {len(self.layers)} native layers"
+        candidates = len({d.name for d in self.layers})  # a layer checked as ZapConv and then as ZeroSkipConv is one
+        kept = f"kept {len(self.native_layers)} of {candidates} native layers"
         checks = self.deciding_checks
         return kept + (": " + "; ".join(c.text for c in checks) if checks else "")
 

@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 
 import numpy as np
 import onnx
 
+from zapopt.latency import EXACT_FALLBACK_NOTE, LatencyReport
 from zapopt.layer_selection import named_subset
 from zapopt.layer_training import TrainedLayer
 from zapopt.native_model import NativeResult, choose_native_layers, native_builder, native_ops, zero_skip_layers
@@ -62,8 +64,38 @@ def native_zap_model(original: onnx.ModelProto, trained: Mapping[str, TrainedLay
         eligible, _ = zero_skip_layers(original, exclude=set(zap_names))
         zero_skip = named_subset(eligible, config.layers, config.exclude)
     build = native_builder(original, zero_skip, zap_build)
-    return choose_native_layers(original, build, [*zap_names, *zero_skip], sample=sample,
-                                check=config.checks_latency, settings=config.latency_points)
+    result = choose_native_layers(original, build, [*zap_names, *zero_skip], sample=sample,
+                                  check=config.checks_latency, settings=config.latency_points)
+    if config.output_format != "native" or not _no_zapconv_paid(result, zap_names):
+        return result
+    return exact_fallback(original, result, config, sample)
+
+
+def _no_zapconv_paid(result: NativeResult, zap_names: list[str]) -> bool:
+    native = set(result.latency.native_layers)
+    return result.latency.measured and bool(zap_names) and not any(name in native for name in zap_names)
+
+
+def exact_fallback(original: onnx.ModelProto, zap: NativeResult, config: OptimizeConfig,
+                   sample: Callable[[int], np.ndarray] | None) -> NativeResult:
+    """When no ZapConv paid, the exact form (ZeroSkipConv on every zero-able Conv, the ZAP
+    layers included: original outputs) checked the same way, and written instead if it keeps
+    more layers: on CPUs the zero inputs are what the kernel can skip (ZapConv's predicted
+    zero outputs rarely fill a whole vector block), so ZAP mode is never slower than --exact."""
+    eligible, _ = zero_skip_layers(original)
+    candidates = named_subset(eligible, config.layers, config.exclude)
+    if not candidates:
+        return zap
+    exact = choose_native_layers(original, native_builder(original, candidates), candidates, sample=sample,
+                                 check=True, settings=config.latency_points)
+    if len(exact.latency.native_layers) <= len(zap.latency.native_layers):
+        return zap
+    offset = max((c.round for c in zap.latency.model_checks), default=0)
+    report = LatencyReport(
+        True, layers=[*zap.latency.layers, *exact.latency.layers],
+        model_checks=[*zap.latency.model_checks, *(replace(c, round=c.round + offset) for c in exact.latency.model_checks)],
+        note=EXACT_FALLBACK_NOTE, settings=exact.latency.settings)
+    return NativeResult(exact.model, report)
 
 
 def in_output_format(model: onnx.ModelProto, output_format: str) -> onnx.ModelProto:
