@@ -170,10 +170,11 @@ class ModelCheck:
                 "confidence": END_TO_END_CONFIDENCE, "passed": self.passed}
 
 
-#: The note of a ZAP-mode report whose ZapConv layers all lost and whose exact form was written
-#: instead (zapopt.model_building.exact_fallback).
-EXACT_FALLBACK_NOTE = ("no ZapConv layer paid, so the exact form was checked too and written: ZeroSkipConv on the "
-                       "Convs that pay, their outputs equal to the original's (the ZAP thresholds are not used)")
+#: The note of a ZAP-mode report whose exact form (zapopt.model_building.faster_of) measured
+#: faster and was written instead.
+EXACT_FALLBACK_NOTE = ("the exact form (ZeroSkipConv on the Convs that pay, outputs equal to the original's) "
+                       "measured faster end to end than the ZAP form, so it was written; the ZAP thresholds are "
+                       "not used")
 
 
 @dataclass(frozen=True)
@@ -206,10 +207,10 @@ class LatencyReport:
         return self._kept_line() + self._zap_hint()
 
     def _zap_hint(self) -> str:
-        """When the exact form was written instead of ZAP's, or every ZapConv was slower alone
-        than its stock nodes: the exact form is the one that can pay."""
+        """When the exact form was written instead of ZAP's, or (without that comparison) every
+        ZapConv was slower alone than its stock nodes: the exact form is the one that can pay."""
         if self.note == EXACT_FALLBACK_NOTE:
-            return "; no ZapConv layer paid, so the exact form was written (ZeroSkipConv, the original outputs)"
+            return "; the exact form measured faster than ZAP's and was written (ZeroSkipConv, the original outputs)"
         zap = [d for d in self.layers if d.op == "ZapConv"]
         if not zap or any(d.native or d.speedup is None or d.speedup > 1.0 for d in zap):
             return ""
