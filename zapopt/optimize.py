@@ -163,8 +163,11 @@ def finish(prepared: PreparedLayers, choice: ThresholdChoice, config: OptimizeCo
     layers = layer_reports(trained, thresholds, {d.name for d in native.latency.layers if not d.native}, config,
                            written_exact)
     agreement = None
-    if prepared.held_out is not None and prepared.held_out_reference is not None:
-        agreement = measure_agreement(build_zap_model(prepared.original, trained, thresholds), prepared.held_out,
+    # Measured on what is written: the layers the latency check left stock or wrote exact compute everything.
+    written_zap = {l.name for l in layers if l.status == "zap"}  # noqa: E741
+    if written_zap and prepared.held_out is not None and prepared.held_out_reference is not None:
+        written = {name: (tau if name in written_zap else -math.inf) for name, tau in thresholds.items()}
+        agreement = measure_agreement(build_zap_model(prepared.original, trained, written), prepared.held_out,
                                       prepared.held_out_reference, progress)
     warn_about_losses([(l.name, l.error, l.threshold) for l in layers if l.status == "zap"],  # noqa: E741
                       agreement, isinstance(config.selection, AccuracyBudget))

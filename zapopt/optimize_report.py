@@ -65,7 +65,7 @@ def layer_reports(trained: Mapping[str, TrainedLayer], thresholds: Mapping[str, 
         tau = thresholds[name]
         if name in written_exact:
             layers.append(_skipped(name, layer, "written exact (ZeroSkipConv: zero inputs skipped, the original "
-                                                "outputs): its ZapConv did not pay (the latency table says why)"))
+                                                "outputs): the exact form measured faster (the latency table says why)"))
         elif name in stock_faster:
             layers.append(_skipped(name, layer, "the latency check kept its stock nodes (its table says why)"))
         elif tau == -math.inf:
