@@ -58,9 +58,10 @@ from zapopt.errors import ZapoptError
 @click.option("--refit-predictors", is_flag=True,
               help="After training, train every ZapConv predictor again on the new weights' activations from "
                    "--calib (as `optimize` trains them), then re-choose the thresholds for --max-drop (required). "
-                   "Why: the frozen predictors learned where the old weights' zeros were; when training moved them "
-                   "(a long run, --activation-l1), refitted ones skip more at the same error. Costs the predictor "
-                   "training of `optimize` (about a minute on the VGG, 1,024 images).")
+                   "Why: the frozen predictors learned where the old weights' zeros were. When: the weights moved "
+                   "away from those predictors' masks; after training with the masks in place the kept predictors "
+                   "saved more on the VGG-style model (docs/finetune.md). Adds optimize's predictor training "
+                   "(~80 s there, 1,024 images).")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=str), default=None,
               help="Where to write the JSON report (default OUTPUT.report.json).")
 @json_option
