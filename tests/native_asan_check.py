@@ -5,7 +5,9 @@
 Registers the sanitizer build LIBRARY (not the installed one), runs CASES random layers of
 both ops on every path the CPU has (the automatic accumulation choice, then the first
 FORCED_CASES of them with each accumulation form forced: the union form is never chosen
-automatically), POINTWISE_CASES layers for the pointwise path, plus the bad-input cases, and exits non-zero on any mismatch; the sanitizers abort the process on any memory or undefined-behaviour error.
+automatically), POINTWISE_CASES layers for the pointwise path, four batches run an item per
+pass, plus the bad-input cases, and exits non-zero on any mismatch; the sanitizers abort the
+process on any memory or undefined-behaviour error.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import numpy as np
 import onnxruntime as ort
 
 from tests.native_cases import assert_case_agrees, batch_model, random_case
-from tests.test_native_conformance import ACCUMULATIONS
+from tests.test_native_conformance import ACCUMULATIONS, BATCH_PASS_CHANNELS, BATCH_PASS_SIZE
 from tests.test_native_errors import W, zero_skip_model
 from zapopt.native import ACCUMULATION_ENV, PATH_ENV
 
@@ -55,6 +57,9 @@ def main(library: str, count: int) -> int:
     # The pointwise (matrix product) path: 1x1, unpadded, mostly nonzero inputs.
     cases += [random_case(rng, op, (int(rng.integers(1, 70)), int(rng.integers(1, 40)), 1), POINTWISE_ZEROS,
                           pointwise=True) for _ in range(POINTWISE_CASES // 2) for op in ("ZeroSkipConv", "ZapConv")]
+    # Batches run one item per pass (their lists exceed a pass's budget).
+    cases += [random_case(rng, op, channels, size=BATCH_PASS_SIZE) for channels in BATCH_PASS_CHANNELS
+              for op in ("ZeroSkipConv", "ZapConv")]
     for path in paths:
         os.environ[PATH_ENV] = path
         os.environ.pop(ACCUMULATION_ENV, None)

@@ -51,7 +51,7 @@ def _f32(rng: np.random.Generator, *shape: int, scale: float = 1.0) -> np.ndarra
 
 
 def _geometry(rng: np.random.Generator, channels: tuple[int, int, int] | None = None,
-              pointwise: bool = False) -> dict:
+              pointwise: bool = False, size: tuple[int, int, int] | None = None) -> dict:
     while True:
         max_kernel = 7
         if channels is not None:  # (C_in, C_out, largest kernel side) of a one-group layer
@@ -69,6 +69,9 @@ def _geometry(rng: np.random.Generator, channels: tuple[int, int, int] | None = 
         dilations = tuple(int(v) for v in rng.choice([1, 1, 2], size=2))
         pads = tuple(int(v) for v in rng.integers(0, 4, size=4))
         h, w = (int(v) for v in rng.integers(1, 14, size=2))
+        n = int(rng.integers(1, 4))
+        if size is not None:  # (N, H, W)
+            n, h, w = size
         if pointwise:  # what the kernel's pointwise (matrix product) path takes
             kh = kw = 1
             pads = (0, 0, 0, 0)
@@ -76,7 +79,7 @@ def _geometry(rng: np.random.Generator, channels: tuple[int, int, int] | None = 
         wo = conv_output_size(w, kw, strides[1], pads[1], pads[3], dilations[1])
         if ho >= 1 and wo >= 1:
             return dict(group=group, cg_in=cg_in, cg_out=cg_out, kh=kh, kw=kw, strides=strides,
-                        dilations=dilations, pads=pads, n=int(rng.integers(1, 4)), h=h, w=w, ho=ho, wo=wo)
+                        dilations=dilations, pads=pads, n=n, h=h, w=w, ho=ho, wo=wo)
 
 
 def _input(rng: np.random.Generator, shape: tuple[int, ...], zero_shares: tuple[float, ...]) -> np.ndarray:
@@ -103,11 +106,12 @@ def _skip(rng: np.random.Generator, n: int, c: int, ho: int, wo: int) -> np.ndar
 
 
 def random_case(rng: np.random.Generator, op: str, channels: tuple[int, int, int] | None = None,
-                zero_shares: tuple[float, ...] = ZERO_SHARES, pointwise: bool = False) -> Case:
+                zero_shares: tuple[float, ...] = ZERO_SHARES, pointwise: bool = False,
+                size: tuple[int, int, int] | None = None) -> Case:
     """One random layer of ``op`` with its reference computed; ``channels`` fixes (C_in, C_out,
     largest kernel side) of a one-group layer, ``zero_shares`` the input zero shares drawn from,
-    ``pointwise`` makes it 1x1 and unpadded."""
-    g = _geometry(rng, channels, pointwise)
+    ``pointwise`` makes it 1x1 and unpadded, ``size`` fixes the input's (N, H, W)."""
+    g = _geometry(rng, channels, pointwise, size)
     c_in, c_out = g["group"] * g["cg_in"], g["group"] * g["cg_out"]
     fan_in = g["cg_in"] * g["kh"] * g["kw"]
     arrays: dict[str, Any] = {

@@ -17,7 +17,9 @@ from zapopt.latency import (
     unmeasured,
 )
 from zapopt.optimize import ExactOnly, OptimizeConfig
-from zapopt.timing import Spread, Timings, clock_for, lower_bound_rank, median_lower_bound, time_alternated
+from zapopt.timing import (
+    WALL_TIME_BEST_OF, Spread, Timings, best_of_for, clock_for, lower_bound_rank, median_lower_bound, time_alternated,
+)
 
 OPS = {"a": "ZeroSkipConv", "b": "ZapConv", "c": "ZeroSkipConv", "d": "ZeroSkipConv"}
 #: (native s, stock s): a saves 4 ms, b saves 1 ms, c is slower native, d ties.
@@ -90,6 +92,17 @@ def test_a_candidate_faster_at_some_settings_only_says_so() -> None:
     assert report.native_layers == []
     assert report.summary().startswith("no native layer pays on this machine: the output equals the original (")
     assert "surely faster at batch 1, 1 thread but never at batch 1, 2 threads" in report.summary()
+
+
+def test_when_every_zapconv_loses_the_summary_points_to_exact() -> None:
+    slower_zap = {**LAYER_TIMES, "b": (0.006, 0.005)}
+    report = select_by_latency(OPS, alone(slower_zap), ModelTimes(lambda kept, s: steady(1.2)))
+    assert report.native_layers == ["a"]
+    assert report.summary().startswith("kept 1 of 4 native layers") and "--exact skips the zero inputs" in report.summary()
+    kept_zap = select_by_latency(OPS, alone(LAYER_TIMES), ModelTimes(lambda kept, s: steady(1.2)))
+    assert "--exact" not in kept_zap.summary()  # b, the ZapConv, was kept
+    exact_only = select_by_latency({"a": "ZeroSkipConv"}, alone(LAYER_TIMES), ModelTimes(lambda kept, s: steady(1.0)))
+    assert "--exact" not in exact_only.summary()
 
 
 def test_noise_decides_by_the_lower_bound_not_the_median() -> None:
@@ -245,6 +258,30 @@ def test_time_alternated_alternates_and_pairs_rounds() -> None:
     assert timings.ratio("x", "y").median == 1.0
     with pytest.raises(ZapoptError, match="repeats"):
         time_alternated(runners, repeats=0)
+
+
+def test_best_of_keeps_each_runners_fastest_interleaved_call() -> None:
+    order: list[str] = []
+    durations = iter([5.0, 1.0, 2.0, 9.0, 7.0, 3.0,   # round 1: x y, x y, x y
+                      4.0, 4.0, 6.0, 2.0, 8.0, 8.0])  # round 2 (balanced): y x, y x, y x
+    now = [0.0]
+
+    def clock() -> float:
+        return now[0]
+
+    def runner(name: str):
+        def run() -> None:
+            order.append(name)
+            now[0] += next(durations)
+        return run
+
+    timings = time_alternated({"x": runner("x"), "y": runner("y")}, repeats=2, warmup=0, clock=clock,
+                              balanced=True, best_of=3)
+    assert order == ["x", "y"] * 3 + ["y", "x"] * 3
+    assert timings.samples == {"x": (2.0, 2.0), "y": (1.0, 4.0)}
+    assert best_of_for(1) == 1 and best_of_for(2) == best_of_for(None) == WALL_TIME_BEST_OF > 1
+    with pytest.raises(ZapoptError, match="best_of"):
+        time_alternated({"x": runner("x")}, repeats=1, best_of=0)
 
 
 def test_balanced_rounds_reverse_the_order_every_other_round() -> None:

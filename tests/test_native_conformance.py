@@ -42,6 +42,12 @@ PREFETCH_CASES_PER_OP = 10
 POINTWISE_CHANNELS = ((17, 9, 1), (64, 64, 1), (130, 24, 1), (5, 3, 1), (40, 70, 1))
 POINTWISE_ZERO_SHARES = (0.0, 0.0, 0.2, 0.4)
 POINTWISE_CASES_PER_OP = 30
+#: Batches whose nonzero lists (shared by all of an item's jobs, sparse_conv.cc) exceed one
+#: pass's budget (kPassListBytes, 1 MiB: ~2 MB per 40x40 item here), so the kernel compacts and
+#: runs them one batch item at a time.
+BATCH_PASS_CHANNELS = ((32, 32, 3), (16, 40, 3))
+BATCH_PASS_SIZE = (3, 40, 40)
+BATCH_PASS_CASES_PER_OP = 4
 #: The accumulation forms a test can force (ZAPOPT_ACCUMULATION), each on the first
 #: FORCED_CASES layers (both ops, every corner is reached well before that).
 ACCUMULATIONS = ("lists", "dense", "union1", "union2", "union3", "union4")
@@ -61,6 +67,8 @@ def cases() -> list[Case]:
     out += [random_case(rng, op, POINTWISE_CHANNELS[i % len(POINTWISE_CHANNELS)], POINTWISE_ZERO_SHARES,
                         pointwise=True)
             for op in ("ZeroSkipConv", "ZapConv") for i in range(POINTWISE_CASES_PER_OP)]
+    out += [random_case(rng, op, BATCH_PASS_CHANNELS[i % len(BATCH_PASS_CHANNELS)], size=BATCH_PASS_SIZE)
+            for op in ("ZeroSkipConv", "ZapConv") for i in range(BATCH_PASS_CASES_PER_OP)]
     order = rng.permutation(len(out))  # mix both ops in every session
     return [out[i] for i in order]
 
@@ -131,6 +139,8 @@ def test_the_cases_cover_what_the_kernel_must_handle(cases: list[Case]) -> None:
     assert any(c.attrs.dilations != (1, 1) for c in cases) and any(c.attrs.strides != (1, 1) for c in cases)
     assert any(len(set(c.attrs.pads)) > 1 for c in cases)
     assert any(c.arrays["X"].shape[0] > 1 for c in cases)
+    assert sum(c.arrays["X"].shape[0] > 1 and c.arrays["X"].shape[2] * c.arrays["X"].shape[3] >= 1600
+               for c in cases) >= 8  # several passes over the batch
     assert any(c.arrays["W"].shape[0] // c.attrs.group > 64 for c in cases)
     assert any(c.arrays["W"].shape[1] > 128 for c in cases)  # several list chunks per tap
     assert sum(c.arrays["W"].nbytes >= 128 << 10 and c.attrs.group == 1 for c in cases) >= 10  # slab prefetch

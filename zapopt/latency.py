@@ -197,6 +197,19 @@ class LatencyReport:
         """One line for the command line: what was kept and how fast it measured."""
         if not self.measured:
             return f"speed unmeasured: {self.note}"
+        return self._kept_line() + self._zap_hint()
+
+    def _zap_hint(self) -> str:
+        """When every ZapConv was slower alone than its stock nodes: the exact form is the one
+        that can pay."""
+        zap = [d for d in self.layers if d.op == "ZapConv"]
+        if not zap or any(d.native or d.speedup is None or d.speedup > 1.0 for d in zap):
+            return ""
+        return ("; no ZapConv layer was faster than its stock nodes here (a CPU kernel vectorized along output "
+                "channels has almost no whole blocks of predicted zeros to skip): --exact skips the zero inputs "
+                "without predictors and keeps the original outputs")
+
+    def _kept_line(self) -> str:
         if not self.native_layers:
             line = "no native layer pays on this machine: the output equals the original"
             passed = [c.setting for c in self.model_checks if c.passed]

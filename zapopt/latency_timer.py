@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 
 from zapopt.latency import LatencySetting, LayerCost
-from zapopt.timing import Timings, clock_for, time_alternated
+from zapopt.timing import Timings, best_of_for, clock_for, time_alternated
 
 #: Paired rounds per end-to-end comparison (the 95 % bound then is the 8th smallest ratio of
 #: 25). 15 rounds missed a 1.025x median on OpenNSFW (bound 0.9998) on a busy machine.
@@ -122,11 +122,13 @@ class OnnxruntimeTimer:
                 for n in nodes}
 
     def time_model(self, kept: frozenset[str], setting: LatencySetting) -> Timings:
-        """Paired, alternated (and order-balanced) runs of ``build(kept)`` and the original."""
+        """Paired, alternated (and order-balanced) runs of ``build(kept)`` and the original; in
+        wall time (more than one thread) each pair is the best of a few interleaved runs."""
         if setting.batch not in self._batches:
             self._batches[setting.batch] = np.ascontiguousarray(self.inputs(setting.batch))
         feed = {self.feed: self._batches[setting.batch]}
         sessions = {"model": self._make_session(self._model(kept), threads=setting.threads),
                     "original": self._make_session(self.original, threads=setting.threads)}
         return time_alternated({k: (lambda s=s: s.run(None, feed)) for k, s in sessions.items()},
-                               repeats=self.model_repeats, balanced=True, clock=clock_for(setting.threads)[1])
+                               repeats=self.model_repeats, balanced=True, clock=clock_for(setting.threads)[1],
+                               best_of=best_of_for(setting.threads))

@@ -90,6 +90,11 @@ def median_lower_bound(samples: list[float] | tuple[float, ...], confidence: flo
     return None if rank is None else sorted(samples)[rank - 1]
 
 
+#: Interleaved calls per paired sample when timing in wall time (more than one thread); see
+#: time_alternated's ``best_of``.
+WALL_TIME_BEST_OF = 3
+
+
 def clock_for(threads: int | None) -> tuple[str, Callable[[], float]]:
     """The clock to time onnxruntime runs with at ``threads`` intra-op threads, and its name.
 
@@ -103,20 +108,36 @@ def clock_for(threads: int | None) -> tuple[str, Callable[[], float]]:
 
 
 def time_alternated(runners: Mapping[str, Callable[[], object]], *, repeats: int, warmup: int = 2,
-                    clock: Callable[[], float] = time.perf_counter, balanced: bool = False) -> Timings:
+                    clock: Callable[[], float] = time.perf_counter, balanced: bool = False,
+                    best_of: int = 1) -> Timings:
     """Call every runner ``warmup`` times, then ``repeats`` rounds of one call each, in turn;
     ``balanced``: every other round runs them in reverse order (A B, B A, ...), so that no
-    runner always goes first (a cache or frequency effect of the order then cancels out)."""
+    runner always goes first (a cache or frequency effect of the order then cancels out).
+    ``best_of`` > 1: a round calls them in turn that many times and keeps each runner's
+    fastest call (wall time on a shared machine only ever gains what other processes take,
+    so the minimum of a few interleaved calls is the steadier paired sample)."""
     if repeats < 1:
         raise ZapoptError(f"repeats must be >= 1, got {repeats}")
+    if best_of < 1:
+        raise ZapoptError(f"best_of must be >= 1, got {best_of}")
     for run in runners.values():
         for _ in range(warmup):
             run()
     samples: dict[str, list[float]] = {name: [] for name in runners}
     order = list(runners.items())
     for round_index in range(repeats):
-        for name, run in (reversed(order) if balanced and round_index % 2 else order):
-            start = clock()
-            run()
-            samples[name].append(clock() - start)
+        fastest = {name: math.inf for name in runners}
+        for _ in range(best_of):
+            for name, run in (reversed(order) if balanced and round_index % 2 else order):
+                start = clock()
+                run()
+                fastest[name] = min(fastest[name], clock() - start)
+        for name in runners:
+            samples[name].append(fastest[name])
     return Timings({name: tuple(values) for name, values in samples.items()})
+
+
+def best_of_for(threads: int | None) -> int:
+    """Interleaved calls per paired sample at ``threads`` intra-op threads: one in thread CPU
+    time (one thread: other processes' time is not counted), WALL_TIME_BEST_OF in wall time."""
+    return 1 if threads == 1 else WALL_TIME_BEST_OF

@@ -15,7 +15,8 @@ from zapopt.commands.options import image_option_flags, int_list
 @click.option("--batch", "batches", default="1,8", show_default=True, metavar="B1,B2,...", help="Batch sizes.")
 @click.option("--threads", default="1,2", show_default=True, metavar="T1,T2,...", help="onnxruntime intra-op threads.")
 @click.option("--runs", type=click.IntRange(min=3), default=20, show_default=True,
-              help="Alternated runs of each model per batch size and thread count.")
+              help="Paired rounds of alternated runs per batch size and thread count; a wall-time round is "
+                   "the best of 3 interleaved runs of each model (a busy machine only ever adds time).")
 @click.option("--cpu-time", "cpu_clock", is_flag=True,
               help="Time the 1-thread rows in the CPU time of the thread running them (what a busy machine "
                    "preempts does not count); other rows stay in wall time.")

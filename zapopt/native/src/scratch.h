@@ -8,8 +8,11 @@
 #pragma once
 #include <algorithm>
 #include <cstddef>
+#include <cstdint>
 #include <new>
 #include <type_traits>
+
+#include "aligned.h"
 
 namespace zapopt {
 
@@ -39,16 +42,26 @@ class ScratchArray {
 
  public:
   ScratchArray() = default;
+  // The data starts on a cache line whatever the allocator's alignment (aligned.h: whole-vector
+  // loads must not straddle lines).
   ScratchArray(const Scratch& scratch, size_t count)
-      : scratch_(&scratch), data_(static_cast<T*>(scratch.allocate(std::max<size_t>(1, count) * sizeof(T)))) {}
+      : scratch_(&scratch), raw_(scratch.allocate(std::max<size_t>(1, count) * sizeof(T) + kCacheLine)) {
+    const uintptr_t address = reinterpret_cast<uintptr_t>(raw_);
+    data_ = reinterpret_cast<T*>((address + kCacheLine - 1) / kCacheLine * kCacheLine);
+  }
   ScratchArray(const ScratchArray&) = delete;
   ScratchArray& operator=(const ScratchArray&) = delete;
-  ScratchArray(ScratchArray&& other) noexcept : scratch_(other.scratch_), data_(other.data_) { other.data_ = nullptr; }
+  ScratchArray(ScratchArray&& other) noexcept : scratch_(other.scratch_), raw_(other.raw_), data_(other.data_) {
+    other.raw_ = nullptr;
+    other.data_ = nullptr;
+  }
   ScratchArray& operator=(ScratchArray&& other) noexcept {
     if (this != &other) {
       reset();
       scratch_ = other.scratch_;
+      raw_ = other.raw_;
       data_ = other.data_;
+      other.raw_ = nullptr;
       other.data_ = nullptr;
     }
     return *this;
@@ -60,10 +73,12 @@ class ScratchArray {
 
  private:
   void reset() {
-    if (data_ != nullptr) scratch_->release(data_);
+    if (raw_ != nullptr) scratch_->release(raw_);
+    raw_ = nullptr;
     data_ = nullptr;
   }
   const Scratch* scratch_ = nullptr;
+  void* raw_ = nullptr;  // what the allocator returned (data_ is raw_ rounded up to a line)
   T* data_ = nullptr;
 };
 

@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "aligned.h"
 #include "dispatch.h"
 #include "microkernel.h"
 #include "pointwise.h"
@@ -59,6 +60,7 @@ class PackedConv {
 
   const ConvGeometry& geometry() const { return geometry_; }
   const char* path() const { return path_name(path_); }
+  KernelPath kernel_path() const { return path_; }
 
   // Computes the output positions positions[n] (indices oh * W_out + ow, ascending) of every
   // batch item n of x [N, C_in, H, W] and hands them to the epilogue; its buffers come from
@@ -71,8 +73,20 @@ class PackedConv {
   PackedConv() = default;
   struct Job;
   struct Band;
+  // The list path for batch items [first_item, end_item).
+  bool run_items(const float* x, int64_t first_item, int64_t end_item, int64_t h, int64_t w, int64_t ho, int64_t wo,
+                 const std::vector<const std::vector<int32_t>*>& positions, bool share_lists, const Epilogue& epilogue,
+                 const ParallelFor& parallel_for, const Scratch& scratch, std::string* error) const;
+  // The nonzero lists of input rows [row_begin, row_end) of batch item n, group g: allocated,
+  // compacted row piece by row piece (each piece on its own, so pieces can run in parallel),
+  // then counted (the prefix sums of nonzeros per pixel).
   void compact_band(const float* x, int64_t n, int64_t g, int64_t h, int64_t w, int64_t row_begin, int64_t row_end,
                     const Scratch& scratch, Band* band) const;
+  void allocate_band(int64_t w, int64_t row_begin, int64_t row_end, const Scratch& scratch, Band* band) const;
+  int64_t rows_per_transpose(int64_t w) const;  // rows transposed per pass (kTransposeBytes)
+  void compact_rows(const float* x, int64_t n, int64_t g, int64_t h, int64_t w, int64_t y_begin, int64_t y_end,
+                    Band* band) const;
+  void count_band(int64_t w, Band* band) const;
   void run_job(const Job& job, const float* x, int64_t h, int64_t w, int64_t ho, int64_t wo,
                const std::vector<const std::vector<int32_t>*>& positions, const Epilogue& epilogue,
                const Band* shared_band, const Scratch& scratch) const;
@@ -112,11 +126,11 @@ class PackedConv {
   int chunks_ = 1;     // chunks per group
   bool prefetch_next_slab_ = false;  // large weights: prefetch each step's successor slab
   PointwiseFn pointwise_ = nullptr;   // set for 1x1, unpadded, one-group layers
-  std::vector<float> pointwise_weights_;  // [block][C_in][kPointwiseRows], zero-padded rows
+  AlignedVector<float> pointwise_weights_;  // [block][C_in][kPointwiseRows], zero-padded rows
   std::vector<float> pointwise_bias_;     // [block][kPointwiseRows]
-  std::vector<float> weights_;  // [group][block][K = (tap, c)][ocb], zero-padded channels
+  AlignedVector<float> weights_;  // [group][block][K = (tap, c)][ocb], zero-padded channels
   std::vector<float> bias_;     // [C_out]
-  std::vector<float> padded_bias_;  // [group][block][ocb], like the packed output channels
+  AlignedVector<float> padded_bias_;  // [group][block][ocb], like the packed output channels
 };
 
 }  // namespace zapopt

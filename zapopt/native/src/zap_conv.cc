@@ -7,15 +7,21 @@
 namespace zapopt {
 namespace {
 
+// Tasks the predictor's (n, channel) planes are split into.
+constexpr int64_t kPredictorTasks = 32;
+
 // out = float(depthwise 3x3 (pad 1) of in with weights w[9] + bias), accumulated in double as
 // the reference does. padded is scratch of (ho + 2) * (wo + 2) doubles: a zero border lets the
 // inner loop run without bounds checks.
-void depthwise3x3(const float* in, int64_t ho, int64_t wo, const float* w, float bias, double* padded,
-                  float* out) {
+inline __attribute__((always_inline)) void depthwise3x3(const float* in, int64_t ho, int64_t wo, const float* w,
+                                                       float bias, double* padded, float* out) {
   const int64_t pw = wo + 2;
-  std::fill(padded, padded + (ho + 2) * pw, 0.0);
+  std::fill(padded, padded + pw, 0.0);  // the border only: the interior is overwritten
+  std::fill(padded + (ho + 1) * pw, padded + (ho + 2) * pw, 0.0);
   for (int64_t i = 0; i < ho; ++i) {
-    for (int64_t j = 0; j < wo; ++j) padded[(i + 1) * pw + j + 1] = in[i * wo + j];
+    double* row = padded + (i + 1) * pw;
+    row[0] = row[wo + 1] = 0.0;
+    for (int64_t j = 0; j < wo; ++j) row[j + 1] = in[i * wo + j];
   }
   double k[9];
   for (int t = 0; t < 9; ++t) k[t] = w[t];
@@ -29,6 +35,50 @@ void depthwise3x3(const float* in, int64_t ho, int64_t wo, const float* w, float
       out[i * wo + j] = static_cast<float>(sum + static_cast<double>(bias));
     }
   }
+}
+
+// The predictor and the mask for one (n, channel) plane of V (in place in y: Full where
+// computed, else 0). v first in std::max/std::min: a NaN passes through, as in the vector
+// write-back. Branch-free loops, so that they vectorize.
+struct PlaneBuffers {
+  float* input;
+  float* hidden;
+  float* score;
+  double* padded;
+};
+
+inline __attribute__((always_inline)) void predict_plane_body(float* v, uint8_t* computed, const uint8_t* pattern,
+                                                              int64_t ho, int64_t wo, const ZapParams& params,
+                                                              int64_t c, float low, float high,
+                                                              const PlaneBuffers& b) {
+  const int64_t plane = ho * wo;
+  for (int64_t p = 0; p < plane; ++p) {
+    const float full = std::min(std::max(v[p], low), high);
+    b.input[p] = pattern[p] ? (params.preactivation ? v[p] : full) : 0.0f;
+  }
+  depthwise3x3(b.input, ho, wo, params.pw1.data() + c * 9, params.pb1[c], b.padded, b.hidden);
+  for (int64_t p = 0; p < plane; ++p) b.hidden[p] = std::max(b.hidden[p], 0.0f);
+  depthwise3x3(b.hidden, ho, wo, params.pw2.data() + c * 9, params.pb2[c], b.padded, b.score);
+  const float threshold = params.threshold;
+  for (int64_t p = 0; p < plane; ++p) {
+    const uint8_t keep = pattern[p] | static_cast<uint8_t>(b.score[p] > threshold);
+    computed[p] = keep;
+    const float full = std::min(std::max(v[p], low), high);
+    v[p] = keep ? full : 0.0f;
+  }
+}
+
+void predict_plane(float* v, uint8_t* computed, const uint8_t* pattern, int64_t ho, int64_t wo,
+                   const ZapParams& params, int64_t c, float low, float high, const PlaneBuffers& b) {
+  predict_plane_body(v, computed, pattern, ho, wo, params, c, low, high, b);
+}
+
+// The same compiled for AVX2 and FMA (4 doubles a vector; called only when cpuid has them):
+// the predictor's double-precision convs were the ZAP model's largest cost after the conv.
+__attribute__((target("avx2,fma"))) void predict_plane_avx2(float* v, uint8_t* computed, const uint8_t* pattern,
+                                                            int64_t ho, int64_t wo, const ZapParams& params,
+                                                            int64_t c, float low, float high, const PlaneBuffers& b) {
+  predict_plane_body(v, computed, pattern, ho, wo, params, c, low, high, b);
 }
 
 }  // namespace
@@ -62,57 +112,49 @@ bool run_zap_conv(const PackedConv& conv, const ZapParams& params, const float* 
     return true;
   }
 
-  // Phase 1: the pattern positions, every channel; P = V or Full there, 0 elsewhere (only
-  // needed when the predictor runs).
+  // A finite threshold: every position is computed in one pass, the predictor runs on the
+  // pattern positions' values, and the outputs predicted zero are cleared. Output skipping in
+  // the convolution itself would have to skip a (position, channel block) whose every channel
+  // is predicted zero, which is rare at vector granularity (docs/native_kernel.md); doing the
+  // pattern and the predicted positions as two passes instead cost more than it saved (two
+  // compactions of the input, checkerboard tiles through the scalar write-back): on
+  // OpenNSFW's ZapConv layers 1.6-2x the exact layer's time. Without a predictor (threshold
+  // +inf) only the pattern positions are computed.
   const bool predict = params.threshold != INFINITY;
-  ScratchArray<float> partial(scratch, predict ? total : 0);
-  if (predict) std::fill(partial.get(), partial.get() + total, 0.0f);
-  ep.aux = predict ? partial.get() : nullptr;
-  ep.aux_preactivation = params.preactivation;
-  std::vector<const std::vector<int32_t>*> at_pattern(static_cast<size_t>(n), &pattern_positions);
-  if (!conv.run(x, n, h, w, at_pattern, ep, parallel_for, scratch, error)) return false;
-  ep.aux = nullptr;
-
-  // Phase 2: the predictor, one (n, channel) plane per task. Computed = S | (Z > threshold).
   ScratchArray<uint8_t> computed(scratch, total);  // every entry written below
-  if (!predict) {  // nothing beyond the pattern
+  if (!predict) {  // the pattern positions, nothing else
+    std::vector<const std::vector<int32_t>*> at_pattern(static_cast<size_t>(n), &pattern_positions);
+    if (!conv.run(x, n, h, w, at_pattern, ep, parallel_for, scratch, error)) return false;
     for (size_t plane_index = 0; plane_index < static_cast<size_t>(n * c_out); ++plane_index) {
       std::memcpy(computed.get() + plane_index * plane, pattern.data(), static_cast<size_t>(plane));
     }
   } else {
-    const bool ok = parallel_for(static_cast<size_t>(n * c_out), [&](size_t index) {
-      const int64_t c = static_cast<int64_t>(index) % c_out;
-      std::vector<float> hidden(static_cast<size_t>(plane)), score(static_cast<size_t>(plane));
+    // V = W * X + B (+ Skip) at every position, into Y; the activation comes after the predictor.
+    Epilogue linear = ep;
+    linear.relu = false;
+    std::vector<const std::vector<int32_t>*> every(static_cast<size_t>(n), &all_positions);
+    if (!conv.run(x, n, h, w, every, linear, parallel_for, scratch, error)) return false;
+    // Per (n, channel) plane: the predictor's input P (V or Full at the pattern, 0 elsewhere),
+    // Computed = S | (Z > threshold), then Y = Full where computed, else 0 (predict_plane), in
+    // runs of planes with their buffers allocated once.
+    const float low = ep.relu ? 0.0f : -INFINITY, high = ep.relu ? ep.clip_max : INFINITY;
+    const int64_t planes = n * c_out, runs = std::min<int64_t>(planes, kPredictorTasks);
+    const auto predict_fn = conv.kernel_path() == KernelPath::kPortable ? predict_plane : predict_plane_avx2;
+    const bool ok = parallel_for(static_cast<size_t>(runs), [&](size_t run) {
+      std::vector<float> buffer(static_cast<size_t>(3 * plane));
       std::vector<double> padded(static_cast<size_t>((ho + 2) * (wo + 2)));
-      depthwise3x3(partial.get() + index * plane, ho, wo, params.pw1.data() + c * 9, params.pb1[c], padded.data(),
-                   hidden.data());
-      for (float& v : hidden) v = std::max(v, 0.0f);
-      depthwise3x3(hidden.data(), ho, wo, params.pw2.data() + c * 9, params.pb2[c], padded.data(), score.data());
-      uint8_t* out = computed.get() + index * plane;
-      for (int64_t p = 0; p < plane; ++p) out[p] = pattern[p] | static_cast<uint8_t>(score[p] > params.threshold);
+      const PlaneBuffers buffers{buffer.data(), buffer.data() + plane, buffer.data() + 2 * plane, padded.data()};
+      const int64_t first = planes * static_cast<int64_t>(run) / runs;
+      const int64_t last = planes * (static_cast<int64_t>(run) + 1) / runs;
+      for (int64_t index = first; index < last; ++index) {
+        predict_fn(y + index * plane, computed.get() + index * plane, pattern.data(), ho, wo, params, index % c_out,
+                   low, high, buffers);
+      }
     });
     if (!ok) {
       *error = "onnxruntime's thread pool failed to run the predictor";
       return false;
     }
-    // Phase 3: positions outside the pattern with at least one channel predicted nonzero.
-    std::vector<std::vector<int32_t>> predicted(static_cast<size_t>(n));
-    std::vector<const std::vector<int32_t>*> at_predicted(static_cast<size_t>(n));
-    for (int64_t i = 0; i < n; ++i) {
-      for (int64_t p = 0; p < plane; ++p) {
-        if (pattern[p]) continue;
-        const uint8_t* m = computed.get() + i * c_out * plane + p;
-        for (int64_t c = 0; c < c_out; ++c) {
-          if (m[c * plane]) {
-            predicted[i].push_back(static_cast<int32_t>(p));
-            break;
-          }
-        }
-      }
-      at_predicted[i] = &predicted[i];
-    }
-    ep.computed = computed.get();
-    if (!conv.run(x, n, h, w, at_predicted, ep, parallel_for, scratch, error)) return false;
   }
   if (computed_out != nullptr) {
     for (size_t i = 0; i < total; ++i) computed_out[i] = computed[i] != 0;

@@ -1,6 +1,7 @@
-// ZapConv on top of the zero-skipping convolution: compute the pattern positions, run the
-// predictor (two 3x3 depthwise convs) on them, then compute only the positions and
-// channel blocks predicted nonzero. Semantics: docs/zap_op.md.
+// ZapConv on top of the zero-skipping convolution: compute every position (only the pattern
+// positions when the threshold is +inf), run the predictor (two 3x3 depthwise convs) on the
+// pattern positions' values, clear the outputs predicted zero (zap_conv.cc says why it does
+// not skip them inside the convolution). Semantics: docs/zap_op.md.
 #pragma once
 #include <cstdint>
 #include <string>
