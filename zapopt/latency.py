@@ -170,6 +170,13 @@ class ModelCheck:
                 "confidence": END_TO_END_CONFIDENCE, "passed": self.passed}
 
 
+#: The note of a ZAP-mode report whose exact form (zapopt.model_building.faster_of) measured
+#: faster and was written instead.
+EXACT_FALLBACK_NOTE = ("the exact form (ZeroSkipConv on the Convs that pay, outputs equal to the original's) "
+                       "measured faster end to end than the ZAP form, so it was written; the ZAP thresholds are "
+                       "not used")
+
+
 @dataclass(frozen=True)
 class LatencyReport:
     """Every latency decision with the times behind it; ``measured`` is False when no
@@ -200,8 +207,10 @@ class LatencyReport:
         return self._kept_line() + self._zap_hint()
 
     def _zap_hint(self) -> str:
-        """When every ZapConv was slower alone than its stock nodes: the exact form is the one
-        that can pay."""
+        """When the exact form was written instead of ZAP's, or (without that comparison) every
+        ZapConv was slower alone than its stock nodes: the exact form is the one that can pay."""
+        if self.note == EXACT_FALLBACK_NOTE:
+            return "; the exact form measured faster than ZAP's and was written (ZeroSkipConv, the original outputs)"
         zap = [d for d in self.layers if d.op == "ZapConv"]
         if not zap or any(d.native or d.speedup is None or d.speedup > 1.0 for d in zap):
             return ""
@@ -219,7 +228,8 @@ class LatencyReport:
                          f"but never at {'; '.join(s.label for s in never)}; ask --latency-batch and "
                          "--latency-threads only for the settings you deploy with)")
             return line
-        kept = f"kept {len(self.native_layers)} of {len(self.layers)} native layers"
+        candidates = len({d.name for d in self.layers})  # a layer checked as ZapConv and then as ZeroSkipConv is one
+        kept = f"kept {len(self.native_layers)} of {candidates} native layers"
         checks = self.deciding_checks
         return kept + (": " + "; ".join(c.text for c in checks) if checks else "")
 

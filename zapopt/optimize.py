@@ -159,7 +159,9 @@ def finish(prepared: PreparedLayers, choice: ThresholdChoice, config: OptimizeCo
     t0 = time.perf_counter()
     native = native_zap_model(prepared.original, trained, thresholds, config, sample)
     seconds["latency"] = time.perf_counter() - t0
-    layers = layer_reports(trained, thresholds, {d.name for d in native.latency.layers if not d.native}, config)
+    written_exact = {d.name for d in native.latency.layers if d.native and d.op == "ZeroSkipConv"}
+    layers = layer_reports(trained, thresholds, {d.name for d in native.latency.layers if not d.native}, config,
+                           written_exact)
     agreement = None
     if prepared.held_out is not None and prepared.held_out_reference is not None:
         agreement = measure_agreement(build_zap_model(prepared.original, trained, thresholds), prepared.held_out,

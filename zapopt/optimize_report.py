@@ -56,12 +56,17 @@ def _why_exact(layer: TrainedLayer, config: OptimizeConfig) -> str:
 
 
 def layer_reports(trained: Mapping[str, TrainedLayer], thresholds: Mapping[str, float],
-                  stock_faster: Collection[str], config: OptimizeConfig) -> list[LayerReport]:
-    """Each trained layer's outcome: ZAP at its threshold, or skipped with the reason."""
+                  stock_faster: Collection[str], config: OptimizeConfig,
+                  written_exact: Collection[str] = ()) -> list[LayerReport]:
+    """Each trained layer's outcome: ZAP at its threshold, or skipped with the reason
+    (``written_exact``: the layers the latency check wrote as ZeroSkipConv instead)."""
     layers: list[LayerReport] = []
     for name, layer in trained.items():
         tau = thresholds[name]
-        if name in stock_faster:
+        if name in written_exact:
+            layers.append(_skipped(name, layer, "written exact (ZeroSkipConv: zero inputs skipped, the original "
+                                                "outputs): its ZapConv did not pay (the latency table says why)"))
+        elif name in stock_faster:
             layers.append(_skipped(name, layer, "the latency check kept its stock nodes (its table says why)"))
         elif tau == -math.inf:
             layers.append(_skipped(name, layer, _why_exact(layer, config)))

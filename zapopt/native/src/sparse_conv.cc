@@ -364,7 +364,7 @@ bool PackedConv::try_pointwise(const float* x, int64_t n, int64_t h, int64_t w,
                                bool* ok) const {
   const ConvGeometry& geo = geometry_;
   const int64_t wo = geo.out_w(w), plane = geo.out_h(h) * wo;
-  if (pointwise_ == nullptr || ep.computed != nullptr || ep.aux != nullptr) return false;
+  if (pointwise_ == nullptr) return false;
   for (int64_t i = 0; i < n; ++i) {
     if (static_cast<int64_t>(positions[i]->size()) != plane) return false;  // ascending and unique: all of them
   }
@@ -601,12 +601,8 @@ void PackedConv::write_tile(const Job& job, const int32_t* pos, int32_t tile, co
                             int64_t wo, int64_t plane_out, const Epilogue& ep) const {
   const bool consecutive = pos[tile - 1] - pos[0] == tile - 1;  // pos ascending
   const bool skip_consecutive = ep.skip == nullptr || (ep.skip_strides[3] == 1 && ep.skip_strides[2] == wo);
-  if (ep.computed != nullptr) {
-    finish_tile<true>(job, pos, tile, acc, acc_stride, wo, plane_out, ep);
-    return;
-  }
-  if (!consecutive || !skip_consecutive || ep.aux != nullptr) {
-    finish_tile<false>(job, pos, tile, acc, acc_stride, wo, plane_out, ep);
+  if (!consecutive || !skip_consecutive) {
+    finish_tile(job, pos, tile, acc, acc_stride, wo, plane_out, ep);
     return;
   }
   const ConvGeometry& geo = geometry_;
@@ -626,8 +622,7 @@ void PackedConv::write_tile(const Job& job, const int32_t* pos, int32_t tile, co
   write_back_(args);
 }
 
-// The general write-back: any positions, Skip broadcast in any way, the aux output, the mask.
-template <bool kMasked>
+// The general write-back: any positions, Skip broadcast in any way.
 void PackedConv::finish_tile(const Job& job, const int32_t* pos, int32_t tile, const float* acc, int acc_stride,
                              int64_t wo, int64_t plane_out, const Epilogue& ep) const {
   const ConvGeometry& geo = geometry_;
@@ -645,18 +640,12 @@ void PackedConv::finish_tile(const Job& job, const int32_t* pos, int32_t tile, c
       float* y = ep.y + plane;
       for (int32_t t = 0; t < tile; ++t) {
         const int64_t p = pos[t];
-        if (kMasked && ep.computed[plane + p] == 0) {
-          y[p] = 0.0f;
-          continue;
-        }
         float v = a[static_cast<size_t>(t) * acc_stride] + bias;
         if (ep.skip != nullptr) {
           v += ep.skip[job.n * ep.skip_strides[0] + oc * ep.skip_strides[1] + (p / wo) * ep.skip_strides[2] +
                        (p % wo) * ep.skip_strides[3]];
         }
-        const float full = relu ? std::min(std::max(v, 0.0f), clip_max) : v;
-        y[p] = full;
-        if (ep.aux != nullptr) ep.aux[plane + p] = ep.aux_preactivation ? v : full;
+        y[p] = relu ? std::min(std::max(v, 0.0f), clip_max) : v;
       }
     }
   }
@@ -710,30 +699,16 @@ void PackedConv::run_job(const Job& job, const float* x, int64_t h, int64_t w, i
   std::unique_ptr<int64_t[]> ih0(new int64_t[kTilePositions]), iw0(new int64_t[kTilePositions]);
   std::unique_ptr<int32_t[]> segment_start(new int32_t[kTilePositions + 1]);
   const StepInputs step_inputs{channel_lists.get(), value_lists.get(), counts.get(), dense_inputs.get()};
-  // Accumulators, deliberately uninitialized: the first tap's pass writes them, and those of
-  // skipped (position, block) pairs are never used (their outputs are 0).
-  // Cache-line aligned (scratch memory is): their vector loads and stores must not straddle lines.
+  // Accumulators, deliberately uninitialized: the first tap's pass writes them. Cache-line
+  // aligned (scratch memory is): their vector loads and stores must not straddle lines.
   ScratchArray<float> acc(scratch, static_cast<size_t>(kTilePositions) * acc_stride);
-  std::vector<uint8_t> needed(ep.computed != nullptr ? static_cast<size_t>(kTilePositions) * n_blocks : 0);
-  // needed, narrowed for one step to the positions whose lists are not empty.
+  // For one step: the (position, block)s whose lists are not empty.
   std::vector<uint8_t> step_needed(static_cast<size_t>(kTilePositions) * n_blocks);
+  const std::vector<uint8_t> every;  // no mask: every (position, block)
 
   for (int64_t tile_start = 0; tile_start < job.count; tile_start += kTilePositions) {
     const int32_t* pos = job_pos + tile_start;
     const int32_t tile = static_cast<int32_t>(std::min<int64_t>(kTilePositions, job.count - tile_start));
-    if (ep.computed != nullptr) {
-      // A (position, block) is computed only if one of the block's channels is.
-      for (int32_t t = 0; t < tile; ++t) {
-        for (int b = 0; b < n_blocks; ++b) {
-          const int64_t oc0 = job.g * cg_out + int64_t{job.b0 + b} * ocb;
-          const int64_t oc1 = job.g * cg_out + std::min<int64_t>(cg_out, int64_t{job.b0 + b + 1} * ocb);
-          const uint8_t* m = ep.computed + (job.n * geo.c_out + oc0) * plane_out + pos[t];
-          uint8_t any = 0;
-          for (int64_t oc = oc0; oc < oc1; ++oc, m += plane_out) any |= *m;
-          needed[static_cast<size_t>(t) * n_blocks + b] = any;
-        }
-      }
-    }
     // The tile's positions by output row: segment i is positions [segment_start[i], segment_start[i + 1]).
     int32_t segments = 0;
     for (int32_t t = 0; t < tile; ++t) {
@@ -778,7 +753,7 @@ void PackedConv::run_job(const Job& job, const float* x, int64_t h, int64_t w, i
           if (form.form != AccumulationChoice::kLists) {
             for (int b = 0; b < n_blocks; ++b) {
               DenseAccumulateArgs args;
-              static_cast<TileTarget&>(args) = block_target(b, needed);
+              static_cast<TileTarget&>(args) = block_target(b, every);
               args.inputs = dense_inputs.get();
               args.k = k;
               if (form.form == AccumulationChoice::kDense) {
@@ -803,13 +778,13 @@ void PackedConv::run_job(const Job& job, const float* x, int64_t h, int64_t w, i
             for (int32_t t = 0; t < tile; ++t) {
               for (int b = 0; b < n_blocks; ++b) {
                 const size_t i = static_cast<size_t>(t) * n_blocks + b;
-                step_needed[i] = counts[t] != 0 && (needed.empty() || needed[i] != 0);
+                step_needed[i] = counts[t] != 0;
               }
             }
           }
           for (int b = 0; b < n_blocks; ++b) {
             AccumulateArgs args;
-            static_cast<TileTarget&>(args) = block_target(b, narrow ? step_needed : needed);
+            static_cast<TileTarget&>(args) = block_target(b, narrow ? step_needed : every);
             args.channels = channel_lists.get();
             args.values = value_lists.get();
             args.counts = counts.get();

@@ -46,9 +46,6 @@ struct Epilogue {
   bool relu = true;                 // Full = min(max(v, 0), clip_max) if relu, else v
   float clip_max = 0.0f;            // +inf for plain ReLU
   float* y = nullptr;               // [N, C_out, H_out, W_out]: Full
-  float* aux = nullptr;             // nullable: also write v (aux_preactivation) or Full here
-  bool aux_preactivation = false;
-  const uint8_t* computed = nullptr;  // nullable, like y: where 0, y gets 0 and aux is untouched
 };
 
 class PackedConv {
@@ -107,7 +104,6 @@ class PackedConv {
   void write_tile(const Job& job, const int32_t* pos, int32_t tile, const float* acc, int acc_stride, int64_t wo,
                   int64_t plane_out, const Epilogue& ep) const;
   // Not inlined into write_tile: on its own it keeps its loop state in registers.
-  template <bool kMasked>
   __attribute__((noinline)) void finish_tile(const Job& job, const int32_t* pos, int32_t tile, const float* acc,
                                              int acc_stride, int64_t wo, int64_t plane_out, const Epilogue& ep) const;
 

@@ -92,8 +92,6 @@ bool run_zap_conv(const PackedConv& conv, const ZapParams& params, const float* 
   const size_t total = static_cast<size_t>(n * c_out * plane);
   std::fill(y, y + total, 0.0f);
   ep.y = y;
-  ep.aux = nullptr;
-  ep.computed = nullptr;
 
   std::vector<uint8_t> pattern(static_cast<size_t>(plane));
   std::vector<int32_t> pattern_positions, all_positions;

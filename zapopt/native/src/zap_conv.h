@@ -20,7 +20,7 @@ struct ZapParams {
 };
 
 // Writes Y [N, C_out, H_out, W_out] (and Computed, if not null) for x [N, C_in, H, W].
-// epilogue carries Skip and clip_max; its y/aux/computed fields are set here. Buffers come
+// epilogue carries Skip and clip_max; its y field is set here. Buffers come
 // from scratch.
 bool run_zap_conv(const PackedConv& conv, const ZapParams& params, const float* x, int64_t n, int64_t h, int64_t w,
                   Epilogue epilogue, float* y, bool* computed_out,
