@@ -16,7 +16,7 @@
    --operating-drop` does; here chosen once, from the same predictors and probes as the
    before-model, and cached beside it, so every variant trains from the same model).
 3. After: thresholds re-chosen for --max-drop on the new weights (kept predictors, curves
-   measured again), the drop counted against the original model's top-1. --no-rechoose
+   measured again; with --refit-predictors new predictors trained first), the drop counted against the original model's top-1. --no-rechoose
    keeps the thresholds trained at instead: accuracy and savings at the same thresholds;
    --rechoose-if-over keeps them when the drop recovered to <= --max-drop, else re-chooses.
    --start-model trains an earlier run's saved model instead (a second phase, e.g. without
@@ -58,6 +58,18 @@ VARIANTS = {"plain": {}, "sparse85": {"grad_sparsity": 0.85}, "fp6": {"grad_bits
 def _operating_path(before: Path, drop: float) -> Path:
     """Where the model at the --operating-drop thresholds is cached, beside the before-model."""
     return before.with_name(f"{before.stem}.operating{drop:g}.onnx")
+
+
+def fashion_mnist_files(folder: Path, calib_images: int, train_images: int) -> tuple[str, str, str]:
+    """The first ``calib_images`` train images (calibration, no labels), the whole test set and the
+    first ``train_images`` labeled train images, as files in ``folder`` scaled to [0, 1]."""
+    x_train, y_train = load_fashion_mnist("train")
+    x_test, y_test = load_fashion_mnist("test")
+    calib, test, train = str(folder / "calib.npy"), str(folder / "test.npz"), str(folder / "train.npz")
+    np.save(calib, x_train[:calib_images, None].astype(np.float32) / 255)
+    np.savez(test, x=x_test[:, None].astype(np.float32) / 255, y=y_test)
+    np.savez(train, x=x_train[:train_images, None].astype(np.float32) / 255, y=y_train[:train_images])
+    return calib, test, train
 
 
 def make_before_models(model: str, calib: str, test: str, config: OptimizeConfig, before_path: Path,
@@ -112,6 +124,9 @@ def main() -> None:
                         help="fine-tune this ZAP model (e.g. an earlier run's --save-models output, for a second "
                              "phase) at its own thresholds, instead of the before- or --operating-drop model; "
                              "the drop is still counted against the original")
+    parser.add_argument("--refit-predictors", action="store_true",
+                        help="finetune's --refit-predictors: the re-choice (always, or --rechoose-if-over's) trains "
+                             "every predictor again on the tuned weights' activations first")
     parser.add_argument("--seed", type=int, default=0, help="fine-tuning seed (batch order, gradtools' sampling)")
     parser.add_argument("--save-models", type=Path, default=None,
                         help="keep the fine-tuned models in this folder (e.g. for `zapopt bench`)")
@@ -124,6 +139,8 @@ def main() -> None:
 
     if args.no_rechoose and args.rechoose_if_over:
         parser.error("--no-rechoose and --rechoose-if-over exclude each other")
+    if args.no_rechoose and args.refit_predictors:
+        parser.error("--refit-predictors acts in the re-choice, which --no-rechoose skips")
     rechoose = "never" if args.no_rechoose else "if-over" if args.rechoose_if_over else "always"
     if args.start_model is not None and (rechoose == "always" or not args.start_model.is_file()):
         parser.error("--start-model needs an existing model and --no-rechoose or --rechoose-if-over (finetune's own "
@@ -133,12 +150,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
-        x_train, y_train = load_fashion_mnist("train")
-        x_test, y_test = load_fashion_mnist("test")
-        calib, test, train = str(tmp / "calib.npy"), str(tmp / "test.npz"), str(tmp / "train.npz")
-        np.save(calib, x_train[:args.calib_images, None].astype(np.float32) / 255)
-        np.savez(test, x=x_test[:, None].astype(np.float32) / 255, y=y_test)
-        np.savez(train, x=x_train[:args.train_images, None].astype(np.float32) / 255, y=y_train[:args.train_images])
+        calib, test, train = fashion_mnist_files(tmp, args.calib_images, args.train_images)
 
         config = OptimizeConfig(AccuracyBudget(args.max_drop, sensitivity=not args.no_sensitivity),
                                 pattern=args.pattern, calib_images=args.calib_images,
@@ -172,6 +184,7 @@ def main() -> None:
             report = finetune(str(train_path), str(tuned_path), train, val=test,
                               config=FinetuneConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                                                     seed=args.seed, activation_l1=args.activation_l1,
+                                                    refit_predictors=args.refit_predictors and rechoose == "always",
                                                     **VARIANTS[variant]),
                               max_drop=args.max_drop if rechoose == "always" else None, calib=calib,
                               device="cpu", progress=False)
@@ -181,7 +194,8 @@ def main() -> None:
                 try:
                     found = rechoose_thresholds(load_model(tuned_path), calib, test, args.max_drop,
                                                 baseline=load_model(before_path), calib_images=args.calib_images,
-                                                sensitivity_weighting=not args.no_sensitivity, progress=False)
+                                                sensitivity_weighting=not args.no_sensitivity,
+                                                refit_predictors=args.refit_predictors, progress=False)
                 except ZapoptError as exc:  # e.g. the tuned network computing everything is already too far down
                     thresholds = {"max_drop": args.max_drop, "error": str(exc)}
                 else:
@@ -197,7 +211,7 @@ def main() -> None:
                    "rechosen": thresholds is not None and "error" not in thresholds,
                    "train_images": args.train_images, "epochs": args.epochs,
                    "lr": args.lr, "batch_size": args.batch_size, "threads": args.threads, "seed": args.seed,
-                   "activation_l1": args.activation_l1,
+                   "activation_l1": args.activation_l1, "refit_predictors": args.refit_predictors,
                    "sensitivity_weighting": not args.no_sensitivity, "latency_check": args.latency_check,
                    "original_top1": before.reference_top1,
                    "before_top1": before.top1, "before_drop": before.top1_drop, "before_savings": before.savings,

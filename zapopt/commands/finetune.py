@@ -44,7 +44,8 @@ from zapopt.errors import ZapoptError
               help="Also sweep both models over these uniform thresholds on --val (accuracy vs savings curves).")
 @click.option("--max-drop", type=click.FloatRange(min=0), default=None,
               help="After training, re-choose every layer's threshold as `optimize --max-drop` does (top-1 drop "
-                   "in percent on --val), on the new weights with the kept predictors. Needs --calib.")
+                   "in percent on --val), on the new weights with the kept predictors (or refitted ones: "
+                   "--refit-predictors). Needs --calib.")
 @click.option("--calib", default=None, metavar="DATA",
               help="Images for the layer curves of --max-drop and --operating-drop.")
 @click.option("--operating-drop", type=click.FloatRange(min=0, max=100), default=None, metavar="X",
@@ -54,6 +55,13 @@ from zapopt.errors import ZapoptError
 @click.option("--activation-l1", type=click.FloatRange(min=0), default=0.0, show_default=True, metavar="L",
               help="Add L times each ZapConv layer's mean activation (before the mask, per image, summed over the "
                    "layers) to the loss: sparser activations let the same accuracy skip more. 0: off.")
+@click.option("--refit-predictors", is_flag=True,
+              help="After training, train every ZapConv predictor again on the new weights' activations from "
+                   "--calib (as `optimize` trains them), then re-choose the thresholds for --max-drop (required). "
+                   "Why: the frozen predictors learned where the old weights' zeros were. When: the weights moved "
+                   "away from those predictors' masks; after training with the masks in place the kept predictors "
+                   "saved more on the VGG-style model (docs/finetune.md). Adds optimize's predictor training "
+                   "(~80 s there, 1,024 images).")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=str), default=None,
               help="Where to write the JSON report (default OUTPUT.report.json).")
 @json_option
@@ -61,7 +69,7 @@ from zapopt.errors import ZapoptError
 @image_option_flags
 def finetune_command(model, data, output, val_data, epochs, batch_size, lr, momentum, weight_decay, grad_sparsity,
                      grad_bits, grad_format, train_images, val_images, seed, checkpoint, resume, device, curve,
-                     max_drop, calib, operating_drop, activation_l1, report_path, as_json, quiet, image_options) -> None:
+                     max_drop, calib, operating_drop, activation_l1, refit_predictors, report_path, as_json, quiet, image_options) -> None:
     """Fine-tune an optimized MODEL with its ZAP masks active; write it back in the same format.
 
     Skipped activations are zero in the forward pass and get no gradient; predictors and
@@ -85,7 +93,8 @@ def finetune_command(model, data, output, val_data, epochs, batch_size, lr, mome
     config = FinetuneConfig(epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
                             weight_decay=weight_decay, grad_sparsity=grad_sparsity, grad_bits=grad_bits,
                             grad_format=fmt, seed=seed, train_images=train_images, val_images=val_images,
-                            operating_drop=operating_drop, activation_l1=activation_l1)
+                            operating_drop=operating_drop, activation_l1=activation_l1,
+                            refit_predictors=refit_predictors)
     result = finetune(model, output, data, val=val_data, config=config, checkpoint=checkpoint, resume=resume,
                       image_options=image_options, device=device, curve_thresholds=thresholds,
                       max_drop=max_drop, calib=calib, report_path=report_path, progress=progress_setting(quiet))

@@ -87,7 +87,8 @@ class FinetuneReport:
         elif self.thresholds is not None:
             t = self.thresholds
             drop = "-" if t["drop"] is None else f"{t['drop']:.2f}"
-            lines.append(f"thresholds re-chosen for <= {t['max_drop']} % top-1 drop: measured drop {drop} points "
+            refit = "predictors refitted, " if t.get("predictors") == "refitted" else ""
+            lines.append(f"{refit}thresholds re-chosen for <= {t['max_drop']} % top-1 drop: measured drop {drop} points "
                          f"against the model before fine-tuning")
         if self.state.gradient_summary:
             lines += ["", self.state.gradient_summary]
@@ -124,7 +125,9 @@ def finetune(model: str | os.PathLike, output: str | os.PathLike, data: Any, *, 
     ``OUTPUT.ckpt``) is written after every epoch; ``resume=True`` continues from it.
     ``max_drop`` (with ``calib`` images and ``val``): after training, re-choose every
     layer's threshold as ``zapopt optimize --max-drop`` does, on the new weights with the
-    kept predictors. Under ``torchrun`` every rank calls this; rank 0 writes the files.
+    kept predictors, or with ``config.refit_predictors`` with predictors trained again on
+    the new weights' activations from ``calib``. Under ``torchrun`` every rank calls this;
+    rank 0 writes the files.
     """
     config = config or FinetuneConfig()
     if not isinstance(config, FinetuneConfig):
@@ -139,6 +142,10 @@ def finetune(model: str | os.PathLike, output: str | os.PathLike, data: Any, *, 
     if max_drop is not None and (val is None or calib is None):
         raise ZapoptError("--max-drop re-chooses the thresholds after training: it needs --val (where the drop "
                           "is measured) and --calib (images for the layer curves)")
+    if config.refit_predictors and max_drop is None:
+        raise ZapoptError("--refit-predictors trains new predictors, whose scores the model's thresholds were not "
+                          "chosen for: it needs --max-drop X (the thresholds are then re-chosen for that top-1 drop, "
+                          "counted against the input model computing everything), with --val and --calib")
     if config.operating_drop is not None and (val is None or calib is None):
         raise ZapoptError("--operating-drop chooses the thresholds to train at: it needs --val (where the drop "
                           "is measured) and --calib (images for the layer curves)")
@@ -189,14 +196,16 @@ def finetune(model: str | os.PathLike, output: str | os.PathLike, data: Any, *, 
                 try:
                     found = rechoose_thresholds(tuned, calib, val, max_drop, baseline=proto,
                                                 eval_images=config.val_images, image_options=image_options,
-                                                model_name=str(output), progress=progress is True)
+                                                model_name=str(output), refit_predictors=config.refit_predictors,
+                                                progress=progress is True)
                 except ZapoptError as exc:  # the training is not lost: keep the thresholds it ran with
                     log(f"could not re-choose the thresholds ({exc}); writing the fine-tuned model with its "
                         "original thresholds")
                     chosen = {"max_drop": max_drop, "error": str(exc)}
                 else:
                     tuned = found.model
-                    chosen = {"max_drop": max_drop, "search_budget": found.budget,
+                    chosen = {"max_drop": max_drop, "predictors": "refitted" if found.refitted else "kept",
+                              "search_budget": found.budget,
                               "exact_gain_points": found.exact_gain, "drop": found.drop,
                               "thresholds": {z.name: json_float(z.threshold) for z in read_zap_layers(tuned)}}
             save_model_atomically(tuned, output)

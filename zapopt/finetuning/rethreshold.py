@@ -1,12 +1,16 @@
 """Re-choose a fine-tuned model's thresholds the way ``zapopt optimize --max-drop`` does.
 
 Fine-tuning moves the weights, so the accuracy/savings trade-off of every threshold moves
-too: the old per-layer thresholds are no longer the best ones for the same drop. The
-predictors stay (they are kept frozen); only their curves are measured again on the new
-activations and the ``--max-drop`` search runs again. To reuse optimize's search as is,
-each ZapConv is turned back into the plain layer it replaced (:func:`plain_model`,
-conv named as the ZapConv, so layer names stay), the kept predictors stand in for the
-trained ones, and ``choose_thresholds`` / ``finish`` do the rest.
+too: the old per-layer thresholds are no longer the best ones for the same drop. By
+default the predictors stay (they were frozen during training); only their curves are
+measured again on the new activations and the ``--max-drop`` search runs again. With
+``refit_predictors`` every predictor is trained again instead, on the new weights'
+activations, by optimize's own predictor training (:func:`zapopt.layer_training.train_layers`:
+same epochs, loss, seed and held-out share), because a predictor fitted to the old
+activations mispredicts where fine-tuning moved the zeros. To reuse optimize's search as
+is, each ZapConv is turned back into the plain layer it replaced (:func:`plain_model`,
+conv named as the ZapConv, so layer names stay), the kept (or refitted) predictors stand
+in for the trained ones, and ``choose_thresholds`` / ``finish`` do the rest.
 """
 from __future__ import annotations
 
@@ -21,12 +25,13 @@ from onnx import helper, numpy_helper
 from zapopt.calibrate import calibrate
 from zapopt.curves import default_taus, layer_curve
 from zapopt.data import ImageOptions, model_input, open_dataset
+from zapopt.data_checks import check_calibration_count
 from zapopt.errors import ZapoptError
-from zapopt.graph import analyze
+from zapopt.graph import ConvActivation, analyze
 from zapopt.ops.patterns import PATTERNS
 from zapopt.ops.spec import is_zap_node
 from zapopt.layer_preparation import PreparedLayers
-from zapopt.layer_training import TrainedLayer, ofm_sparsity
+from zapopt.layer_training import TrainedLayer, curve_grid, ofm_sparsity, train_layers
 from zapopt.optimize import finish
 from zapopt.optimize_config import OptimizeConfig
 from zapopt.optimize_report import OptimizeResult
@@ -90,12 +95,45 @@ def plain_model(model: onnx.ModelProto) -> onnx.ModelProto:
     return result
 
 
-def _kept_predictor(model: onnx.ModelProto, node: onnx.NodeProto) -> FoldedPredictor:
+def node_predictor(model: onnx.ModelProto, node: onnx.NodeProto) -> FoldedPredictor:
+    """The predictor a ZapConv ``node`` of ``model`` carries (its four constant inputs)."""
     arrays = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer if i.name in node.input[3:7]}
     try:
         return FoldedPredictor(*(np.array(arrays[name], dtype=np.float32) for name in node.input[3:7]))
     except KeyError as missing:
         raise ZapoptError(f"ZapConv {node.name!r}: predictor input {missing} is not a constant") from None
+
+
+def _kept_layers(model: onnx.ModelProto, store: Any, convs: dict[str, ConvActivation],
+                 layers: dict[str, ZapLayer]) -> dict[str, TrainedLayer]:
+    """The model's own predictors, their curves measured on every calibration image."""
+    zap_nodes = {n.name: n for n in model.graph.node if is_zap_node(n)}
+    kept: dict[str, TrainedLayer] = {}
+    for name, layer in layers.items():
+        stored = store.layer_array(name)
+        source = PredictorInput(layer.attrs.predictor_input, layer.attrs.clip_max)
+        predictor = TrainedPredictor(node_predictor(model, zap_nodes[name]),
+                                     pattern_mask(layer.pattern, *stored.shape[2:]), epochs=0, images=0,
+                                     seconds=0.0, epoch_losses=(), predictor_input=source)
+        curve = layer_curve(name, stored, predictor, macs=convs[name].macs, taus=default_taus())
+        kept[name] = TrainedLayer(convs[name], predictor, curve, ofm_sparsity(stored, source), 0.0,
+                                  layer.pattern.name)
+    return kept
+
+
+def _refitted_layers(store: Any, convs: dict[str, ConvActivation], layers: dict[str, ZapLayer],
+                     config: OptimizeConfig, progress: bool | None) -> dict[str, TrainedLayer]:
+    """New predictors for the model's activations, trained as ``optimize`` trains them, each
+    layer with its own pattern and predictor input (grouped, since optimize's training takes
+    one of each per call); curves on the held-out calibration images, as optimize's."""
+    groups: dict[tuple[str, str], list[ConvActivation]] = {}
+    for name, layer in layers.items():
+        groups.setdefault((layer.pattern.name, layer.attrs.predictor_input), []).append(convs[name])
+    refitted: dict[str, TrainedLayer] = {}
+    for (pattern, source), selected in groups.items():
+        group_config = replace(config, pattern=pattern, predictor_input=source)
+        refitted.update(train_layers(store, selected, group_config, curve_grid(group_config), progress)[pattern])
+    return refitted
 
 
 @dataclass(frozen=True)
@@ -105,6 +143,7 @@ class Rethresholded:
     result: OptimizeResult
     budget: float  # the --max-drop the search used, against the fine-tuned model computing everything
     exact_gain: float  # points of top-1 the fine-tuned model (computing everything) gained over the baseline
+    refitted: bool = False  # the predictors were trained again on the model's activations (else kept)
 
     @property
     def model(self) -> onnx.ModelProto:
@@ -128,16 +167,17 @@ def rechoose_thresholds(model: onnx.ModelProto, calib: Any, eval_data: Any, max_
                         baseline: onnx.ModelProto | None = None, calib_images: int = 1024,
                         eval_images: int | None = None, sensitivity_weighting: bool = True,
                         image_options: ImageOptions | None = None, model_name: str = "<fine-tuned model>",
-                        progress: bool | None = None) -> Rethresholded:
+                        refit_predictors: bool = False, progress: bool | None = None) -> Rethresholded:
     """The most MAC savings whose measured top-1 drop on ``eval_data`` stays <= ``max_drop`` %,
-    for ``model``'s weights with its own (kept) predictors and patterns.
+    for ``model``'s weights with its own (kept) predictors and patterns, or with
+    ``refit_predictors`` new predictors trained on ``calib`` as ``optimize`` trains them
+    (its default predictor settings; a quarter of the images held out for the curves).
 
     ``baseline`` (e.g. the ZAP model before fine-tuning): count the drop against its top-1
     computing everything (the original network), not the fine-tuned one's, so "<= 1.5 %"
     means the same before and after fine-tuning. Needs labels.
     """
     plain = plain_model(model)
-    zap_nodes = {n.name: n for n in model.graph.node if is_zap_node(n)}
     layers = {layer.name: layer for layer in read_zap_layers(model)}
     info = analyze(plain)
     convs = {c.conv: c for c in info.convs if c.conv in layers}
@@ -153,6 +193,8 @@ def rechoose_thresholds(model: onnx.ModelProto, calib: Any, eval_data: Any, max_
                             predictor_input=sorted(kinds)[-1])
     spec = model_input(plain)
     calib_set = open_dataset(calib, spec, image_options, limit=calib_images)
+    if refit_predictors:
+        check_calibration_count(len(calib_set), config.holdout, calib_set.description)
     eval_set = open_dataset(eval_data, spec, image_options, limit=eval_images)  # refused before calibrating
     gain = 0.0
     if baseline is not None:
@@ -167,21 +209,14 @@ def rechoose_thresholds(model: onnx.ModelProto, calib: Any, eval_data: Any, max_
         config = replace(config, selection=budget)
     tensors = {name: (convs[name].preactivation if layers[name].attrs.predictor_input == "preactivation"
                       else convs[name].output) for name in layers}
-    trained: dict[str, TrainedLayer] = {}
     with calibrate(plain, tensors, calib_set.batches(config.batch_size), total_images=len(calib_set),
                    progress=progress) as store:
-        for name, layer in layers.items():
-            conv = convs[name]
-            stored = store.layer_array(name)
-            source = PredictorInput(layer.attrs.predictor_input, layer.attrs.clip_max)
-            predictor = TrainedPredictor(_kept_predictor(model, zap_nodes[name]),
-                                         pattern_mask(layer.pattern, *stored.shape[2:]), epochs=0, images=0,
-                                         seconds=0.0, epoch_losses=(), predictor_input=source)
-            curve = layer_curve(name, stored, predictor, macs=conv.macs, taus=default_taus())
-            trained[name] = TrainedLayer(conv, predictor, curve, ofm_sparsity(stored, source), 0.0,
-                                         layer.pattern.name)
+        trained = (_refitted_layers(store, convs, layers, config, progress) if refit_predictors
+                   else _kept_layers(model, store, convs, layers))
         images = store.num_images
-    prepared = PreparedLayers(plain, info.total_macs, {"kept": trained}, [], images, {})
+    prepared = PreparedLayers(plain, info.total_macs, {"refitted" if refit_predictors else "kept": trained}, [],
+                              images, {})
     choice = choose_thresholds(prepared, config, eval_data=eval_data, image_options=image_options,
                                progress=progress)
-    return Rethresholded(finish(prepared, choice, config, model_name=model_name), budget.max_drop, gain)
+    return Rethresholded(finish(prepared, choice, config, model_name=model_name), budget.max_drop, gain,
+                         refit_predictors)

@@ -62,6 +62,10 @@ class FinetuneConfig:
     #: mask, mean per image, summed over the layers) added to the cross-entropy: sparser
     #: activations are what lets the same accuracy skip more (0: off).
     activation_l1: float = 0.0
+    #: After training, train every ZapConv layer's predictor again on the new weights'
+    #: activations (as ``optimize`` trains them) before the thresholds are re-chosen: the
+    #: frozen predictors learned the old weights' zeros. Needs the ``max_drop`` re-choice.
+    refit_predictors: bool = False
 
     def __post_init__(self) -> None:
         _positive("epochs", self.epochs)
@@ -89,6 +93,8 @@ class FinetuneConfig:
         l1 = self.activation_l1
         if isinstance(l1, bool) or not isinstance(l1, (int, float)) or not 0 <= l1 < math.inf:
             raise ZapoptError(f"--activation-l1 must be a number >= 0, e.g. 1e-3, got {l1!r}")
+        if not isinstance(self.refit_predictors, bool):
+            raise ZapoptError(f"refit_predictors must be True or False, got {self.refit_predictors!r}")
         drop = self.operating_drop
         if drop is not None and (isinstance(drop, bool) or not isinstance(drop, (int, float))
                                  or not 0 <= drop <= 100):
@@ -100,9 +106,11 @@ class FinetuneConfig:
         return out
 
     def resumable_from(self, other: dict[str, Any]) -> list[str]:
-        """Settings that differ from a checkpoint's (epochs may grow)."""
+        """Settings that differ from a checkpoint's (epochs may grow; refit_predictors acts
+        after training, so it may change too)."""
         mine = self.to_dict()
-        return sorted(k for k in mine if k != "epochs" and other.get(k) != mine[k])
+        free = ("epochs", "refit_predictors")
+        return sorted(k for k in mine if k not in free and other.get(k) != mine[k])
 
 
 @dataclass(frozen=True)
