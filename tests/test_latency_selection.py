@@ -94,17 +94,6 @@ def test_a_candidate_faster_at_some_settings_only_says_so() -> None:
     assert "surely faster at batch 1, 1 thread but never at batch 1, 2 threads" in report.summary()
 
 
-def test_when_every_zapconv_loses_the_summary_points_to_exact() -> None:
-    slower_zap = {**LAYER_TIMES, "b": (0.006, 0.005)}
-    report = select_by_latency(OPS, alone(slower_zap), ModelTimes(lambda kept, s: steady(1.2)))
-    assert report.native_layers == ["a"]
-    assert report.summary().startswith("kept 1 of 4 native layers") and "--exact skips the zero inputs" in report.summary()
-    kept_zap = select_by_latency(OPS, alone(LAYER_TIMES), ModelTimes(lambda kept, s: steady(1.2)))
-    assert "--exact" not in kept_zap.summary()  # b, the ZapConv, was kept
-    exact_only = select_by_latency({"a": "ZeroSkipConv"}, alone(LAYER_TIMES), ModelTimes(lambda kept, s: steady(1.0)))
-    assert "--exact" not in exact_only.summary()
-
-
 def test_noise_decides_by_the_lower_bound_not_the_median() -> None:
     """Same median (1.05x); with 5 of 15 rounds below 1.0 the bound is below 1.0, with 3 it is not."""
     noisy = [0.97, 0.98, 0.99, 0.995, 0.999] + [1.05] * 5 + [1.2] * 5
