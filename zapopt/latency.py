@@ -187,6 +187,7 @@ class LatencyReport:
     model_checks: list[ModelCheck] = field(default_factory=list)
     note: str = ""
     settings: tuple[LatencySetting, ...] = ()
+    exact_form_written: bool = False  # ZAP mode wrote the exact form, which measured faster
 
     @property
     def native_layers(self) -> list[str]:
@@ -208,7 +209,7 @@ class LatencyReport:
 
     def _zap_hint(self) -> str:
         """When ZAP mode wrote the exact form because it measured faster."""
-        if self.note == EXACT_FALLBACK_NOTE:
+        if self.exact_form_written:
             return "; the exact form measured faster than ZAP's and was written (ZeroSkipConv, the original outputs)"
         return ""
 
@@ -228,7 +229,8 @@ class LatencyReport:
         return kept + (": " + "; ".join(c.text for c in checks) if checks else "")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"measured": self.measured, "note": self.note, "summary": self.summary(),
+        return {"measured": self.measured, "note": self.note, "exact_form_written": self.exact_form_written,
+                "summary": self.summary(),
                 "settings": [s.to_dict() for s in self.settings],
                 "min_layer_speedup": MIN_LAYER_SPEEDUP, "confidence": END_TO_END_CONFIDENCE,
                 "layers": [d.to_dict() for d in self.layers], "model_checks": [c.to_dict() for c in self.model_checks]}

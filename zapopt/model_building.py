@@ -103,7 +103,7 @@ def faster_of(zap: NativeResult, exact: NativeResult | None) -> NativeResult:
     report = LatencyReport(
         True, layers=[*zap_layers, *exact.latency.layers],
         model_checks=[*zap.latency.model_checks, *(replace(c, round=c.round + offset) for c in exact.latency.model_checks)],
-        note=EXACT_FALLBACK_NOTE, settings=exact.latency.settings)
+        note=EXACT_FALLBACK_NOTE, settings=exact.latency.settings, exact_form_written=True)
     return NativeResult(exact.model, report)
 
 

@@ -90,8 +90,7 @@ bool run_zap_conv(const PackedConv& conv, const ZapParams& params, const float* 
   const int64_t ho = geo.out_h(h), wo = geo.out_w(w), plane = ho * wo;
   const int64_t c_out = geo.c_out;
   const size_t total = static_cast<size_t>(n * c_out * plane);
-  std::fill(y, y + total, 0.0f);
-  ep.y = y;
+  ep.y = y;  // every branch below writes every output
 
   std::vector<uint8_t> pattern(static_cast<size_t>(plane));
   std::vector<int32_t> pattern_positions, all_positions;
@@ -120,7 +119,8 @@ bool run_zap_conv(const PackedConv& conv, const ZapParams& params, const float* 
   // +inf) only the pattern positions are computed.
   const bool predict = params.threshold != INFINITY;
   ScratchArray<uint8_t> computed(scratch, total);  // every entry written below
-  if (!predict) {  // the pattern positions, nothing else
+  if (!predict) {  // the pattern positions, nothing else: the rest of Y is 0
+    std::fill(y, y + total, 0.0f);
     std::vector<const std::vector<int32_t>*> at_pattern(static_cast<size_t>(n), &pattern_positions);
     if (!conv.run(x, n, h, w, at_pattern, ep, parallel_for, scratch, error)) return false;
     for (size_t plane_index = 0; plane_index < static_cast<size_t>(n * c_out); ++plane_index) {
